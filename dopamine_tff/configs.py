@@ -1,0 +1,107 @@
+"""Typed, validated configuration of a training run (the five settings).
+
+Data configuration lives in dopamine_tff/data/loaders.py (DataConfig); the TFF
+runtime's in dopamine_tff/runtime.py (RuntimeConfig).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from dopamine_tff import accounting
+from dopamine_tff import models
+
+SETTINGS = ("c", "cdp", "f", "fpdp", "fscdp")
+PRIVATE_SETTINGS = ("cdp", "fpdp", "fscdp")
+CDP_IMPLS = ("ours", "tf_privacy")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Hyper-parameters of one run.
+
+  Attributes:
+    setting: c (centralised SGD), cdp (centralised DP-SGD), f (FedAvg),
+      fpdp (FedAvg with each hospital's own DP-SGD), fscdp (Dopamine).
+    rounds: rounds to run. One round is one DP-SGD step for fscdp and
+      cdp/ours; one epoch for c and cdp/tf_privacy; one FedAvg round for f, fpdp.
+    model: 'small_cnn' or 'squeezenet'.
+    learning_rate, momentum: SGD with heavy-ball momentum.
+    batch_size: B of c, f, fpdp (local batches) and cdp/tf_privacy.
+    local_epochs: E of f and fpdp.
+    client_fraction: share of hospitals taking part in a round of f and fpdp.
+    sampling_prob: Poisson q of fscdp and cdp/ours (per example, per step).
+    noise_multiplier: sigma; the noise on the sum has std sigma*C.
+    l2_norm_clip: C.
+    delta: target delta of the reported (epsilon, delta).
+    target_epsilon: stop before the round that would exceed it (None: no stop).
+    accountant: 'rdp' or 'pld'.
+    cdp_impl: 'ours' (our DP-SGD process with K=1) or 'tf_privacy' (TF
+      Privacy's VectorizedDPKerasSGDOptimizer).
+    secure_sum_bound: range of the secure sum (None: derived from q, C, sigma).
+    seed: seed of initial weights, sampling and noise.
+    eval_every: evaluate every this many rounds (and at the last round).
+  """
+
+  setting: str = "fscdp"
+  rounds: int = 100
+  model: str = "small_cnn"
+  learning_rate: float = 0.002
+  momentum: float = 0.9
+  batch_size: int = 50
+  local_epochs: int = 5
+  client_fraction: float = 0.5
+  sampling_prob: float = 0.03425
+  noise_multiplier: float = 1.15
+  l2_norm_clip: float = 2.0
+  delta: float = 1e-4
+  target_epsilon: float | None = None
+  accountant: str = "rdp"
+  cdp_impl: str = "ours"
+  secure_sum_bound: float | None = None
+  seed: int = 0
+  eval_every: int = 1
+
+  def __post_init__(self):
+    def bad(name, why):
+      raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
+
+    if self.setting not in SETTINGS:
+      bad("setting", f"must be one of {SETTINGS}")
+    if self.rounds < 1:
+      bad("rounds", "must be >= 1")
+    if self.model not in models.MODELS:
+      bad("model", f"must be one of {models.MODELS}")
+    if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+      bad("learning_rate", "must be > 0")
+    if not 0.0 <= self.momentum < 1.0:
+      bad("momentum", "must be in [0, 1)")
+    if self.batch_size < 1:
+      bad("batch_size", "must be >= 1")
+    if self.local_epochs < 1:
+      bad("local_epochs", "must be >= 1")
+    if not 0.0 < self.client_fraction <= 1.0:
+      bad("client_fraction", "must be in (0, 1]")
+    if not 0.0 < self.sampling_prob <= 1.0:
+      bad("sampling_prob", "q must be in (0, 1]")
+    if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
+      bad("noise_multiplier", "sigma must be >= 0")
+    if not (self.l2_norm_clip > 0 and math.isfinite(self.l2_norm_clip)):
+      bad("l2_norm_clip", "C must be > 0")
+    if not 0.0 < self.delta < 1.0:
+      bad("delta", "must be in (0, 1)")
+    if self.target_epsilon is not None and not self.target_epsilon > 0:
+      bad("target_epsilon", "must be > 0")
+    if self.accountant not in accounting.ACCOUNTANTS:
+      bad("accountant", f"must be one of {accounting.ACCOUNTANTS}")
+    if self.cdp_impl not in CDP_IMPLS:
+      bad("cdp_impl", f"must be one of {CDP_IMPLS}")
+    if self.secure_sum_bound is not None and not self.secure_sum_bound > 0:
+      bad("secure_sum_bound", "must be > 0")
+    if self.eval_every < 1:
+      bad("eval_every", "must be >= 1")
+
+  @property
+  def private(self) -> bool:
+    return self.setting in PRIVATE_SETTINGS

@@ -1,0 +1,1 @@
+"""Data loaders and the split of a data set into hospitals."""

@@ -1,0 +1,148 @@
+"""Plain-TensorFlow pieces of DP-SGD (Abadi et al. 2016) as Dopamine uses them.
+
+Testable without TFF. A hospital's DP step (Algorithm 1, lines 4-9 of
+Malekzadeh et al.):
+
+1. Poisson sampling: each local example is in the batch independently with
+   probability q (the batch may be empty).
+2. Per-example gradients, vectorised with ``tf.vectorized_map``.
+3. Each clipped to L2 norm C (the clipping of TF Privacy's GaussianSumQuery,
+   vectorised over the batch).
+4. Sum, plus Gaussian noise with standard deviation ``noise_stddev`` drawn by
+   a TF Privacy GaussianSumQuery (stateless seeded draw, see below).
+
+Normalisation is not done here: the caller divides by the *expected* batch
+size q*N. The original divides by the realised batch size |D^t|, which is
+data-dependent and outside the privacy analysis; we deliberately depart from it.
+
+Randomness is stateless (``tf.random.stateless_*``) and keyed by a seed that
+belongs to the hospital: runs are reproducible, and in a deployment each
+hospital draws its seed from its own entropy so the server cannot know it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import dp_accounting
+import tensorflow as tf
+import tensorflow_privacy as tfp
+
+
+def loss_per_example(logits, labels):
+  """Softmax cross-entropy, one value per example."""
+  return tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+
+class SeededGaussianSumQuery(tfp.GaussianSumQuery):
+  """TF Privacy's GaussianSumQuery with a stateless, seeded noise draw.
+
+  Clipping, global state and the DpEvent are the parent's. Only the noise
+  generator differs: ``tf.random.stateless_normal`` keyed by ``seed`` instead of
+  an unseeded initializer, so that a run can be replayed and resumed exactly.
+  """
+
+  def __init__(self, l2_norm_clip, stddev, seed):
+    super().__init__(l2_norm_clip, stddev)
+    self._seed = seed
+
+  def get_noised_result(self, sample_state, global_state):
+    flat = tf.nest.flatten(sample_state)
+    noised = []
+    for i, v in enumerate(flat):
+      seed = tf.random.experimental.stateless_fold_in(self._seed, i)
+      noise = tf.random.stateless_normal(tf.shape(v), seed, stddev=global_state.stddev)
+      noised.append(v + tf.cast(noise, v.dtype))
+    result = tf.nest.pack_sequence_as(sample_state, noised)
+    # The same event the parent emits: a Gaussian with this noise multiplier.
+    event = dp_accounting.GaussianDpEvent(global_state.stddev / global_state.l2_norm_clip)
+    return result, global_state, event
+
+
+def poisson_mask(num_examples, sampling_prob, seed):
+  """Boolean [num_examples]: True where the example is in this step's batch."""
+  u = tf.random.stateless_uniform([num_examples], seed=seed, dtype=tf.float32)
+  return u < sampling_prob
+
+
+def per_example_gradients(model: tf.keras.Model, x, y):
+  """Gradients of each example's loss w.r.t. the trainable variables.
+
+  Returns a list (one per variable) of tensors with a leading batch axis.
+  """
+  variables = model.trainable_variables
+
+  def one(example):
+    xi, yi = example
+    with tf.GradientTape() as tape:
+      loss = loss_per_example(model(xi[None], training=False), yi[None])
+    return tape.gradient(loss, variables)
+
+  return tf.vectorized_map(one, (x, y))
+
+
+def clip_per_example(grads, l2_norm_clip):
+  """Scales every example's gradient to global L2 norm at most C.
+
+  Same arithmetic as GaussianSumQuery.preprocess_record (tf.clip_by_global_norm)
+  applied to each example, but vectorised over the batch.
+
+  Returns:
+    (clipped grads list, per-example norms before clipping [B]).
+  """
+  sq = [tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), axis=1) for g in grads]
+  norms = tf.sqrt(tf.add_n(sq))
+  scale = tf.minimum(1.0, l2_norm_clip / tf.maximum(norms, 1e-12))
+  clipped = [g * tf.reshape(scale, [-1] + [1] * (len(g.shape) - 1)) for g in grads]
+  return clipped, norms
+
+
+class NoisySum(NamedTuple):
+  """Result of one hospital's DP step (before normalisation).
+
+  Attributes:
+    noisy_sum: sum of clipped per-example gradients plus the noise share.
+    batch_size: realised Poisson batch size (never released to the server).
+  """
+
+  noisy_sum: list
+  batch_size: tf.Tensor
+
+
+def noisy_clipped_sum(model, x, y, *, sampling_prob, l2_norm_clip, noise_stddev, seed) -> NoisySum:
+  """Poisson-samples (x, y), clips per-example gradients and adds noise.
+
+  Args:
+    model: Keras model whose trainable variables hold the current weights.
+    x, y: all local examples of the hospital.
+    sampling_prob: q in (0, 1].
+    l2_norm_clip: C > 0.
+    noise_stddev: std of the Gaussian noise added to the sum (sigma*C/sqrt(K)
+      for a Dopamine share, sigma*C for central DP-SGD); 0 disables noise.
+    seed: stateless seed, int32/int64 tensor of shape [2].
+  """
+  sample_seed = tf.random.experimental.stateless_fold_in(seed, 0)
+  noise_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+  mask = poisson_mask(tf.shape(y)[0], sampling_prob, sample_seed)
+  xb, yb = tf.boolean_mask(x, mask), tf.boolean_mask(y, mask)
+  grads = per_example_gradients(model, xb, yb)
+  clipped, _ = clip_per_example(grads, l2_norm_clip)
+  summed = [tf.reduce_sum(g, axis=0) for g in clipped]
+  query = SeededGaussianSumQuery(l2_norm_clip, noise_stddev, noise_seed)
+  noised, _, _ = query.get_noised_result(summed, query.initial_global_state())
+  return NoisySum(list(noised), tf.shape(yb)[0])
+
+
+def momentum_step(weights, velocity, gradient, *, learning_rate, momentum):
+  """SGD with heavy-ball momentum as torch.optim.SGD (used by the paper).
+
+  v <- momentum * v + g;  w <- w - lr * v.  Returns (new weights, new velocity).
+  """
+  new_v = [momentum * v + g for v, g in zip(velocity, gradient)]
+  new_w = [w - learning_rate * v for w, v in zip(weights, new_v)]
+  return new_w, new_v
+
+
+def assign_weights(model: tf.keras.Model, weights) -> None:
+  for v, w in zip(model.trainable_variables, weights):
+    v.assign(w)

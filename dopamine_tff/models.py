@@ -1,0 +1,93 @@
+"""Keras model builders: SqueezeNet 1.1 (the paper's model) and a small CNN.
+
+Neither uses batch normalisation: DP-SGD needs each example's gradient to depend
+on that example only, and batch statistics mix examples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+MODELS = ("small_cnn", "squeezenet")
+
+
+def _fire(x, squeeze: int, expand: int, name: str):
+  """SqueezeNet fire module: 1x1 squeeze, then parallel 1x1 and 3x3 expands."""
+  conv = tf.keras.layers.Conv2D
+  s = conv(squeeze, 1, activation="relu", name=f"{name}_squeeze")(x)
+  e1 = conv(expand, 1, activation="relu", name=f"{name}_e1x1")(s)
+  e3 = conv(expand, 3, padding="same", activation="relu", name=f"{name}_e3x3")(s)
+  return tf.keras.layers.Concatenate(name=f"{name}_concat")([e1, e3])
+
+
+def squeezenet_v1_1(input_shape, num_classes: int = 5, dropout: float = 0.0) -> tf.keras.Model:
+  """SqueezeNet 1.1 (Iandola et al. 2016) with a `num_classes` 1x1-conv head.
+
+  Pools use 'same' padding so that small inputs (e.g. 32x32, 64x64) work.
+  The paper's classifier has dropout 0.5; we default to 0 because dropout
+  makes per-example gradients random (see README); pass `dropout` to enable it.
+  """
+  pool = lambda n: tf.keras.layers.MaxPool2D(3, 2, padding="same", name=n)  # noqa: E731
+  inputs = tf.keras.Input(shape=input_shape)
+  x = tf.keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu", name="conv1")(inputs)
+  x = pool("pool1")(x)
+  x = _fire(x, 16, 64, "fire2")
+  x = _fire(x, 16, 64, "fire3")
+  x = pool("pool3")(x)
+  x = _fire(x, 32, 128, "fire4")
+  x = _fire(x, 32, 128, "fire5")
+  x = pool("pool5")(x)
+  for i, (s, e) in enumerate([(48, 192), (48, 192), (64, 256), (64, 256)], start=6):
+    x = _fire(x, s, e, f"fire{i}")
+  if dropout > 0:
+    x = tf.keras.layers.Dropout(dropout)(x)
+  x = tf.keras.layers.Conv2D(num_classes, 1, activation="relu", name="conv10")(x)
+  logits = tf.keras.layers.GlobalAveragePooling2D(name="logits")(x)
+  return tf.keras.Model(inputs, logits, name="squeezenet_v1_1")
+
+
+def small_cnn(input_shape, num_classes: int = 5) -> tf.keras.Model:
+  """Three conv blocks (16/32/32 filters, tanh) and a dense head.
+
+  tanh rather than ReLU: bounded activations keep gradients small under
+  clipping (Papernot et al. 2021, "Tempered sigmoid activations").
+  """
+  inputs = tf.keras.Input(shape=input_shape)
+  x = inputs
+  for i, filters in enumerate((16, 32, 32)):
+    x = tf.keras.layers.Conv2D(filters, 3, padding="same", activation="tanh", name=f"conv{i}")(x)
+    x = tf.keras.layers.MaxPool2D(2, padding="same", name=f"pool{i}")(x)
+  x = tf.keras.layers.Flatten()(x)
+  x = tf.keras.layers.Dense(64, activation="tanh", name="dense")(x)
+  logits = tf.keras.layers.Dense(num_classes, name="logits")(x)
+  return tf.keras.Model(inputs, logits, name="small_cnn")
+
+
+def build(name: str, input_shape, num_classes: int) -> tf.keras.Model:
+  """Builds a model by name. Raises ValueError for an unknown name."""
+  if name == "small_cnn":
+    return small_cnn(input_shape, num_classes)
+  if name == "squeezenet":
+    return squeezenet_v1_1(input_shape, num_classes)
+  raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+
+
+def initial_weights(name: str, input_shape, num_classes: int, seed: int) -> list[np.ndarray]:
+  """Deterministic initial trainable weights for (model, shape, seed)."""
+  tf.keras.utils.set_random_seed(seed)
+  model = build(name, input_shape, num_classes)
+  return [v.numpy() for v in model.trainable_variables]
+
+
+def count_params(model: tf.keras.Model) -> int:
+  return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+
+
+def batch_norm_layers(model: tf.keras.Model) -> list[str]:
+  """Names of batch-normalisation layers (there must be none)."""
+  return [
+      layer.name
+      for layer in model.submodules
+      if isinstance(layer, tf.keras.layers.BatchNormalization)
+  ]

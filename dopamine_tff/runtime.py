@@ -1,0 +1,255 @@
+"""The one place that creates, configures and tears down TFF's execution context.
+
+TFF's own local context starts its C++ ``worker_binary`` with the parent's
+stdout and relies on ``__del__`` to stop it; at interpreter exit that fails, the
+worker is re-parented and keeps the stdout pipe open (so ``python x.py | tail``
+and CI hang). This module starts the worker itself:
+
+* stdin/stdout/stderr are not inherited (the worker's log goes to a file),
+* the child asks the kernel (``prctl(PR_SET_PDEATHSIG, SIGTERM)``) to be
+  terminated when its parent dies, so even a SIGKILLed Python takes it along,
+* an ``atexit`` hook terminates every worker this process started, by PID.
+
+The context compiles secure intrinsics (``federated_secure_sum_bitwidth``) to
+their simulated bodies, because the C++ worker has no implementation of them:
+quantisation and clipping are real, the cryptography is not (see README,
+"Threat model").
+
+Users can instead point the runtime at an external worker (``address``), e.g.
+one built from TFF's sources with CUDA, or at another worker binary
+(``worker_binary``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import dataclasses
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+
+import grpc
+import portpicker
+import tensorflow_federated as tff
+
+_PR_SET_PDEATHSIG = 1
+_GRPC_OPTIONS = [
+    ("grpc.max_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.max_send_message_length", 2**31 - 1),
+]
+# Command lines of workers started here contain this, so tests can find them.
+WORKER_PATTERN = "tensorflow_federated/.*data/worker_binary"
+
+
+def default_worker_binary() -> str:
+  """Path of the worker binary shipped in the tensorflow-federated wheel."""
+  return os.path.normpath(
+      os.path.join(os.path.dirname(tff.__file__), "data", "worker_binary")
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+  """How the TFF runtime is set up.
+
+  Attributes:
+    max_concurrent_computation_calls: limit of concurrent client computations
+      inside one worker; <= 0 means no limit.
+    worker_binary: path of the worker to start (default: TFF's CPU build).
+    address: ``host:port`` of an already running worker to use instead of
+      starting one (e.g. a CUDA build on a GPU host). Not stopped by us.
+    ready_timeout_s: how long to wait for a worker to answer.
+  """
+
+  max_concurrent_computation_calls: int = -1
+  worker_binary: str | None = None
+  address: str | None = None
+  ready_timeout_s: float = 60.0
+
+  def __post_init__(self):
+    if self.ready_timeout_s <= 0:
+      raise ValueError(f"ready_timeout_s must be > 0, got {self.ready_timeout_s}")
+    if self.worker_binary is not None and not os.path.isfile(self.worker_binary):
+      raise ValueError(f"worker_binary {self.worker_binary!r} does not exist")
+    if self.address is not None and ":" not in self.address:
+      raise ValueError(f"address must be host:port, got {self.address!r}")
+
+
+def _die_with_parent() -> None:
+  """Runs in the forked child before exec: SIGTERM when the parent dies."""
+  libc = ctypes.CDLL("libc.so.6", use_errno=True)
+  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+  # If the parent already died between fork and prctl, go now.
+  if os.getppid() == 1:
+    os._exit(1)
+
+
+class Worker:
+  """One C++ worker process that this Python process started and owns."""
+
+  def __init__(self, binary: str, max_concurrent_computation_calls: int):
+    if threading.current_thread() is not threading.main_thread():
+      # PR_SET_PDEATHSIG fires when the *thread* that forked exits.
+      raise RuntimeError("TFF workers must be started from the main thread")
+    self.port = portpicker.pick_unused_port()
+    self.log_path = os.path.join(
+        tempfile.gettempdir(), f"dopamine_tff_worker_{os.getpid()}_{self.port}.log"
+    )
+    log = open(self.log_path, "wb")  # noqa: SIM115 (handed to the child)
+    try:
+      self.process = subprocess.Popen(
+          [
+              binary,
+              f"--port={self.port}",
+              f"--max_concurrent_computation_calls={max_concurrent_computation_calls}",
+          ],
+          stdin=subprocess.DEVNULL,
+          stdout=log,
+          stderr=subprocess.STDOUT,
+          close_fds=True,
+          preexec_fn=_die_with_parent,
+      )
+    finally:
+      log.close()
+    self.address = f"localhost:{self.port}"
+
+  @property
+  def pid(self) -> int:
+    return self.process.pid
+
+  def alive(self) -> bool:
+    return self.process.poll() is None
+
+  def stop(self, timeout_s: float = 5.0) -> None:
+    """Terminates the worker (SIGTERM, then SIGKILL) and reaps it."""
+    if self.process.poll() is not None:
+      return
+    self.process.terminate()
+    try:
+      self.process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+      self.process.kill()
+      self.process.wait()
+
+
+def _wait_ready(stub, timeout_s: float, worker: Worker | None) -> None:
+  deadline = time.monotonic() + timeout_s
+  while not stub.is_ready:
+    if worker is not None and not worker.alive():
+      raise RuntimeError(
+          f"TFF worker exited with code {worker.process.returncode}; "
+          f"see {worker.log_path}"
+      )
+    if time.monotonic() > deadline:
+      raise RuntimeError(f"TFF worker not ready after {timeout_s} s")
+    time.sleep(0.05)
+
+
+class Runtime:
+  """Owns the workers and the TFF execution context built over them."""
+
+  def __init__(self, config: RuntimeConfig):
+    self.config = config
+    self.workers: list[Worker] = []
+    self._channels: list[grpc.Channel] = []
+    self.context = None
+
+  def start(self) -> Runtime:
+    cfg = self.config
+    worker = None
+    if cfg.address is None:
+      worker = Worker(
+          cfg.worker_binary or default_worker_binary(),
+          cfg.max_concurrent_computation_calls,
+      )
+      self.workers.append(worker)
+      address = worker.address
+    else:
+      address = cfg.address
+    channel = grpc.insecure_channel(address, _GRPC_OPTIONS)
+    self._channels.append(channel)
+    stub = tff.framework.RemoteExecutorGrpcStub(channel)
+    _wait_ready(stub, cfg.ready_timeout_s, worker)
+
+    def stack_fn(cardinalities):
+      # Computations without client values still need a cardinality.
+      cardinalities.setdefault(tff.CLIENTS, 0)
+      executor = tff.framework.RemoteExecutor(stub)
+      executor.set_cardinalities(cardinalities)
+      return executor
+
+    factory = tff.framework.ResourceManagingExecutorFactory(
+        executor_stack_fn=stack_fn
+    )
+    self.context = tff.framework.SyncExecutionContext(
+        executor_fn=factory,
+        compiler_fn=compile_for_simulation,
+        transform_args=tff.tensorflow.transform_args,
+        transform_result=tff.tensorflow.transform_result,
+    )
+    tff.framework.set_default_context(self.context)
+    return self
+
+  def close(self) -> None:
+    """Stops every worker this runtime started. Safe to call twice."""
+    for channel in self._channels:
+      channel.close()
+    self._channels.clear()
+    for worker in self.workers:
+      worker.stop()
+    self.workers.clear()
+    self.context = None
+
+  def __enter__(self) -> Runtime:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def compile_for_simulation(comp):
+  """Replaces secure intrinsics by their quantised plain bodies, then native form.
+
+  The C++ worker cannot run ``federated_secure_sum_bitwidth``; TFF's test
+  compiler rewrites it into a plain sum with the same quantisation, which is
+  what we simulate.
+  """
+  comp = tff.backends.test.replace_secure_intrinsics_with_bodies(comp)
+  return tff.backends.native.desugar_and_transform_to_native(comp)
+
+
+_ACTIVE: Runtime | None = None
+
+
+def start(config: RuntimeConfig | None = None) -> Runtime:
+  """Starts (or returns) the process-wide runtime and installs its context."""
+  global _ACTIVE
+  if _ACTIVE is not None and _ACTIVE.context is not None:
+    if config is None or config == _ACTIVE.config:
+      return _ACTIVE
+    _ACTIVE.close()
+  _ACTIVE = Runtime(config or RuntimeConfig()).start()
+  return _ACTIVE
+
+
+def shutdown() -> None:
+  """Stops the process-wide runtime, if any (also run at exit)."""
+  global _ACTIVE
+  if _ACTIVE is not None:
+    _ACTIVE.close()
+    _ACTIVE = None
+
+
+def worker_pids() -> list[int]:
+  """PIDs of live workers started by the process-wide runtime."""
+  if _ACTIVE is None:
+    return []
+  return [w.pid for w in _ACTIVE.workers if w.alive()]
+
+
+atexit.register(shutdown)

@@ -1,0 +1,279 @@
+"""The paper's five settings as trainers with one interface.
+
+A trainer owns its TFF process (or, for TF Privacy's CDP baseline, a Keras
+model) and the hospitals' data pipelines. Per round, ``plan`` says which
+hospitals take part and what privacy each party spends (StepSpecs, one ledger
+per party), and ``run`` executes the round. The training loop
+(dopamine_tff/training_loop.py) checks the budget between the two.
+
+Parties: Dopamine and CDP protect every patient with one central-DP-SGD-like
+guarantee ("all"). In FPDP each hospital's data is protected only by its own
+noise and steps, so each hospital is a party with its own ledger; the run
+reports the worst.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from dopamine_tff import accounting
+from dopamine_tff import aggregation
+from dopamine_tff import configs
+from dopamine_tff import dp_sgd
+from dopamine_tff import models
+from dopamine_tff import process
+from dopamine_tff.data import loaders
+
+ALL = "all"
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundPlan:
+  """Who takes part in a round and the DP steps each party will take."""
+
+  clients: tuple[int, ...]
+  steps: dict  # party name -> accounting.StepSpec
+
+
+def write_shards(sets: list[loaders.ImageSet], directory: str) -> list[str]:
+  """Writes each hospital's arrays to one file; returns the paths.
+
+  TFF then ships only a path per hospital and round; the worker reads the file.
+  """
+  os.makedirs(directory, exist_ok=True)
+  paths = []
+  for k, s in enumerate(sets):
+    path = os.path.join(directory, f"hospital_{k:04d}.tfrec")
+    blob = tf.io.serialize_tensor(tf.constant(s.images)).numpy()
+    labels = tf.io.serialize_tensor(tf.constant(s.labels)).numpy()
+    tmp = path + ".tmp"
+    with tf.io.TFRecordWriter(tmp) as w:
+      w.write(blob)
+      w.write(labels)
+    os.replace(tmp, path)
+    paths.append(path)
+  return paths
+
+
+def hospital_dataset(path: str, image_shape) -> tf.data.Dataset:
+  """One element: the hospital's (images [N,H,W,C], labels [N]), read from disk."""
+
+  def parse(records):
+    x = tf.io.parse_tensor(records[0], tf.float32)
+    y = tf.io.parse_tensor(records[1], tf.int32)
+    return tf.ensure_shape(x, [None, *image_shape]), tf.ensure_shape(y, [None])
+
+  return tf.data.TFRecordDataset(path).batch(2).map(parse)
+
+
+def client_seed(seed: int, round_num: int, client: int) -> np.ndarray:
+  """The hospital's stateless seed for a round (see dp_sgd module docstring)."""
+  return np.array([seed, round_num * 1_000_003 + client], dtype=np.int64)
+
+
+class TffTrainer:
+  """Shared machinery of the trainers that run a TFF iterative process."""
+
+  def __init__(self, cfg: configs.TrainConfig, sets, image_shape, num_classes, work_dir):
+    self.cfg = cfg
+    self.sizes = [len(s) for s in sets]
+    self.image_shape = image_shape
+    self.model_fn = lambda: models.build(cfg.model, image_shape, num_classes)
+    self.initial_weights = models.initial_weights(cfg.model, image_shape, num_classes, cfg.seed)
+    paths = write_shards(sets, os.path.join(work_dir, "shards"))
+    self.datasets = [hospital_dataset(p, image_shape) for p in paths]
+    self.process = self.build()
+
+  def build(self):
+    raise NotImplementedError
+
+  def initial_state(self):
+    return self.process.initialize()
+
+  def run(self, state, plan: RoundPlan, round_num: int):
+    data = [self.datasets[k] for k in plan.clients]
+    seeds = [client_seed(self.cfg.seed, round_num, k) for k in plan.clients]
+    state, measurements = self.process.next(state, data, seeds)
+    return state, dict(measurements or {})
+
+  @staticmethod
+  def weights(state) -> list[np.ndarray]:
+    return [np.asarray(w) for w in state.weights]
+
+  def describe(self) -> str:
+    return f"{type(self).__name__}: {len(self.sizes)} hospitals, sizes {self.sizes}"
+
+
+class DpSgdTrainer(TffTrainer):
+  """FSCDP (Dopamine, K hospitals) and CDP with our process (K=1)."""
+
+  def build(self):
+    cfg = self.cfg
+    k = len(self.sizes)
+    share = cfg.noise_multiplier * cfg.l2_norm_clip / math.sqrt(k)
+    bound = cfg.secure_sum_bound or aggregation.default_bound(
+        l2_norm_clip=cfg.l2_norm_clip,
+        expected_batch=cfg.sampling_prob * max(self.sizes),
+        noise_stddev=share,
+    )
+    self.secure_sum = aggregation.SecureSumConfig(bound)
+    params = process.DpSgdParams(
+        cfg.sampling_prob, cfg.l2_norm_clip, share, cfg.learning_rate, cfg.momentum
+    )
+    return process.build_dp_sgd_process(
+        self.model_fn, self.initial_weights, self.image_shape, params, self.secure_sum
+    )
+
+  def epochs(self, rounds_done: int) -> float:
+    return rounds_done * self.cfg.sampling_prob
+
+  def plan(self, round_num: int) -> RoundPlan:
+    k = len(self.sizes)
+    return RoundPlan(
+        tuple(range(k)),
+        {ALL: accounting.StepSpec(self.cfg.sampling_prob, self.cfg.noise_multiplier)},
+    )
+
+  def parties(self) -> list[str]:
+    return [ALL]
+
+  def describe(self) -> str:
+    return super().describe() + "; " + self.secure_sum.describe()
+
+
+class FedAvgTrainer(TffTrainer):
+  """F (FedAvg), FPDP (local DP-SGD, full noise) and C (K=1, E=1, all data)."""
+
+  def build(self):
+    cfg = self.cfg
+    dp = cfg.noise_multiplier if cfg.setting == "fpdp" else None
+    epochs = 1 if cfg.setting == "c" else cfg.local_epochs
+    params = process.LocalParams(
+        epochs, cfg.batch_size, cfg.learning_rate, cfg.momentum, dp, cfg.l2_norm_clip
+    )
+    self.local = params
+    return process.build_fedavg_process(
+        self.model_fn, self.initial_weights, self.image_shape, params
+    )
+
+  def _fraction(self) -> float:
+    return 1.0 if self.cfg.setting == "c" else self.cfg.client_fraction
+
+  def epochs(self, rounds_done: int) -> float:
+    return rounds_done * self.local.local_epochs * self._fraction()
+
+  def plan(self, round_num: int) -> RoundPlan:
+    k = len(self.sizes)
+    m = max(1, int(round(self._fraction() * k)))
+    rng = np.random.default_rng([self.cfg.seed, round_num, 7])
+    clients = tuple(sorted(rng.choice(k, size=m, replace=False).tolist()))
+    steps = {}
+    if self.cfg.setting == "fpdp":
+      for c in clients:
+        n = self.sizes[c]
+        count = self.local.local_epochs * math.ceil(n / self.local.batch_size)
+        q = min(1.0, self.local.batch_size / n)
+        steps[str(c)] = accounting.StepSpec(q, self.cfg.noise_multiplier, count)
+    return RoundPlan(clients, steps)
+
+  def parties(self) -> list[str]:
+    return [str(k) for k in range(len(self.sizes))] if self.cfg.setting == "fpdp" else []
+
+
+class TfPrivacyCdpTrainer:
+  """CDP with TF Privacy's own VectorizedDPKerasSGDOptimizer (the baseline).
+
+  Differences from ours (documented in README): Keras iterates over shuffled
+  fixed-size batches rather than Poisson samples, and the optimizer divides the
+  noisy sum by the realised batch size. Accounting follows TF Privacy's
+  convention (Poisson q = B/N, N/B steps per epoch). One round is one epoch.
+  """
+
+  def __init__(self, cfg, sets, image_shape, num_classes, work_dir):
+    from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras_vectorized
+
+    del work_dir
+    self.cfg = cfg
+    pooled = loaders.ImageSet(
+        np.concatenate([s.images for s in sets]), np.concatenate([s.labels for s in sets])
+    )
+    self.data = pooled
+    tf.keras.utils.set_random_seed(cfg.seed)
+    self.model = models.build(cfg.model, image_shape, num_classes)
+    self.model.set_weights(models.initial_weights(cfg.model, image_shape, num_classes, cfg.seed))
+    opt = dp_optimizer_keras_vectorized.VectorizedDPKerasSGDOptimizer(
+        l2_norm_clip=cfg.l2_norm_clip,
+        noise_multiplier=cfg.noise_multiplier,
+        num_microbatches=None,
+        learning_rate=cfg.learning_rate,
+        momentum=cfg.momentum,
+    )
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction=tf.losses.Reduction.NONE
+    )
+    self.model.compile(optimizer=opt, loss=loss)
+    self.sizes = [len(pooled)]
+
+  def initial_state(self):
+    return [w.copy() for w in models_weights(self.model)]
+
+  def epochs(self, rounds_done: int) -> float:
+    return float(rounds_done)
+
+  def plan(self, round_num: int) -> RoundPlan:
+    n = len(self.data)
+    b = self.cfg.batch_size
+    return RoundPlan((0,), {ALL: accounting.StepSpec(min(1.0, b / n), self.cfg.noise_multiplier, n // b)})
+
+  def parties(self) -> list[str]:
+    return [ALL]
+
+  def run(self, state, plan, round_num):
+    del plan
+    self.model.set_weights(state)
+    b = self.cfg.batch_size
+    order = np.random.default_rng([self.cfg.seed, round_num]).permutation(len(self.data))
+    n = (len(order) // b) * b  # the optimizer needs full batches
+    idx = order[:n]
+    self.model.fit(self.data.images[idx], self.data.labels[idx], batch_size=b, epochs=1, shuffle=False, verbose=0)
+    return models_weights(self.model), {}
+
+  @staticmethod
+  def weights(state):
+    return state
+
+  def describe(self) -> str:
+    return f"TF Privacy VectorizedDPKerasSGDOptimizer on {len(self.data)} pooled examples"
+
+
+def models_weights(model) -> list[np.ndarray]:
+  return [v.numpy() for v in model.trainable_variables]
+
+
+def make_trainer(cfg: configs.TrainConfig, data: loaders.FederatedData, work_dir: str):
+  """Builds the trainer of `cfg.setting` over `data`."""
+  central = cfg.setting in ("c", "cdp")
+  sets = [data.pooled()] if central else list(data.hospitals)
+  args = (cfg, sets, data.image_shape, data.num_classes, work_dir)
+  if cfg.setting == "cdp" and cfg.cdp_impl == "tf_privacy":
+    return TfPrivacyCdpTrainer(*args)
+  if cfg.setting in ("cdp", "fscdp"):
+    return DpSgdTrainer(*args)
+  return FedAvgTrainer(*args)
+
+
+def evaluate(model: tf.keras.Model, weights, images: np.ndarray, labels: np.ndarray, batch: int = 512):
+  """(mean loss, accuracy) of `weights` on a set, in this process."""
+  dp_sgd.assign_weights(model, weights)
+  total_loss, correct = 0.0, 0
+  for i in range(0, len(labels), batch):
+    logits = model(images[i : i + batch], training=False)
+    total_loss += float(tf.reduce_sum(dp_sgd.loss_per_example(logits, labels[i : i + batch])))
+    correct += int(np.sum(np.argmax(logits.numpy(), axis=1) == labels[i : i + batch]))
+  n = max(len(labels), 1)
+  return total_loss / n, correct / n
