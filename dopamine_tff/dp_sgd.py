@@ -125,9 +125,18 @@ def noisy_clipped_sum(model, x, y, *, sampling_prob, l2_norm_clip, noise_stddev,
   noise_seed = tf.random.experimental.stateless_fold_in(seed, 1)
   mask = poisson_mask(tf.shape(y)[0], sampling_prob, sample_seed)
   xb, yb = tf.boolean_mask(x, mask), tf.boolean_mask(y, mask)
-  grads = per_example_gradients(model, xb, yb)
-  clipped, _ = clip_per_example(grads, l2_norm_clip)
-  summed = [tf.reduce_sum(g, axis=0) for g in clipped]
+
+  def clipped_sum():
+    grads = per_example_gradients(model, xb, yb)
+    clipped, _ = clip_per_example(grads, l2_norm_clip)
+    return [tf.reduce_sum(g, axis=0) for g in clipped]
+
+  def zeros():
+    return [tf.zeros_like(v) for v in model.trainable_variables]
+
+  # Poisson sampling can give an empty batch; vectorized_map's fallback loop
+  # for Conv2D's filter gradient cannot stack zero elements, so skip it.
+  summed = tf.cond(tf.size(yb) > 0, clipped_sum, zeros)
   query = SeededGaussianSumQuery(l2_norm_clip, noise_stddev, noise_seed)
   noised, _, _ = query.get_noised_result(summed, query.initial_global_state())
   return NoisySum(list(noised), tf.shape(yb)[0])

@@ -1,0 +1,42 @@
+# dopamine_tff: `make demo` and `make test` are all a new user needs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+
+.PHONY: env demo test test-all lint format clean
+
+# (Re)creates the environment only when it is missing or a requirements file
+# changed since the last install.
+$(STAMP): requirements.txt requirements-nodeps.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "dopamine_tff needs Python 3.11 (TFF 0.87 supports < 3.12)"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.run_experiment --setting=fscdp --dataset=synthetic \
+	  --num_examples=1500 --image_size=32 --num_hospitals=10 --rounds=300 \
+	  --sampling_prob=0.05 --noise_multiplier=1.0 --l2_norm_clip=1.0 \
+	  --learning_rate=0.1 --eval_every=50 --output_dir=runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# Everything, including the slow paper-scale tests.
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dopamine_tff experiments tests
+	$(VENV)/bin/ruff format --check dopamine_tff experiments tests
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format dopamine_tff experiments tests
+	$(VENV)/bin/ruff check --fix dopamine_tff experiments tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
