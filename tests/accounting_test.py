@@ -1,0 +1,92 @@
+"""Accounting: known answers, an independent computation, the ledger."""
+
+import math
+
+import dp_accounting
+import pytest
+
+from dopamine_tff import accounting
+
+
+def test_tf_privacy_published_mnist_rdp():
+  # TF Privacy tutorial: n=60000, batch 256, noise 1.1, 60 epochs, delta 1e-5.
+  q, steps = 256 / 60000, int(60 * 60000 / 256)
+  eps = accounting.epsilon_of([accounting.StepSpec(q, 1.1, steps)], 1e-5)
+  assert eps == pytest.approx(2.597, abs=0.01)
+
+
+def test_pld_is_tighter_on_mnist():
+  q, steps = 256 / 60000, int(60 * 60000 / 256)
+  eps = accounting.epsilon_of([accounting.StepSpec(q, 1.1, steps)], 1e-5, "pld")
+  assert eps == pytest.approx(2.38, abs=0.02)
+
+
+def test_ledger_equals_a_fresh_dp_accounting_computation():
+  ledger = accounting.PrivacyLedger(1e-4)
+  steps = [accounting.StepSpec(0.03425, 1.15)] * 50 + [accounting.StepSpec(0.03425, 0.9)] * 7
+  for s in steps:
+    ledger.record(s)
+  acc = dp_accounting.rdp.RdpAccountant(list(accounting.RDP_ORDERS))
+  for s in steps:
+    acc.compose(dp_accounting.PoissonSampledDpEvent(s.sampling_prob, dp_accounting.GaussianDpEvent(s.noise_multiplier)))
+  assert ledger.epsilon() == pytest.approx(acc.get_epsilon(1e-4), rel=1e-9)
+
+
+def test_epsilon_if_does_not_record():
+  ledger = accounting.PrivacyLedger(1e-5)
+  ledger.record(accounting.StepSpec(0.01, 1.0, 10))
+  before = ledger.epsilon()
+  after = ledger.epsilon_if(accounting.StepSpec(0.01, 1.0, 10))
+  assert after > before
+  assert ledger.epsilon() == before
+  assert after == pytest.approx(accounting.epsilon_of([accounting.StepSpec(0.01, 1.0, 20)], 1e-5))
+
+
+def test_ledger_round_trips_through_json():
+  ledger = accounting.PrivacyLedger(1e-4)
+  ledger.record(accounting.StepSpec(0.1, 1.3, 5))
+  again = accounting.PrivacyLedger.from_json(ledger.to_json())
+  assert again.epsilon() == ledger.epsilon()
+
+
+def test_noise_free_steps_are_infinitely_private_never():
+  ledger = accounting.PrivacyLedger(1e-4)
+  assert ledger.epsilon() == 0.0
+  ledger.record(accounting.StepSpec(0.5, 0.0))
+  assert math.isinf(ledger.epsilon())
+
+
+def test_noise_multiplier_for_inverts_epsilon():
+  sigma = accounting.noise_multiplier_for(3.0, sampling_prob=0.05, steps=500, delta=1e-5)
+  eps = accounting.epsilon_of([accounting.StepSpec(0.05, sigma, 500)], 1e-5)
+  assert eps == pytest.approx(3.0, abs=0.01)
+  assert eps <= 3.0 + 1e-6
+
+
+def test_more_noise_less_epsilon_more_steps_more_epsilon():
+  e = lambda q, s, t: accounting.epsilon_of([accounting.StepSpec(q, s, t)], 1e-5)
+  assert e(0.01, 2.0, 100) < e(0.01, 1.0, 100)
+  assert e(0.01, 1.0, 100) < e(0.01, 1.0, 200)
+  assert e(0.01, 1.0, 100) < e(0.02, 1.0, 100)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"sampling_prob": 1.5, "noise_multiplier": 1.0}, "sampling_prob"),
+        ({"sampling_prob": 0.0, "noise_multiplier": 1.0}, "sampling_prob"),
+        ({"sampling_prob": 0.1, "noise_multiplier": -1.0}, "noise_multiplier"),
+    ],
+)
+def test_bad_steps_are_rejected(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    accounting.StepSpec(**kwargs)
+
+
+def test_bad_ledger_and_target_are_rejected():
+  with pytest.raises(ValueError, match="delta"):
+    accounting.PrivacyLedger(1.5)
+  with pytest.raises(ValueError, match="accountant"):
+    accounting.PrivacyLedger(1e-5, "moments")
+  with pytest.raises(ValueError, match="target_epsilon"):
+    accounting.noise_multiplier_for(-1.0, sampling_prob=0.1, steps=10, delta=1e-5)
