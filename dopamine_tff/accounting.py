@@ -14,17 +14,16 @@ import dataclasses
 import functools
 import math
 
-import numpy as np
-
 import dp_accounting
 from dp_accounting import pld as pld_lib
 from dp_accounting import rdp as rdp_lib
 from dp_accounting.rdp import rdp_privacy_accountant
+import numpy as np
 
 ACCOUNTANTS = ("rdp", "pld")
 # Orders of TF Privacy's compute_dp_sgd_privacy plus a finer grid.
 RDP_ORDERS = tuple(
-    [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024]
+  [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024]
 )
 
 
@@ -119,7 +118,7 @@ class PrivacyLedger:
     self._groups[(step.sampling_prob, step.noise_multiplier)] += step.count
     if self.kind == "rdp":
       self._rdp = self._rdp + step.count * _rdp_of_one_step(
-          step.sampling_prob, step.noise_multiplier
+        step.sampling_prob, step.noise_multiplier
       )
 
   def _epsilon_of(self, rdp: np.ndarray, groups) -> float:
@@ -151,9 +150,9 @@ class PrivacyLedger:
 
   def to_json(self) -> dict:
     return {
-        "delta": self.delta,
-        "kind": self.kind,
-        "steps": [dataclasses.asdict(s) for s in self.steps],
+      "delta": self.delta,
+      "kind": self.kind,
+      "steps": [dataclasses.asdict(s) for s in self.steps],
     }
 
   @classmethod
@@ -165,7 +164,7 @@ class PrivacyLedger:
 
 
 def noise_multiplier_for(
-    target_epsilon: float, *, sampling_prob: float, steps: int, delta: float, kind: str = "rdp"
+  target_epsilon: float, *, sampling_prob: float, steps: int, delta: float, kind: str = "rdp"
 ) -> float:
   """Smallest noise multiplier whose `steps` DP-SGD steps stay within epsilon.
 
@@ -182,12 +181,12 @@ def noise_multiplier_for(
     return StepSpec(sampling_prob, sigma, steps).event()
 
   return float(
-      dp_accounting.calibrate_dp_mechanism(
-          lambda: make_accountant(kind),
-          make_event,
-          target_epsilon,
-          delta,
-          dp_accounting.LowerEndpointAndGuess(0.05, 1.0),
-          tol=1e-4,
-      )
+    dp_accounting.calibrate_dp_mechanism(
+      lambda: make_accountant(kind),
+      make_event,
+      target_epsilon,
+      delta,
+      dp_accounting.LowerEndpointAndGuess(0.05, 1.0),
+      tol=1e-4,
+    )
   )

@@ -51,9 +51,9 @@ class SecureSumConfig:
 
   def describe(self) -> str:
     return (
-        f"secure sum: range [-{self.bound:.6g}, {self.bound:.6g}], "
-        f"{QUANTISATION_BITS}-bit quantisation per hospital, step {self.step:.3g}, "
-        f"rounding error std {self.error_std:.3g} per hospital and coordinate"
+      f"secure sum: range [-{self.bound:.6g}, {self.bound:.6g}], "
+      f"{QUANTISATION_BITS}-bit quantisation per hospital, step {self.step:.3g}, "
+      f"rounding error std {self.error_std:.3g} per hospital and coordinate"
     )
 
 
@@ -71,8 +71,8 @@ def default_bound(*, l2_norm_clip: float, expected_batch: float, noise_stddev: f
 def float_sum_factory(config: SecureSumConfig) -> tff.aggregators.SecureSumFactory:
   """Secure sum of float32 structures over [-bound, bound]."""
   return tff.aggregators.SecureSumFactory(
-      upper_bound_threshold=float(config.bound),
-      lower_bound_threshold=-float(config.bound),
+    upper_bound_threshold=float(config.bound),
+    lower_bound_threshold=-float(config.bound),
   )
 
 

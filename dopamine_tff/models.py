@@ -30,7 +30,9 @@ def squeezenet_v1_1(input_shape, num_classes: int = 5, dropout: float = 0.0) -> 
   """
   pool = lambda n: tf.keras.layers.MaxPool2D(3, 2, padding="same", name=n)  # noqa: E731
   inputs = tf.keras.Input(shape=input_shape)
-  x = tf.keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu", name="conv1")(inputs)
+  x = tf.keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu", name="conv1")(
+    inputs
+  )
   x = pool("pool1")(x)
   x = _fire(x, 16, 64, "fire2")
   x = _fire(x, 16, 64, "fire3")
@@ -87,7 +89,7 @@ def count_params(model: tf.keras.Model) -> int:
 def batch_norm_layers(model: tf.keras.Model) -> list[str]:
   """Names of batch-normalisation layers (there must be none)."""
   return [
-      layer.name
-      for layer in model.submodules
-      if isinstance(layer, tf.keras.layers.BatchNormalization)
+    layer.name
+    for layer in model.submodules
+    if isinstance(layer, tf.keras.layers.BatchNormalization)
   ]

@@ -13,7 +13,8 @@ hospital (it never reaches the server).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -78,8 +79,8 @@ def weight_specs(weights) -> list[tf.TensorSpec]:
 
 def data_spec(image_shape) -> tuple[tf.TensorSpec, tf.TensorSpec]:
   return (
-      tf.TensorSpec([None, *image_shape], tf.float32),
-      tf.TensorSpec([None], tf.int32),
+    tf.TensorSpec([None, *image_shape], tf.float32),
+    tf.TensorSpec([None], tf.int32),
   )
 
 
@@ -99,11 +100,11 @@ def _initialize_fn(initial_weights, with_velocity: bool):
 
 
 def build_dp_sgd_process(
-    model_fn: Callable[[], tf.keras.Model],
-    initial_weights: list[np.ndarray],
-    image_shape,
-    params: DpSgdParams,
-    secure_sum: aggregation.SecureSumConfig,
+  model_fn: Callable[[], tf.keras.Model],
+  initial_weights: list[np.ndarray],
+  image_shape,
+  params: DpSgdParams,
+  secure_sum: aggregation.SecureSumConfig,
 ) -> tff.templates.IterativeProcess:
   """Dopamine's round (Algorithm 1): per-hospital DP-SGD share, secure sum.
 
@@ -126,13 +127,13 @@ def build_dp_sgd_process(
     dp_sgd.assign_weights(model, weights)
     x, y = _all_examples(dataset)
     result = dp_sgd.noisy_clipped_sum(
-        model,
-        x,
-        y,
-        sampling_prob=params.sampling_prob,
-        l2_norm_clip=params.l2_norm_clip,
-        noise_stddev=params.noise_stddev,
-        seed=seed,
+      model,
+      x,
+      y,
+      sampling_prob=params.sampling_prob,
+      l2_norm_clip=params.l2_norm_clip,
+      noise_stddev=params.noise_stddev,
+      seed=seed,
     )
     return result.noisy_sum, tf.shape(y)[0]
 
@@ -147,11 +148,11 @@ def build_dp_sgd_process(
     expected_batch = params.sampling_prob * tf.cast(num_examples, tf.float32)
     grad = [g / expected_batch for g in noisy_sum]
     weights, velocity = dp_sgd.momentum_step(
-        state.weights,
-        state.velocity,
-        grad,
-        learning_rate=params.learning_rate,
-        momentum=params.momentum,
+      state.weights,
+      state.velocity,
+      grad,
+      learning_rate=params.learning_rate,
+      momentum=params.momentum,
     )
     return ServerState(weights, velocity, state.round_num + 1)
 
@@ -160,7 +161,7 @@ def build_dp_sgd_process(
     return state.weights
 
   sum_process = aggregation.float_sum_factory(secure_sum).create(
-      tff.types.tensorflow_to_type(w_specs)
+    tff.types.tensorflow_to_type(w_specs)
   )
   count_process = aggregation.count_sum_factory().create(tff.TensorType(np.int32))
 
@@ -169,9 +170,9 @@ def build_dp_sgd_process(
     return tff.federated_eval(state_fn, tff.SERVER)
 
   @tff.federated_computation(
-      tff.FederatedType(state_type, tff.SERVER),
-      tff.FederatedType(ds_type, tff.CLIENTS),
-      tff.FederatedType(tff.types.tensorflow_to_type(SEED_SPEC), tff.CLIENTS),
+    tff.FederatedType(state_type, tff.SERVER),
+    tff.FederatedType(ds_type, tff.CLIENTS),
+    tff.FederatedType(tff.types.tensorflow_to_type(SEED_SPEC), tff.CLIENTS),
   )
   def next_fn(state, datasets, seeds):
     weights = tff.federated_broadcast(tff.federated_map(get_weights, state))
@@ -200,7 +201,7 @@ def _local_sgd_tf(model, weights, x, y, seed, params: LocalParams):
     if params.dp_noise_multiplier is None:
       epoch = step // batches_per_epoch
       order = tf.argsort(
-          tf.random.stateless_uniform([n], tf.random.experimental.stateless_fold_in(seed, -1 - epoch))
+        tf.random.stateless_uniform([n], tf.random.experimental.stateless_fold_in(seed, -1 - epoch))
       )
       idx = order[(step % batches_per_epoch) * batch :][:batch]
       xb, yb = tf.gather(x, idx), tf.gather(y, idx)
@@ -209,29 +210,29 @@ def _local_sgd_tf(model, weights, x, y, seed, params: LocalParams):
       grad = tape.gradient(loss, model.trainable_variables)
     else:
       result = dp_sgd.noisy_clipped_sum(
-          model,
-          x,
-          y,
-          sampling_prob=q,
-          l2_norm_clip=params.l2_norm_clip,
-          noise_stddev=params.dp_noise_multiplier * params.l2_norm_clip,
-          seed=step_seed,
+        model,
+        x,
+        y,
+        sampling_prob=q,
+        l2_norm_clip=params.l2_norm_clip,
+        noise_stddev=params.dp_noise_multiplier * params.l2_norm_clip,
+        seed=step_seed,
       )
       expected = q * tf.cast(n, tf.float32)
       grad = [g / expected for g in result.noisy_sum]
     current = [tf.identity(v) for v in model.trainable_variables]
     new_w, velocity = dp_sgd.momentum_step(
-        current, velocity, grad, learning_rate=params.learning_rate, momentum=params.momentum
+      current, velocity, grad, learning_rate=params.learning_rate, momentum=params.momentum
     )
     dp_sgd.assign_weights(model, new_w)
   return [v - w for v, w in zip(model.trainable_variables, weights)]
 
 
 def build_fedavg_process(
-    model_fn: Callable[[], tf.keras.Model],
-    initial_weights: list[np.ndarray],
-    image_shape,
-    params: LocalParams,
+  model_fn: Callable[[], tf.keras.Model],
+  initial_weights: list[np.ndarray],
+  image_shape,
+  params: LocalParams,
 ) -> tff.templates.IterativeProcess:
   """FedAvg (McMahan et al. 2017): local epochs, example-weighted mean of deltas.
 
@@ -269,16 +270,16 @@ def build_fedavg_process(
     return tff.federated_eval(state_fn, tff.SERVER)
 
   @tff.federated_computation(
-      tff.FederatedType(state_type, tff.SERVER),
-      tff.FederatedType(ds_type, tff.CLIENTS),
-      tff.FederatedType(tff.types.tensorflow_to_type(SEED_SPEC), tff.CLIENTS),
+    tff.FederatedType(state_type, tff.SERVER),
+    tff.FederatedType(ds_type, tff.CLIENTS),
+    tff.FederatedType(tff.types.tensorflow_to_type(SEED_SPEC), tff.CLIENTS),
   )
   def next_fn(state, datasets, seeds):
     weights = tff.federated_broadcast(tff.federated_map(get_weights, state))
     deltas, sizes = tff.federated_map(client_update, (weights, datasets, seeds))
     mean_delta = tff.federated_mean(deltas, weight=sizes)
     return tff.federated_map(server_update, (state, mean_delta)), tff.federated_value(
-        (), tff.SERVER
+      (), tff.SERVER
     )
 
   return tff.templates.IterativeProcess(initialize, next_fn)

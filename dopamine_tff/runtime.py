@@ -38,9 +38,9 @@ import tensorflow_federated as tff
 
 _PR_SET_PDEATHSIG = 1
 _GRPC_OPTIONS = [
-    ("grpc.max_message_length", 2**31 - 1),
-    ("grpc.max_receive_message_length", 2**31 - 1),
-    ("grpc.max_send_message_length", 2**31 - 1),
+  ("grpc.max_message_length", 2**31 - 1),
+  ("grpc.max_receive_message_length", 2**31 - 1),
+  ("grpc.max_send_message_length", 2**31 - 1),
 ]
 # Command lines of workers started here contain this, so tests can find them.
 WORKER_PATTERN = "tensorflow_federated/.*data/worker_binary"
@@ -48,9 +48,7 @@ WORKER_PATTERN = "tensorflow_federated/.*data/worker_binary"
 
 def default_worker_binary() -> str:
   """Path of the worker binary shipped in the tensorflow-federated wheel."""
-  return os.path.normpath(
-      os.path.join(os.path.dirname(tff.__file__), "data", "worker_binary")
-  )
+  return os.path.normpath(os.path.join(os.path.dirname(tff.__file__), "data", "worker_binary"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,21 +96,21 @@ class Worker:
       raise RuntimeError("TFF workers must be started from the main thread")
     self.port = portpicker.pick_unused_port()
     self.log_path = os.path.join(
-        tempfile.gettempdir(), f"dopamine_tff_worker_{os.getpid()}_{self.port}.log"
+      tempfile.gettempdir(), f"dopamine_tff_worker_{os.getpid()}_{self.port}.log"
     )
     log = open(self.log_path, "wb")  # noqa: SIM115 (handed to the child)
     try:
       self.process = subprocess.Popen(
-          [
-              binary,
-              f"--port={self.port}",
-              f"--max_concurrent_computation_calls={max_concurrent_computation_calls}",
-          ],
-          stdin=subprocess.DEVNULL,
-          stdout=log,
-          stderr=subprocess.STDOUT,
-          close_fds=True,
-          preexec_fn=_die_with_parent,
+        [
+          binary,
+          f"--port={self.port}",
+          f"--max_concurrent_computation_calls={max_concurrent_computation_calls}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        close_fds=True,
+        preexec_fn=_die_with_parent,
       )
     finally:
       log.close()
@@ -142,8 +140,7 @@ def _wait_ready(stub, timeout_s: float, worker: Worker | None) -> None:
   while not stub.is_ready:
     if worker is not None and not worker.alive():
       raise RuntimeError(
-          f"TFF worker exited with code {worker.process.returncode}; "
-          f"see {worker.log_path}"
+        f"TFF worker exited with code {worker.process.returncode}; " f"see {worker.log_path}"
       )
     if time.monotonic() > deadline:
       raise RuntimeError(f"TFF worker not ready after {timeout_s} s")
@@ -164,8 +161,8 @@ class Runtime:
     worker = None
     if cfg.address is None:
       worker = Worker(
-          cfg.worker_binary or default_worker_binary(),
-          cfg.max_concurrent_computation_calls,
+        cfg.worker_binary or default_worker_binary(),
+        cfg.max_concurrent_computation_calls,
       )
       self.workers.append(worker)
       address = worker.address
@@ -183,14 +180,12 @@ class Runtime:
       executor.set_cardinalities(cardinalities)
       return executor
 
-    factory = tff.framework.ResourceManagingExecutorFactory(
-        executor_stack_fn=stack_fn
-    )
+    factory = tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
     self.context = tff.framework.SyncExecutionContext(
-        executor_fn=factory,
-        compiler_fn=compile_for_simulation,
-        transform_args=tff.tensorflow.transform_args,
-        transform_result=tff.tensorflow.transform_result,
+      executor_fn=factory,
+      compiler_fn=compile_for_simulation,
+      transform_args=tff.tensorflow.transform_args,
+      transform_result=tff.tensorflow.transform_result,
     )
     tff.framework.set_default_context(self.context)
     return self

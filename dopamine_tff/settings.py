@@ -117,16 +117,16 @@ class DpSgdTrainer(TffTrainer):
     k = len(self.sizes)
     share = cfg.noise_multiplier * cfg.l2_norm_clip / math.sqrt(k)
     bound = cfg.secure_sum_bound or aggregation.default_bound(
-        l2_norm_clip=cfg.l2_norm_clip,
-        expected_batch=cfg.sampling_prob * max(self.sizes),
-        noise_stddev=share,
+      l2_norm_clip=cfg.l2_norm_clip,
+      expected_batch=cfg.sampling_prob * max(self.sizes),
+      noise_stddev=share,
     )
     self.secure_sum = aggregation.SecureSumConfig(bound)
     params = process.DpSgdParams(
-        cfg.sampling_prob, cfg.l2_norm_clip, share, cfg.learning_rate, cfg.momentum
+      cfg.sampling_prob, cfg.l2_norm_clip, share, cfg.learning_rate, cfg.momentum
     )
     return process.build_dp_sgd_process(
-        self.model_fn, self.initial_weights, self.image_shape, params, self.secure_sum
+      self.model_fn, self.initial_weights, self.image_shape, params, self.secure_sum
     )
 
   def epochs(self, rounds_done: int) -> float:
@@ -135,8 +135,8 @@ class DpSgdTrainer(TffTrainer):
   def plan(self, round_num: int) -> RoundPlan:
     k = len(self.sizes)
     return RoundPlan(
-        tuple(range(k)),
-        {ALL: accounting.StepSpec(self.cfg.sampling_prob, self.cfg.noise_multiplier)},
+      tuple(range(k)),
+      {ALL: accounting.StepSpec(self.cfg.sampling_prob, self.cfg.noise_multiplier)},
     )
 
   def parties(self) -> list[str]:
@@ -154,11 +154,11 @@ class FedAvgTrainer(TffTrainer):
     dp = cfg.noise_multiplier if cfg.setting == "fpdp" else None
     epochs = 1 if cfg.setting == "c" else cfg.local_epochs
     params = process.LocalParams(
-        epochs, cfg.batch_size, cfg.learning_rate, cfg.momentum, dp, cfg.l2_norm_clip
+      epochs, cfg.batch_size, cfg.learning_rate, cfg.momentum, dp, cfg.l2_norm_clip
     )
     self.local = params
     return process.build_fedavg_process(
-        self.model_fn, self.initial_weights, self.image_shape, params
+      self.model_fn, self.initial_weights, self.image_shape, params
     )
 
   def _fraction(self) -> float:
@@ -200,21 +200,21 @@ class TfPrivacyCdpTrainer:
     del work_dir
     self.cfg = cfg
     pooled = loaders.ImageSet(
-        np.concatenate([s.images for s in sets]), np.concatenate([s.labels for s in sets])
+      np.concatenate([s.images for s in sets]), np.concatenate([s.labels for s in sets])
     )
     self.data = pooled
     tf.keras.utils.set_random_seed(cfg.seed)
     self.model = models.build(cfg.model, image_shape, num_classes)
     self.model.set_weights(models.initial_weights(cfg.model, image_shape, num_classes, cfg.seed))
     opt = dp_optimizer_keras_vectorized.VectorizedDPKerasSGDOptimizer(
-        l2_norm_clip=cfg.l2_norm_clip,
-        noise_multiplier=cfg.noise_multiplier,
-        num_microbatches=None,
-        learning_rate=cfg.learning_rate,
-        momentum=cfg.momentum,
+      l2_norm_clip=cfg.l2_norm_clip,
+      noise_multiplier=cfg.noise_multiplier,
+      num_microbatches=None,
+      learning_rate=cfg.learning_rate,
+      momentum=cfg.momentum,
     )
     loss = tf.keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, reduction=tf.losses.Reduction.NONE
+      from_logits=True, reduction=tf.losses.Reduction.NONE
     )
     self.model.compile(optimizer=opt, loss=loss)
     self.sizes = [len(pooled)]
@@ -228,7 +228,9 @@ class TfPrivacyCdpTrainer:
   def plan(self, round_num: int) -> RoundPlan:
     n = len(self.data)
     b = self.cfg.batch_size
-    return RoundPlan((0,), {ALL: accounting.StepSpec(min(1.0, b / n), self.cfg.noise_multiplier, n // b)})
+    return RoundPlan(
+      (0,), {ALL: accounting.StepSpec(min(1.0, b / n), self.cfg.noise_multiplier, n // b)}
+    )
 
   def parties(self) -> list[str]:
     return [ALL]
@@ -240,7 +242,9 @@ class TfPrivacyCdpTrainer:
     order = np.random.default_rng([self.cfg.seed, round_num]).permutation(len(self.data))
     n = (len(order) // b) * b  # the optimizer needs full batches
     idx = order[:n]
-    self.model.fit(self.data.images[idx], self.data.labels[idx], batch_size=b, epochs=1, shuffle=False, verbose=0)
+    self.model.fit(
+      self.data.images[idx], self.data.labels[idx], batch_size=b, epochs=1, shuffle=False, verbose=0
+    )
     return models_weights(self.model), {}
 
   @staticmethod
@@ -267,7 +271,9 @@ def make_trainer(cfg: configs.TrainConfig, data: loaders.FederatedData, work_dir
   return FedAvgTrainer(*args)
 
 
-def evaluate(model: tf.keras.Model, weights, images: np.ndarray, labels: np.ndarray, batch: int = 512):
+def evaluate(
+  model: tf.keras.Model, weights, images: np.ndarray, labels: np.ndarray, batch: int = 512
+):
   """(mean loss, accuracy) of `weights` on a set, in this process."""
   dp_sgd.assign_weights(model, weights)
   total_loss, correct = 0.0, 0

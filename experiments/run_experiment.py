@@ -15,27 +15,37 @@ import json
 import math
 import sys
 
-import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
 from absl import app
 from absl import flags
 from absl import logging
 
+import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
 from dopamine_tff import configs
 from dopamine_tff import runtime
 from dopamine_tff import training_loop
 from dopamine_tff.data import loaders
 
-_SETTING = flags.DEFINE_enum("setting", "fscdp", list(configs.SETTINGS), "Which of the five settings.")
+_SETTING = flags.DEFINE_enum(
+  "setting", "fscdp", list(configs.SETTINGS), "Which of the five settings."
+)
 _DATASET = flags.DEFINE_enum("dataset", "synthetic", list(loaders.DATASETS), "Data source.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder of real data (aptos, eyepacs).")
-_NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 0, "Synthetic set size, or a cap on real data (0: all / 3000 synthetic).")
+_NUM_EXAMPLES = flags.DEFINE_integer(
+  "num_examples", 0, "Synthetic set size, or a cap on real data (0: all / 3000 synthetic)."
+)
 _MODEL = flags.DEFINE_enum("model", "small_cnn", ["small_cnn", "squeezenet"], "Model.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Image side (default: per data set).")
 _NUM_HOSPITALS = flags.DEFINE_integer("num_hospitals", 10, "K, the number of hospitals.")
-_PARTITION = flags.DEFINE_enum("partition", "iid", ["iid", "unequal", "dirichlet"], "Split into hospitals.")
-_ALPHA = flags.DEFINE_float("dirichlet_alpha", 0.5, "Label-skew concentration of --partition=dirichlet.")
+_PARTITION = flags.DEFINE_enum(
+  "partition", "iid", ["iid", "unequal", "dirichlet"], "Split into hospitals."
+)
+_ALPHA = flags.DEFINE_float(
+  "dirichlet_alpha", 0.5, "Label-skew concentration of --partition=dirichlet."
+)
 _TEST_FRACTION = flags.DEFINE_float("test_fraction", 0.2, "Held-out test share.")
-_ROUNDS = flags.DEFINE_integer("rounds", 100, "Rounds (fscdp/cdp: DP-SGD steps; c: epochs; f/fpdp: FedAvg rounds).")
+_ROUNDS = flags.DEFINE_integer(
+  "rounds", 100, "Rounds (fscdp/cdp: DP-SGD steps; c: epochs; f/fpdp: FedAvg rounds)."
+)
 _Q = flags.DEFINE_float("sampling_prob", 0.03425, "Poisson sampling probability q (fscdp, cdp).")
 _BATCH = flags.DEFINE_integer("batch_size", 50, "Batch size B (c, f, fpdp, cdp with tf_privacy).")
 _LOCAL_EPOCHS = flags.DEFINE_integer("local_epochs", 5, "Local epochs E (f, fpdp).")
@@ -48,51 +58,59 @@ _ACCOUNTANT = flags.DEFINE_enum("accountant", "rdp", ["rdp", "pld"], "Privacy ac
 _CDP_IMPL = flags.DEFINE_enum("cdp_impl", "ours", ["ours", "tf_privacy"], "CDP implementation.")
 _LR = flags.DEFINE_float("learning_rate", 0.002, "Learning rate.")
 _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "Momentum.")
-_BOUND = flags.DEFINE_float("secure_sum_bound", None, "Secure-sum range [-b, b] (default: derived).")
+_BOUND = flags.DEFINE_float(
+  "secure_sum_bound", None, "Secure-sum range [-b, b] (default: derived)."
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of data, weights, sampling and noise.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 1, "Evaluate every this many rounds.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "/tmp/dopamine_tff_run", "Where results go.")
-_MAX_CALLS = flags.DEFINE_integer("max_concurrent_calls", -1, "TFF worker: max concurrent client calls (<=0: no limit).")
-_WORKER_BINARY = flags.DEFINE_string("worker_binary", None, "TFF worker binary to start (e.g. a CUDA build).")
-_WORKER_ADDRESS = flags.DEFINE_string("worker_address", None, "host:port of a running TFF worker to use.")
+_MAX_CALLS = flags.DEFINE_integer(
+  "max_concurrent_calls", -1, "TFF worker: max concurrent client calls (<=0: no limit)."
+)
+_WORKER_BINARY = flags.DEFINE_string(
+  "worker_binary", None, "TFF worker binary to start (e.g. a CUDA build)."
+)
+_WORKER_ADDRESS = flags.DEFINE_string(
+  "worker_address", None, "host:port of a running TFF worker to use."
+)
 
 
 def _configs():
   data = loaders.DataConfig(
-      dataset=_DATASET.value,
-      data_dir=_DATA_DIR.value,
-      image_size=_IMAGE_SIZE.value,
-      num_hospitals=_NUM_HOSPITALS.value,
-      partition=_PARTITION.value,
-      dirichlet_alpha=_ALPHA.value,
-      test_fraction=_TEST_FRACTION.value,
-      num_examples=_NUM_EXAMPLES.value,
-      seed=_SEED.value,
+    dataset=_DATASET.value,
+    data_dir=_DATA_DIR.value,
+    image_size=_IMAGE_SIZE.value,
+    num_hospitals=_NUM_HOSPITALS.value,
+    partition=_PARTITION.value,
+    dirichlet_alpha=_ALPHA.value,
+    test_fraction=_TEST_FRACTION.value,
+    num_examples=_NUM_EXAMPLES.value,
+    seed=_SEED.value,
   )
   train = configs.TrainConfig(
-      setting=_SETTING.value,
-      rounds=_ROUNDS.value,
-      model=_MODEL.value,
-      learning_rate=_LR.value,
-      momentum=_MOMENTUM.value,
-      batch_size=_BATCH.value,
-      local_epochs=_LOCAL_EPOCHS.value,
-      client_fraction=_FRACTION.value,
-      sampling_prob=_Q.value,
-      noise_multiplier=_SIGMA.value,
-      l2_norm_clip=_CLIP.value,
-      delta=_DELTA.value,
-      target_epsilon=_TARGET_EPS.value,
-      accountant=_ACCOUNTANT.value,
-      cdp_impl=_CDP_IMPL.value,
-      secure_sum_bound=_BOUND.value,
-      seed=_SEED.value,
-      eval_every=_EVAL_EVERY.value,
+    setting=_SETTING.value,
+    rounds=_ROUNDS.value,
+    model=_MODEL.value,
+    learning_rate=_LR.value,
+    momentum=_MOMENTUM.value,
+    batch_size=_BATCH.value,
+    local_epochs=_LOCAL_EPOCHS.value,
+    client_fraction=_FRACTION.value,
+    sampling_prob=_Q.value,
+    noise_multiplier=_SIGMA.value,
+    l2_norm_clip=_CLIP.value,
+    delta=_DELTA.value,
+    target_epsilon=_TARGET_EPS.value,
+    accountant=_ACCOUNTANT.value,
+    cdp_impl=_CDP_IMPL.value,
+    secure_sum_bound=_BOUND.value,
+    seed=_SEED.value,
+    eval_every=_EVAL_EVERY.value,
   )
   rt = runtime.RuntimeConfig(
-      max_concurrent_computation_calls=_MAX_CALLS.value,
-      worker_binary=_WORKER_BINARY.value,
-      address=_WORKER_ADDRESS.value,
+    max_concurrent_computation_calls=_MAX_CALLS.value,
+    worker_binary=_WORKER_BINARY.value,
+    address=_WORKER_ADDRESS.value,
   )
   return data, train, rt
 
@@ -116,29 +134,61 @@ def main(argv):
     runtime.start(rt_cfg)
   try:
     summary = training_loop.run(
-        train_cfg, data, _OUTPUT_DIR.value, hparams=hparams, log=logging.info
+      train_cfg, data, _OUTPUT_DIR.value, hparams=hparams, log=logging.info
     )
   finally:
     runtime.shutdown()
   eps = summary["epsilon"]
-  eps_text = f"({eps:.3f}, {summary['delta']:g})-DP" if eps is not None and math.isfinite(eps) else "not private"
-  print(
-      f"{train_cfg.setting.upper()} on {data.name}: test accuracy "
-      f"{summary['final_test_accuracy']:.4f} (majority class {summary['majority_class_accuracy']:.4f}) "
-      f"after {summary['rounds_run']} rounds ({summary['epochs']:.2f} epochs), {eps_text}; "
-      f"stopped: {summary['stop_reason']}; results in {_OUTPUT_DIR.value}"
+  eps_text = (
+    f"({eps:.3f}, {summary['delta']:g})-DP"
+    if eps is not None and math.isfinite(eps)
+    else "not private"
   )
-  print(json.dumps({k: summary[k] for k in ("final_test_accuracy", "epsilon", "delta", "rounds_run")}))
+  print(
+    f"{train_cfg.setting.upper()} on {data.name}: test accuracy "
+    f"{summary['final_test_accuracy']:.4f} (majority class {summary['majority_class_accuracy']:.4f}) "
+    f"after {summary['rounds_run']} rounds ({summary['epochs']:.2f} epochs), {eps_text}; "
+    f"stopped: {summary['stop_reason']}; results in {_OUTPUT_DIR.value}"
+  )
+  print(
+    json.dumps({k: summary[k] for k in ("final_test_accuracy", "epsilon", "delta", "rounds_run")})
+  )
 
 
 _OWN_FLAGS = {
-    f.name
-    for f in (
-        _SETTING, _DATASET, _DATA_DIR, _NUM_EXAMPLES, _MODEL, _IMAGE_SIZE, _NUM_HOSPITALS,
-        _PARTITION, _ALPHA, _TEST_FRACTION, _ROUNDS, _Q, _BATCH, _LOCAL_EPOCHS, _FRACTION,
-        _SIGMA, _CLIP, _DELTA, _TARGET_EPS, _ACCOUNTANT, _CDP_IMPL, _LR, _MOMENTUM, _BOUND,
-        _SEED, _EVAL_EVERY, _OUTPUT_DIR, _MAX_CALLS, _WORKER_BINARY, _WORKER_ADDRESS,
-    )
+  f.name
+  for f in (
+    _SETTING,
+    _DATASET,
+    _DATA_DIR,
+    _NUM_EXAMPLES,
+    _MODEL,
+    _IMAGE_SIZE,
+    _NUM_HOSPITALS,
+    _PARTITION,
+    _ALPHA,
+    _TEST_FRACTION,
+    _ROUNDS,
+    _Q,
+    _BATCH,
+    _LOCAL_EPOCHS,
+    _FRACTION,
+    _SIGMA,
+    _CLIP,
+    _DELTA,
+    _TARGET_EPS,
+    _ACCOUNTANT,
+    _CDP_IMPL,
+    _LR,
+    _MOMENTUM,
+    _BOUND,
+    _SEED,
+    _EVAL_EVERY,
+    _OUTPUT_DIR,
+    _MAX_CALLS,
+    _WORKER_BINARY,
+    _WORKER_ADDRESS,
+  )
 }
 
 if __name__ == "__main__":

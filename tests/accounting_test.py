@@ -28,7 +28,11 @@ def test_ledger_equals_a_fresh_dp_accounting_computation():
     ledger.record(s)
   acc = dp_accounting.rdp.RdpAccountant(list(accounting.RDP_ORDERS))
   for s in steps:
-    acc.compose(dp_accounting.PoissonSampledDpEvent(s.sampling_prob, dp_accounting.GaussianDpEvent(s.noise_multiplier)))
+    acc.compose(
+      dp_accounting.PoissonSampledDpEvent(
+        s.sampling_prob, dp_accounting.GaussianDpEvent(s.noise_multiplier)
+      )
+    )
   assert ledger.epsilon() == pytest.approx(acc.get_epsilon(1e-4), rel=1e-9)
 
 
@@ -71,12 +75,12 @@ def test_more_noise_less_epsilon_more_steps_more_epsilon():
 
 
 @pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        ({"sampling_prob": 1.5, "noise_multiplier": 1.0}, "sampling_prob"),
-        ({"sampling_prob": 0.0, "noise_multiplier": 1.0}, "sampling_prob"),
-        ({"sampling_prob": 0.1, "noise_multiplier": -1.0}, "noise_multiplier"),
-    ],
+  "kwargs,message",
+  [
+    ({"sampling_prob": 1.5, "noise_multiplier": 1.0}, "sampling_prob"),
+    ({"sampling_prob": 0.0, "noise_multiplier": 1.0}, "sampling_prob"),
+    ({"sampling_prob": 0.1, "noise_multiplier": -1.0}, "noise_multiplier"),
+  ],
 )
 def test_bad_steps_are_rejected(kwargs, message):
   with pytest.raises(ValueError, match=message):

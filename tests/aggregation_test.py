@@ -13,7 +13,9 @@ def _secure_sum(config, values, tff_runtime):
   del tff_runtime
   proc = aggregation.float_sum_factory(config).create(tff.TensorType(np.float32, [len(values[0])]))
 
-  @tff.federated_computation(tff.FederatedType(tff.TensorType(np.float32, [len(values[0])]), tff.CLIENTS))
+  @tff.federated_computation(
+    tff.FederatedType(tff.TensorType(np.float32, [len(values[0])]), tff.CLIENTS)
+  )
   def total(v):
     out = proc.next(proc.initialize(), v)
     return out.result, out.measurements
@@ -25,7 +27,9 @@ def test_quantisation_error_far_below_dp_noise(tff_runtime):
   # A Dopamine round of the paper's FSCDP: C=2, sigma=1.15, K=10, ~10 examples.
   k, clip, sigma = 10, 2.0, 1.15
   share = sigma * clip / math.sqrt(k)
-  config = aggregation.SecureSumConfig(aggregation.default_bound(l2_norm_clip=clip, expected_batch=10, noise_stddev=share))
+  config = aggregation.SecureSumConfig(
+    aggregation.default_bound(l2_norm_clip=clip, expected_batch=10, noise_stddev=share)
+  )
   rng = np.random.default_rng(0)
   values = [rng.normal(0, share, 2000) + rng.uniform(-1, 1, 2000) for _ in range(k)]
   result, meas = _secure_sum(config, values, tff_runtime)

@@ -55,7 +55,9 @@ def test_clipping_matches_gaussian_sum_query(model_and_data):
 def test_zero_noise_sum_is_exact_sum_of_clipped_sampled_gradients(model_and_data):
   model, x, y = model_and_data
   seed = tf.constant([3, 4], tf.int64)
-  res = dp_sgd.noisy_clipped_sum(model, x, y, sampling_prob=0.5, l2_norm_clip=0.1, noise_stddev=0.0, seed=seed)
+  res = dp_sgd.noisy_clipped_sum(
+    model, x, y, sampling_prob=0.5, l2_norm_clip=0.1, noise_stddev=0.0, seed=seed
+  )
   mask = dp_sgd.poisson_mask(len(y), 0.5, tf.random.experimental.stateless_fold_in(seed, 0))
   idx = np.flatnonzero(mask.numpy())
   assert res.batch_size.numpy() == len(idx)
@@ -68,7 +70,13 @@ def test_zero_noise_sum_is_exact_sum_of_clipped_sampled_gradients(model_and_data
 def test_empty_poisson_batch_gives_pure_noise(model_and_data):
   model, x, y = model_and_data
   res = dp_sgd.noisy_clipped_sum(
-      model, x[:0], y[:0], sampling_prob=0.5, l2_norm_clip=1.0, noise_stddev=0.0, seed=tf.constant([1, 1], tf.int64)
+    model,
+    x[:0],
+    y[:0],
+    sampling_prob=0.5,
+    l2_norm_clip=1.0,
+    noise_stddev=0.0,
+    seed=tf.constant([1, 1], tf.int64),
   )
   assert res.batch_size.numpy() == 0
   assert all(float(tf.reduce_max(tf.abs(g))) == 0.0 for g in res.noisy_sum)

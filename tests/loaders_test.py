@@ -18,7 +18,7 @@ def _write_aptos(root, rows, sizes=None):
       f.write(f"{code},{diag}\n")
       h, w = (sizes or [(40 + i, 50 + 2 * i)] * len(rows))[i]
       Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-          os.path.join(root, "train_images", f"{code}.png")
+        os.path.join(root, "train_images", f"{code}.png")
       )
   return root
 
@@ -30,7 +30,9 @@ def aptos_dir(tmp_path):
 
 
 def test_aptos_folder_loads_and_splits(aptos_dir):
-  data = loaders.load(loaders.DataConfig(dataset="aptos", data_dir=aptos_dir, image_size=32, num_hospitals=3))
+  data = loaders.load(
+    loaders.DataConfig(dataset="aptos", data_dir=aptos_dir, image_size=32, num_hospitals=3)
+  )
   assert data.image_shape == (32, 32, 3)
   assert data.num_train + len(data.test) == 30
   assert len(data.hospitals) == 3
@@ -51,12 +53,17 @@ def test_csv_without_columns(aptos_dir):
     loaders.load(loaders.DataConfig(dataset="aptos", data_dir=aptos_dir))
 
 
-@pytest.mark.parametrize("bad,message", [("7", "row 5: diagnosis 7 is outside 0-4"), ("x", "row 5: diagnosis 'x' is not an integer")])
+@pytest.mark.parametrize(
+  "bad,message",
+  [("7", "row 5: diagnosis 7 is outside 0-4"), ("x", "row 5: diagnosis 'x' is not an integer")],
+)
 def test_bad_label_names_row(aptos_dir, bad, message):
   path = os.path.join(aptos_dir, "train.csv")
-  lines = open(path).read().splitlines()
+  with open(path) as f:
+    lines = f.read().splitlines()
   lines[4] = lines[4].split(",")[0] + "," + bad
-  open(path, "w").write("\n".join(lines) + "\n")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
   with pytest.raises(loaders.DataError, match=message):
     loaders.load(loaders.DataConfig(dataset="aptos", data_dir=aptos_dir))
 
@@ -76,7 +83,9 @@ def test_corrupt_image_names_file(aptos_dir):
 
 def test_more_hospitals_than_data(aptos_dir):
   with pytest.raises(ValueError, match="larger than the data"):
-    loaders.load(loaders.DataConfig(dataset="aptos", data_dir=aptos_dir, image_size=16, num_hospitals=100))
+    loaders.load(
+      loaders.DataConfig(dataset="aptos", data_dir=aptos_dir, image_size=16, num_hospitals=100)
+    )
 
 
 def test_digits():
@@ -99,22 +108,24 @@ def test_eyepacs_through_tfds_mock(tmp_path):
   import tensorflow_datasets as tfds
 
   with tfds.testing.mock_data(num_examples=12):
-    data = loaders.load(loaders.DataConfig(dataset="eyepacs", data_dir=str(tmp_path), image_size=24, num_hospitals=2))
+    data = loaders.load(
+      loaders.DataConfig(dataset="eyepacs", data_dir=str(tmp_path), image_size=24, num_hospitals=2)
+    )
   assert data.image_shape == (24, 24, 3)
   assert data.num_train + len(data.test) == 12
   assert set(np.concatenate([h.labels for h in data.hospitals])) <= set(range(5))
 
 
 @pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        ({"dataset": "mnist"}, "dataset"),
-        ({"dataset": "aptos"}, "needs --data_dir"),
-        ({"num_hospitals": 0}, "num_hospitals"),
-        ({"test_fraction": 1.0}, "test_fraction"),
-        ({"image_size": 2}, "image_size"),
-        ({"partition": "random"}, "partition"),
-    ],
+  "kwargs,message",
+  [
+    ({"dataset": "mnist"}, "dataset"),
+    ({"dataset": "aptos"}, "needs --data_dir"),
+    ({"num_hospitals": 0}, "num_hospitals"),
+    ({"test_fraction": 1.0}, "test_fraction"),
+    ({"image_size": 2}, "image_size"),
+    ({"partition": "random"}, "partition"),
+  ],
 )
 def test_bad_config(kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -6,7 +6,16 @@ import tensorflow as tf
 from dopamine_tff import models
 
 
-@pytest.mark.parametrize("name,shape", [("squeezenet", (224, 224, 3)), ("squeezenet", (64, 64, 3)), ("squeezenet", (32, 32, 3)), ("small_cnn", (64, 64, 3)), ("small_cnn", (8, 8, 1))])
+@pytest.mark.parametrize(
+  "name,shape",
+  [
+    ("squeezenet", (224, 224, 3)),
+    ("squeezenet", (64, 64, 3)),
+    ("squeezenet", (32, 32, 3)),
+    ("small_cnn", (64, 64, 3)),
+    ("small_cnn", (8, 8, 1)),
+  ],
+)
 def test_output_shape_and_no_batch_norm(name, shape):
   model = models.build(name, shape, 5)
   assert model.output_shape == (None, 5)

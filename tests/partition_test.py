@@ -35,8 +35,12 @@ def test_unequal_sizes_differ(labels):
 
 
 def test_dirichlet_skews_labels(labels):
-  counts_skew = partition.class_counts(labels, partition.partition(labels, 10, scheme="dirichlet", alpha=0.1, seed=2), 5)
-  counts_iid = partition.class_counts(labels, partition.partition(labels, 10, scheme="iid", seed=2), 5)
+  counts_skew = partition.class_counts(
+    labels, partition.partition(labels, 10, scheme="dirichlet", alpha=0.1, seed=2), 5
+  )
+  counts_iid = partition.class_counts(
+    labels, partition.partition(labels, 10, scheme="iid", seed=2), 5
+  )
   frac = lambda c: c / c.sum(axis=1, keepdims=True)
   # Distance of each hospital's label mix from the global mix.
   glob = np.bincount(labels, minlength=5) / len(labels)
@@ -63,7 +67,14 @@ def test_hospital_left_without_data():
     partition.partition(labels, 8, scheme="dirichlet", alpha=0.01, seed=0)
 
 
-@pytest.mark.parametrize("kwargs,message", [({"scheme": "zipf"}, "unknown partition"), ({"scheme": "dirichlet", "alpha": 0}, "alpha"), ({"num_hospitals": 0}, "num_hospitals")])
+@pytest.mark.parametrize(
+  "kwargs,message",
+  [
+    ({"scheme": "zipf"}, "unknown partition"),
+    ({"scheme": "dirichlet", "alpha": 0}, "alpha"),
+    ({"num_hospitals": 0}, "num_hospitals"),
+  ],
+)
 def test_bad_arguments(kwargs, message):
   args = {"labels": np.zeros(10, int), "num_hospitals": 2, **kwargs}
   with pytest.raises(ValueError, match=message):

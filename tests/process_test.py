@@ -19,8 +19,8 @@ SHAPE, CLASSES = (8, 8, 1), 4
 def _hospitals(k, n=20, seed=0):
   rng = np.random.default_rng(seed)
   return [
-      (rng.normal(size=(n, *SHAPE)).astype(np.float32), rng.integers(0, CLASSES, n).astype(np.int32))
-      for _ in range(k)
+    (rng.normal(size=(n, *SHAPE)).astype(np.float32), rng.integers(0, CLASSES, n).astype(np.int32))
+    for _ in range(k)
   ]
 
 
@@ -37,7 +37,9 @@ W0 = models.initial_weights("small_cnn", SHAPE, CLASSES, seed=0)
 
 def _dp_process(q, clip, share, lr, momentum=0.0, bound=1e4):
   params = process.DpSgdParams(q, clip, share, lr, momentum)
-  return process.build_dp_sgd_process(_model_fn, W0, SHAPE, params, aggregation.SecureSumConfig(bound))
+  return process.build_dp_sgd_process(
+    _model_fn, W0, SHAPE, params, aggregation.SecureSumConfig(bound)
+  )
 
 
 def test_types_are_derived_and_placed(tff_runtime):
@@ -114,12 +116,16 @@ def test_fedavg_moves_weights_and_fpdp_differs(tff_runtime):
 
 def test_fedavg_single_client_equals_local_sgd(tff_runtime):
   """K=1, E=1: the round equals one epoch of local minibatch SGD (setting C)."""
-  (x, y), = _hospitals(1, 16)
+  ((x, y),) = _hospitals(1, 16)
   params = process.LocalParams(1, 8, 0.1, 0.5)
   proc = process.build_fedavg_process(_model_fn, W0, SHAPE, params)
   seed = settings.client_seed(2, 0, 0)
   state, _ = proc.next(proc.initialize(), _datasets([(x, y)]), [seed])
-  order = tf.argsort(tf.random.stateless_uniform([16], tf.random.experimental.stateless_fold_in(tf.constant(seed), -1))).numpy()
+  order = tf.argsort(
+    tf.random.stateless_uniform(
+      [16], tf.random.experimental.stateless_fold_in(tf.constant(seed), -1)
+    )
+  ).numpy()
   model = _model_fn()
   dp_sgd.assign_weights(model, W0)
   w, v = [np.array(a) for a in W0], [np.zeros_like(a) for a in W0]

@@ -18,7 +18,7 @@ from dopamine_tff import runtime
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = textwrap.dedent(
-    """
+  """
     import sys, time
     sys.path.insert(0, {root!r})
     import numpy as np
@@ -61,10 +61,10 @@ def _wait_dead(pid: int, timeout_s: float = 10.0) -> bool:
 def _start_child(sleep: bool) -> subprocess.Popen:
   # Unbuffered bytes: select() then sees exactly what the child wrote.
   return subprocess.Popen(
-      [sys.executable, "-c", CHILD.format(root=ROOT, sleep=sleep)],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.DEVNULL,
-      bufsize=0,
+    [sys.executable, "-c", CHILD.format(root=ROOT, sleep=sleep)],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.DEVNULL,
+    bufsize=0,
   )
 
 
@@ -165,12 +165,12 @@ def test_external_worker_address(tff_runtime):
 
 
 @pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        ({"worker_binary": "/no/such/binary"}, "does not exist"),
-        ({"address": "nohostport"}, "host:port"),
-        ({"ready_timeout_s": 0}, "ready_timeout_s"),
-    ],
+  "kwargs,message",
+  [
+    ({"worker_binary": "/no/such/binary"}, "does not exist"),
+    ({"address": "nohostport"}, "host:port"),
+    ({"ready_timeout_s": 0}, "ready_timeout_s"),
+  ],
 )
 def test_bad_runtime_config_is_rejected(kwargs, message):
   with pytest.raises(ValueError, match=message):

@@ -31,6 +31,7 @@ def test_class_imbalance_follows_aptos():
 
 def test_lesions_increase_with_grade():
   rng = np.random.default_rng(0)
+
   # Dark-red lesion pixels (haemorrhages, microaneurysms) per grade.
   def lesion_area(grade):
     imgs = np.stack([synthetic.render_fundus(rng, grade, 64) for _ in range(30)])
@@ -56,9 +57,9 @@ def test_learnable_but_not_trivial():
   tf.keras.utils.set_random_seed(0)
   model = models.small_cnn((32, 32, 3), 5)
   model.compile(
-      optimizer=tf.keras.optimizers.Adam(2e-3),
-      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      metrics=["accuracy"],
+    optimizer=tf.keras.optimizers.Adam(2e-3),
+    loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    metrics=["accuracy"],
   )
   model.fit(x[:1200], y[:1200], epochs=15, batch_size=32, verbose=0)
   _, acc = model.evaluate(x[1200:], y[1200:], verbose=0)

@@ -62,14 +62,12 @@ class FederatedData:
   def pooled(self) -> ImageSet:
     """All hospitals' data in one set (the centralised settings)."""
     return ImageSet(
-        np.concatenate([h.images for h in self.hospitals]),
-        np.concatenate([h.labels for h in self.hospitals]),
+      np.concatenate([h.images for h in self.hospitals]),
+      np.concatenate([h.labels for h in self.hospitals]),
     )
 
   def class_counts(self) -> np.ndarray:
-    return np.stack(
-        [np.bincount(h.labels, minlength=self.num_classes) for h in self.hospitals]
-    )
+    return np.stack([np.bincount(h.labels, minlength=self.num_classes) for h in self.hospitals])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +144,8 @@ def _read_aptos_csv(csv_path: str) -> list[tuple[str, int]]:
     missing = {"id_code", "diagnosis"} - set(reader.fieldnames or [])
     if missing:
       raise DataError(
-          f"{csv_path}: missing column(s) {sorted(missing)}; "
-          f"found {reader.fieldnames}; expected id_code,diagnosis"
+        f"{csv_path}: missing column(s) {sorted(missing)}; "
+        f"found {reader.fieldnames}; expected id_code,diagnosis"
       )
     for line, row in enumerate(reader, start=2):
       code, diag = (row["id_code"] or "").strip(), (row["diagnosis"] or "").strip()
@@ -185,7 +183,7 @@ def load_aptos(data_dir: str, image_size: int, max_examples: int = 0):
     rows = rows[:max_examples]
   folder = os.path.join(data_dir, "train_images")
   images = np.stack(
-      [_read_image(os.path.join(folder, f"{code}.png"), image_size) for code, _ in rows]
+    [_read_image(os.path.join(folder, f"{code}.png"), image_size) for code, _ in rows]
   )
   return images, np.array([lab for _, lab in rows], dtype=np.int32), 5
 
@@ -197,10 +195,10 @@ def load_eyepacs(data_dir: str, image_size: int, max_examples: int = 0):
 
   config = tfds.download.DownloadConfig(manual_dir=os.path.join(data_dir, "downloads", "manual"))
   ds = tfds.load(
-      "diabetic_retinopathy_detection/btgraham-300",
-      split="train",
-      data_dir=data_dir,
-      download_and_prepare_kwargs={"download_config": config},
+    "diabetic_retinopathy_detection/btgraham-300",
+    split="train",
+    data_dir=data_dir,
+    download_and_prepare_kwargs={"download_config": config},
   )
   if max_examples:
     ds = ds.take(max_examples)
@@ -262,17 +260,17 @@ def load(config: DataConfig) -> FederatedData:
   images = images * 2.0 - 1.0
   train_idx, test_idx = _split_test(labels, config.test_fraction, config.seed)
   parts = partition_lib.partition(
-      labels[train_idx],
-      config.num_hospitals,
-      scheme=config.partition,
-      alpha=config.dirichlet_alpha,
-      seed=config.seed,
+    labels[train_idx],
+    config.num_hospitals,
+    scheme=config.partition,
+    alpha=config.dirichlet_alpha,
+    seed=config.seed,
   )
   train_images, train_labels = images[train_idx], labels[train_idx]
   hospitals = tuple(ImageSet(train_images[p], train_labels[p]) for p in parts)
   return FederatedData(
-      name=config.dataset,
-      hospitals=hospitals,
-      test=ImageSet(images[test_idx], labels[test_idx]),
-      num_classes=num_classes,
+    name=config.dataset,
+    hospitals=hospitals,
+    test=ImageSet(images[test_idx], labels[test_idx]),
+    num_classes=num_classes,
   )

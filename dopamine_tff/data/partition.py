@@ -21,19 +21,19 @@ def _check(num_examples: int, num_hospitals: int) -> None:
     raise ValueError(f"num_hospitals must be >= 1, got {num_hospitals}")
   if num_hospitals > num_examples:
     raise ValueError(
-        f"num_hospitals={num_hospitals} is larger than the data "
-        f"({num_examples} examples): some hospital would have no data"
+      f"num_hospitals={num_hospitals} is larger than the data "
+      f"({num_examples} examples): some hospital would have no data"
     )
 
 
 def partition(
-    labels: np.ndarray,
-    num_hospitals: int,
-    *,
-    scheme: str = "iid",
-    alpha: float = 0.5,
-    min_size: int = 1,
-    seed: int = 0,
+  labels: np.ndarray,
+  num_hospitals: int,
+  *,
+  scheme: str = "iid",
+  alpha: float = 0.5,
+  min_size: int = 1,
+  seed: int = 0,
 ) -> list[np.ndarray]:
   """Returns one sorted index array per hospital.
 
@@ -72,8 +72,8 @@ def partition(
   for h, p in enumerate(parts):
     if len(p) < min_size:
       raise ValueError(
-          f"hospital {h} was left with {len(p)} examples (< {min_size}) by the "
-          f"{scheme!r} split; use fewer hospitals or a larger alpha"
+        f"hospital {h} was left with {len(p)} examples (< {min_size}) by the "
+        f"{scheme!r} split; use fewer hospitals or a larger alpha"
       )
   return parts
 
@@ -88,7 +88,7 @@ def format_report(counts: np.ndarray) -> str:
   k, c = counts.shape
   head = "hospital " + " ".join(f"{'c' + str(j):>6}" for j in range(c)) + "  total"
   rows = [
-      f"{h:>8} " + " ".join(f"{v:>6}" for v in counts[h]) + f"  {counts[h].sum():>5}"
-      for h in range(k)
+    f"{h:>8} " + " ".join(f"{v:>6}" for v in counts[h]) + f"  {counts[h].sum():>5}"
+    for h in range(k)
   ]
   return "\n".join([head, *rows])

@@ -103,10 +103,17 @@ def render_fundus(rng: np.random.Generator, grade: int, size: int) -> np.ndarray
   ma, haem, exud, newv = _lesion_counts(rng, grade)
   lesion_size = size / 128.0
   for _ in range(ma):
-    _stamp_disc(img, *_random_point_in_fundus(rng, c, radius), max(lesion_size, 0.6), np.array([0.35, 0.02, 0.02]))
+    _stamp_disc(
+      img,
+      *_random_point_in_fundus(rng, c, radius),
+      max(lesion_size, 0.6),
+      np.array([0.35, 0.02, 0.02]),
+    )
   for _ in range(haem):
     r = lesion_size * rng.uniform(2.0, 4.0)
-    _stamp_disc(img, *_random_point_in_fundus(rng, c, radius), r, np.array([0.4, 0.03, 0.03]), alpha=0.9)
+    _stamp_disc(
+      img, *_random_point_in_fundus(rng, c, radius), r, np.array([0.4, 0.03, 0.03]), alpha=0.9
+    )
   for _ in range(exud):
     r = lesion_size * rng.uniform(0.8, 1.8)
     _stamp_disc(img, *_random_point_in_fundus(rng, c, radius), r, np.array([0.95, 0.85, 0.35]))
@@ -114,14 +121,20 @@ def render_fundus(rng: np.random.Generator, grade: int, size: int) -> np.ndarray
     path = _vessel(rng, disc, rng.uniform(0, 2 * np.pi), radius * 0.35, size, 0.6)
     _draw_path(img, path, max(size / 300.0, 0.4), np.array([0.7, 0.1, 0.1]), alpha=0.9)
   if grade == 4 and rng.uniform() < 0.4:
-    _stamp_disc(img, *_random_point_in_fundus(rng, c, radius, 0.2, 0.6), lesion_size * 8, np.array([0.42, 0.02, 0.02]), alpha=0.85)
+    _stamp_disc(
+      img,
+      *_random_point_in_fundus(rng, c, radius, 0.2, 0.6),
+      lesion_size * 8,
+      np.array([0.42, 0.02, 0.02]),
+      alpha=0.85,
+    )
   img = img + rng.normal(0.0, 0.03, size=img.shape)
   img = img * (d <= 1.0)[..., None]  # black outside the fundus
   return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
 def make_synthetic_retina(
-    num_examples: int, *, image_size: int = 64, seed: int = 0
+  num_examples: int, *, image_size: int = 64, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
   """Returns (images float32 [N,S,S,3] in [0,1], labels int32 [N]).
 

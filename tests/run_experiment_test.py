@@ -1,0 +1,146 @@
+"""Every setting end to end through the binary, and impossible flags."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dopamine_tff import accounting
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+  "--dataset=digits",
+  "--num_examples=400",
+  "--num_hospitals=4",
+  "--rounds=3",
+  "--batch_size=16",
+  "--local_epochs=1",
+  "--sampling_prob=0.1",
+  "--noise_multiplier=1.0",
+  "--l2_norm_clip=1.0",
+  "--learning_rate=0.05",
+  "--seed=3",
+]
+
+
+def _run(args, tmp_path=None, timeout=600):
+  cmd = [sys.executable, "-m", "experiments.run_experiment", *args]
+  if tmp_path is not None:
+    cmd.append(f"--output_dir={tmp_path}")
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _read(tmp_path):
+  with open(tmp_path / "metrics.csv") as f:
+    rows = list(csv.DictReader(f))
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  hparams = json.loads((tmp_path / "hparams.json").read_text())
+  return rows, summary, hparams
+
+
+def _independent_epsilon(summary):
+  """Recomputes epsilon from the recorded events with a fresh accountant."""
+  eps = []
+  for ledger in summary["ledgers"].values():
+    steps = [accounting.StepSpec(**s) for s in ledger["steps"]]
+    eps.append(accounting.epsilon_of(steps, ledger["delta"]))
+  return max(eps)
+
+
+@pytest.mark.parametrize(
+  "setting,extra",
+  [
+    ("c", []),
+    ("cdp", []),
+    ("cdp", ["--cdp_impl=tf_privacy"]),
+    ("f", []),
+    ("fpdp", []),
+    ("fscdp", []),
+  ],
+)
+def test_every_setting_runs_end_to_end(setting, extra, tmp_path):
+  proc = _run([f"--setting={setting}", *TINY, *extra], tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows, summary, hparams = _read(tmp_path)
+  assert [int(r["round"]) for r in rows] == [1, 2, 3]
+  assert hparams["setting"] == setting and hparams["num_hospitals"] == 4
+  assert summary["rounds_run"] == 3 and summary["stop_reason"] == "completed"
+  assert 0.0 <= summary["final_test_accuracy"] <= 1.0
+  assert os.path.isfile(tmp_path / "model.keras")
+  assert "test accuracy" in proc.stdout
+  if setting in ("c", "f"):
+    assert summary["epsilon"] is None and rows[-1]["epsilon"] == "inf"
+  else:
+    assert summary["epsilon"] > 0
+    assert summary["epsilon"] == pytest.approx(_independent_epsilon(summary), rel=1e-9)
+    assert float(rows[-1]["epsilon"]) == pytest.approx(summary["epsilon"], rel=1e-5)
+  if setting == "fscdp":
+    n = summary["ledgers"]["all"]["steps"]
+    assert len(n) == 3 and n[0] == {"sampling_prob": 0.1, "noise_multiplier": 1.0, "count": 1}
+    assert summary["epsilon"] == pytest.approx(
+      accounting.epsilon_of([accounting.StepSpec(0.1, 1.0, 3)], 1e-4), rel=1e-9
+    )
+
+
+def test_fscdp_and_cdp_have_equal_epsilon_for_equal_q_sigma_steps(tmp_path):
+  eps = {}
+  for setting in ("fscdp", "cdp"):
+    out = tmp_path / setting
+    proc = _run([f"--setting={setting}", *TINY], out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    eps[setting] = _read(out)[1]["epsilon"]
+  assert eps["fscdp"] == eps["cdp"]
+
+
+def test_target_epsilon_stops_and_keeps_previous_weights(tmp_path):
+  eps3 = accounting.epsilon_of([accounting.StepSpec(0.1, 1.0, 3)], 1e-4)
+  eps4 = accounting.epsilon_of([accounting.StepSpec(0.1, 1.0, 4)], 1e-4)
+  target = (eps3 + eps4) / 2
+  args = [a for a in TINY if not a.startswith("--rounds")]
+  stopped, full = tmp_path / "stopped", tmp_path / "full3"
+  proc = _run(["--setting=fscdp", *args, "--rounds=10", f"--target_epsilon={target}"], stopped)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows, summary, _ = _read(stopped)
+  assert summary["rounds_run"] == 3 and summary["stop_reason"].startswith("budget")
+  assert summary["epsilon"] <= target
+  assert len(rows) == 3
+  proc = _run(["--setting=fscdp", *args, "--rounds=3"], full)
+  assert proc.returncode == 0
+  a, b = np.load(stopped / "final_weights.npz"), np.load(full / "final_weights.npz")
+  for key in a.files:
+    np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.parametrize(
+  "flag,message",
+  [
+    ("--sampling_prob=1.5", "sampling_prob=1.5: q must be in (0, 1]"),
+    ("--sampling_prob=0", "sampling_prob=0.0"),
+    ("--noise_multiplier=-1", "noise_multiplier=-1.0: sigma must be >= 0"),
+    ("--l2_norm_clip=0", "l2_norm_clip=0.0: C must be > 0"),
+    ("--delta=1", "delta=1.0: must be in (0, 1)"),
+    ("--target_epsilon=-2", "target_epsilon=-2.0: must be > 0"),
+    ("--num_hospitals=0", "num_hospitals must be >= 1"),
+    ("--num_hospitals=5000", "larger than the data"),
+  ],
+)
+def test_impossible_flags_fail_at_once_with_one_line(flag, message, tmp_path):
+  proc = _run(["--setting=fscdp", "--dataset=digits", flag], tmp_path, timeout=120)
+  assert proc.returncode == 2
+  lines = [li for li in proc.stderr.splitlines() if li.startswith("run_experiment: error")]
+  assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "metrics.csv")
+
+
+def test_flagfile_works(tmp_path):
+  flagfile = tmp_path / "run.flags"
+  flagfile.write_text("\n".join(["--setting=fscdp", *TINY, "--rounds=1"]) + "\n")
+  proc = _run([f"--flagfile={flagfile}"], tmp_path / "out")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert _read(tmp_path / "out")[1]["rounds_run"] == 1
+  assert math.isfinite(_read(tmp_path / "out")[1]["epsilon"])
