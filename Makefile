@@ -19,8 +19,8 @@ env: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m experiments.run_experiment --setting=fscdp --dataset=synthetic \
-	  --num_examples=1500 --image_size=32 --num_hospitals=10 --rounds=300 \
-	  --sampling_prob=0.05 --noise_multiplier=1.0 --l2_norm_clip=1.0 \
+	  --num_examples=3000 --image_size=32 --num_hospitals=10 --rounds=400 \
+	  --sampling_prob=0.05 --noise_multiplier=0.8 --l2_norm_clip=1.0 \
 	  --learning_rate=0.1 --eval_every=50 --output_dir=runs/demo
 
 test: $(STAMP)

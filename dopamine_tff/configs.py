@@ -15,6 +15,7 @@ from dopamine_tff import models
 SETTINGS = ("c", "cdp", "f", "fpdp", "fscdp")
 PRIVATE_SETTINGS = ("cdp", "fpdp", "fscdp")
 CDP_IMPLS = ("ours", "tf_privacy")
+RUNTIMES = ("tff", "in_process")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,8 @@ class TrainConfig:
     secure_sum_bound: range of the secure sum (None: derived from q, C, sigma).
     seed: seed of initial weights, sampling and noise.
     eval_every: evaluate every this many rounds (and at the last round).
+    runtime: 'tff' (TFF's C++ worker) or 'in_process' (the same TF functions
+      in this Python process; uses a GPU where TensorFlow sees one).
   """
 
   setting: str = "fscdp"
@@ -62,6 +65,7 @@ class TrainConfig:
   secure_sum_bound: float | None = None
   seed: int = 0
   eval_every: int = 1
+  runtime: str = "tff"
 
   def __post_init__(self):
     def bad(name, why):
@@ -101,6 +105,8 @@ class TrainConfig:
       bad("secure_sum_bound", "must be > 0")
     if self.eval_every < 1:
       bad("eval_every", "must be >= 1")
+    if self.runtime not in RUNTIMES:
+      bad("runtime", f"must be one of {RUNTIMES}")
 
   @property
   def private(self) -> bool:

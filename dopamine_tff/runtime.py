@@ -208,17 +208,45 @@ class Runtime:
 
 
 def compile_for_simulation(comp):
-  """Replaces secure intrinsics by their quantised plain bodies, then native form.
+  """Replaces secure intrinsics by their plain bodies, then compiles to native form.
 
   The C++ worker cannot run ``federated_secure_sum_bitwidth``; TFF's test
-  compiler rewrites it into a plain sum with the same quantisation, which is
-  what we simulate.
+  compiler rewrites it into a plain integer sum, which is what we simulate.
+
+  Unlike ``tff.backends.native.desugar_and_transform_to_native`` we do not run
+  Grappler's AGGRESSIVE rewrites at compile time: they reorder float
+  arithmetic, and then the TFF runtime and the in-process runtime (same TF
+  functions, default optimisations) would no longer give bit-identical weights.
+  The worker still applies TensorFlow's default graph optimisations.
   """
+  # Internal modules of the pinned TFF 0.87 (the steps of
+  # desugar_and_transform_to_native, minus its Grappler configuration).
+  from tensorflow_federated.python.core.environments.tensorflow_backend import (
+    tensorflow_tree_transformations,
+  )
+  from tensorflow_federated.python.core.impl.computation import computation_impl
+  from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+
   comp = tff.backends.test.replace_secure_intrinsics_with_bodies(comp)
-  return tff.backends.native.desugar_and_transform_to_native(comp)
+  desugared, _ = tensorflow_tree_transformations.replace_intrinsics_with_bodies(
+    comp.to_building_block()
+  )
+  return tff.backends.native.transform_to_native_form(
+    computation_impl.ConcreteComputation(
+      computation_proto=desugared.proto, context_stack=context_stack_impl.context_stack
+    ),
+    grappler_config=None,
+  )
 
 
 _ACTIVE: Runtime | None = None
+
+
+def _set_no_context() -> None:
+  # Not exported in TFF 0.87's public API; the version is pinned.
+  from tensorflow_federated.python.core.impl.context_stack import runtime_error_context
+
+  tff.framework.set_default_context(runtime_error_context.RuntimeErrorContext())
 
 
 def start(config: RuntimeConfig | None = None) -> Runtime:
@@ -233,11 +261,16 @@ def start(config: RuntimeConfig | None = None) -> Runtime:
 
 
 def shutdown() -> None:
-  """Stops the process-wide runtime, if any (also run at exit)."""
+  """Stops the process-wide runtime, if any (also run at exit).
+
+  Leaves no context installed: a computation called afterwards fails loudly
+  instead of silently starting TFF's own, leaking worker.
+  """
   global _ACTIVE
   if _ACTIVE is not None:
     _ACTIVE.close()
     _ACTIVE = None
+  _set_no_context()
 
 
 def worker_pids() -> list[int]:
@@ -247,4 +280,9 @@ def worker_pids() -> list[int]:
   return [w.pid for w in _ACTIVE.workers if w.alive()]
 
 
+# TFF installs at import a default context that would start its own worker
+# (with our stdout) on first use, and whose unused ServiceManager raises in
+# __del__ at interpreter exit. Replace it at once: computations then run only in
+# a context started here.
+_set_no_context()
 atexit.register(shutdown)

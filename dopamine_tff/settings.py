@@ -25,8 +25,10 @@ from dopamine_tff import accounting
 from dopamine_tff import aggregation
 from dopamine_tff import configs
 from dopamine_tff import dp_sgd
+from dopamine_tff import inprocess
 from dopamine_tff import models
 from dopamine_tff import process
+from dopamine_tff import quantization
 from dopamine_tff.data import loaders
 
 ALL = "all"
@@ -106,7 +108,10 @@ class TffTrainer:
     return [np.asarray(w) for w in state.weights]
 
   def describe(self) -> str:
-    return f"{type(self).__name__}: {len(self.sizes)} hospitals, sizes {self.sizes}"
+    return (
+      f"{type(self).__name__} ({self.cfg.runtime} runtime): {len(self.sizes)} hospitals, "
+      f"sizes {self.sizes}"
+    )
 
 
 class DpSgdTrainer(TffTrainer):
@@ -121,13 +126,14 @@ class DpSgdTrainer(TffTrainer):
       expected_batch=cfg.sampling_prob * max(self.sizes),
       noise_stddev=share,
     )
-    self.secure_sum = aggregation.SecureSumConfig(bound)
+    self.secure_sum = quantization.QuantizationConfig(bound, max_summands=max(k, 2))
     params = process.DpSgdParams(
       cfg.sampling_prob, cfg.l2_norm_clip, share, cfg.learning_rate, cfg.momentum
     )
-    return process.build_dp_sgd_process(
-      self.model_fn, self.initial_weights, self.image_shape, params, self.secure_sum
+    builder = (
+      inprocess.InProcessDpSgd if cfg.runtime == "in_process" else process.build_dp_sgd_process
     )
+    return builder(self.model_fn, self.initial_weights, self.image_shape, params, self.secure_sum)
 
   def epochs(self, rounds_done: int) -> float:
     return rounds_done * self.cfg.sampling_prob
@@ -157,9 +163,10 @@ class FedAvgTrainer(TffTrainer):
       epochs, cfg.batch_size, cfg.learning_rate, cfg.momentum, dp, cfg.l2_norm_clip
     )
     self.local = params
-    return process.build_fedavg_process(
-      self.model_fn, self.initial_weights, self.image_shape, params
+    builder = (
+      inprocess.InProcessFedAvg if cfg.runtime == "in_process" else process.build_fedavg_process
     )
+    return builder(self.model_fn, self.initial_weights, self.image_shape, params)
 
   def _fraction(self) -> float:
     return 1.0 if self.cfg.setting == "c" else self.cfg.client_fraction

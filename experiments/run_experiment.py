@@ -21,6 +21,7 @@ from absl import logging
 
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
 from dopamine_tff import configs
+from dopamine_tff import devices
 from dopamine_tff import runtime
 from dopamine_tff import training_loop
 from dopamine_tff.data import loaders
@@ -70,6 +71,14 @@ _MAX_CALLS = flags.DEFINE_integer(
 _WORKER_BINARY = flags.DEFINE_string(
   "worker_binary", None, "TFF worker binary to start (e.g. a CUDA build)."
 )
+_RUNTIME = flags.DEFINE_enum(
+  "runtime",
+  "tff",
+  ["tff", "in_process"],
+  "tff: TFF's C++ worker; in_process: same TF code here (GPU).",
+)
+_GPUS = flags.DEFINE_string("gpus", None, "in_process: GPU indices to use ('0,1'), 'none', or all.")
+_MEMORY_GROWTH = flags.DEFINE_bool("memory_growth", True, "Grow GPU memory as needed.")
 _WORKER_ADDRESS = flags.DEFINE_string(
   "worker_address", None, "host:port of a running TFF worker to use."
 )
@@ -106,6 +115,7 @@ def _configs():
     secure_sum_bound=_BOUND.value,
     seed=_SEED.value,
     eval_every=_EVAL_EVERY.value,
+    runtime=_RUNTIME.value,
   )
   rt = runtime.RuntimeConfig(
     max_concurrent_computation_calls=_MAX_CALLS.value,
@@ -123,13 +133,21 @@ def main(argv):
   except ValueError as e:
     print(f"run_experiment: error: {e}", file=sys.stderr)
     sys.exit(2)
-  hparams = {name: flags.FLAGS[name].value for name in flags.FLAGS if name in _OWN_FLAGS}
+  own = flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])
+  hparams = {f.name: f.value for f in own}
   try:
     data = loaders.load(data_cfg)
   except ValueError as e:
     print(f"run_experiment: error: {e}", file=sys.stderr)
     sys.exit(2)
-  uses_tff = not (train_cfg.setting == "cdp" and train_cfg.cdp_impl == "tf_privacy")
+  try:
+    gpus = devices.configure(devices.parse_gpus(_GPUS.value), _MEMORY_GROWTH.value)
+  except ValueError as e:
+    print(f"run_experiment: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  logging.info("visible GPUs: %s", gpus or "none (CPU)")
+  tf_privacy_cdp = train_cfg.setting == "cdp" and train_cfg.cdp_impl == "tf_privacy"
+  uses_tff = train_cfg.runtime == "tff" and not tf_privacy_cdp
   if uses_tff:
     runtime.start(rt_cfg)
   try:
@@ -154,42 +172,6 @@ def main(argv):
     json.dumps({k: summary[k] for k in ("final_test_accuracy", "epsilon", "delta", "rounds_run")})
   )
 
-
-_OWN_FLAGS = {
-  f.name
-  for f in (
-    _SETTING,
-    _DATASET,
-    _DATA_DIR,
-    _NUM_EXAMPLES,
-    _MODEL,
-    _IMAGE_SIZE,
-    _NUM_HOSPITALS,
-    _PARTITION,
-    _ALPHA,
-    _TEST_FRACTION,
-    _ROUNDS,
-    _Q,
-    _BATCH,
-    _LOCAL_EPOCHS,
-    _FRACTION,
-    _SIGMA,
-    _CLIP,
-    _DELTA,
-    _TARGET_EPS,
-    _ACCOUNTANT,
-    _CDP_IMPL,
-    _LR,
-    _MOMENTUM,
-    _BOUND,
-    _SEED,
-    _EVAL_EVERY,
-    _OUTPUT_DIR,
-    _MAX_CALLS,
-    _WORKER_BINARY,
-    _WORKER_ADDRESS,
-  )
-}
 
 if __name__ == "__main__":
   app.run(main)

@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from dopamine_tff import aggregation
 from dopamine_tff import dp_sgd
 from dopamine_tff import models
 from dopamine_tff import process
+from dopamine_tff import quantization
 from dopamine_tff import settings
 
 SHAPE, CLASSES = (8, 8, 1), 4
@@ -38,7 +38,7 @@ W0 = models.initial_weights("small_cnn", SHAPE, CLASSES, seed=0)
 def _dp_process(q, clip, share, lr, momentum=0.0, bound=1e4):
   params = process.DpSgdParams(q, clip, share, lr, momentum)
   return process.build_dp_sgd_process(
-    _model_fn, W0, SHAPE, params, aggregation.SecureSumConfig(bound)
+    _model_fn, W0, SHAPE, params, quantization.QuantizationConfig(bound, max_summands=8)
   )
 
 
@@ -50,16 +50,17 @@ def test_types_are_derived_and_placed(tff_runtime):
   assert seed_t.placement == tff.CLIENTS and not data_t.all_equal
   assert sig.result[0].is_equivalent_to(state_t)
   assert len(state_t.member.weights) == len(W0)
-  assert "secure_upper_clipped_count" in str(sig.result[1])
+  assert "secure_clipped_count" in str(sig.result[1])
 
 
 def test_zero_noise_round_is_one_sgd_step_on_the_union_of_samples(tff_runtime):
   k, q, lr = 3, 0.4, 0.05
   hospitals = _hospitals(k)
-  proc = _dp_process(q, 1e6, 0.0, lr)
+  proc = _dp_process(q, 1e6, 0.0, lr, bound=100.0)
   state = proc.initialize()
   seeds = [settings.client_seed(11, 0, c) for c in range(k)]
-  state, _ = proc.next(state, _datasets(hospitals), seeds)
+  state, meas = proc.next(state, _datasets(hospitals), seeds)
+  assert meas["secure_clipped_count"] == 0
   # Reference: the same Poisson draws, plain gradient of the summed loss.
   xs, ys = [], []
   for (x, y), s in zip(hospitals, seeds):

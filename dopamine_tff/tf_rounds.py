@@ -1,0 +1,179 @@
+"""Plain-TensorFlow client and server work of one round, shared by runtimes.
+
+The TFF processes (dopamine_tff/process.py) wrap these functions in
+``tff.tensorflow.computation``s; the in-process runtime
+(dopamine_tff/inprocess.py) calls the very same functions in a Python loop.
+Keeping one implementation is what makes the two runtimes agree.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from dopamine_tff import dp_sgd
+
+
+class ServerState(NamedTuple):
+  """Global state held by the server.
+
+  Attributes:
+    weights: the global model's trainable weights.
+    velocity: server-side momentum buffer (DP-SGD rounds only; empty for
+      FedAvg, whose momentum lives in each local optimisation).
+    round_num: rounds applied so far.
+  """
+
+  weights: list
+  velocity: list
+  round_num: np.int32
+
+
+class DpSgdParams(NamedTuple):
+  """One DP-SGD step per round, as in Algorithm 1.
+
+  Attributes:
+    sampling_prob: Poisson sampling probability q.
+    l2_norm_clip: per-example clip norm C.
+    noise_stddev: std of each hospital's noise share (sigma*C/sqrt(K)).
+    learning_rate, momentum: server SGD with heavy-ball momentum.
+  """
+
+  sampling_prob: float
+  l2_norm_clip: float
+  noise_stddev: float
+  learning_rate: float
+  momentum: float
+
+
+class LocalParams(NamedTuple):
+  """FedAvg local training of E epochs of batch B with momentum SGD.
+
+  With ``dp_noise_multiplier`` set, every local step is DP-SGD with Poisson
+  sampling q = B/N_k, clip C and the full noise sigma*C (FPDP).
+  """
+
+  local_epochs: int
+  batch_size: int
+  learning_rate: float
+  momentum: float
+  dp_noise_multiplier: float | None = None
+  l2_norm_clip: float = 1.0
+
+
+def weight_specs(weights) -> list[tf.TensorSpec]:
+  return [tf.TensorSpec(np.shape(w), tf.float32) for w in weights]
+
+
+def data_spec(image_shape) -> tuple[tf.TensorSpec, tf.TensorSpec]:
+  return (
+    tf.TensorSpec([None, *image_shape], tf.float32),
+    tf.TensorSpec([None], tf.int32),
+  )
+
+
+def initial_state(initial_weights, with_velocity: bool) -> ServerState:
+  weights = [tf.constant(w, tf.float32) for w in initial_weights]
+  velocity = [tf.zeros_like(w) for w in weights] if with_velocity else []
+  return ServerState(weights, velocity, tf.constant(0, tf.int32))
+
+
+def all_examples(dataset):
+  """The hospital's whole local set as one (x, y) pair of tensors."""
+  return dataset.unbatch().batch(2**30).get_single_element()
+
+
+def dp_client_update(model, weights, dataset, seed, params: DpSgdParams):
+  """A hospital's Dopamine step: (noisy clipped-gradient sum, number of examples)."""
+  dp_sgd.assign_weights(model, weights)
+  x, y = all_examples(dataset)
+  result = dp_sgd.noisy_clipped_sum(
+    model,
+    x,
+    y,
+    sampling_prob=params.sampling_prob,
+    l2_norm_clip=params.l2_norm_clip,
+    noise_stddev=params.noise_stddev,
+    seed=seed,
+  )
+  return result.noisy_sum, tf.shape(y)[0]
+
+
+def dp_server_update(state: ServerState, noisy_sum, num_examples, params: DpSgdParams):
+  """Divides by the expected batch size q*N and takes a momentum-SGD step.
+
+  Skips the update (returns the weights unchanged, round counted) when no
+  hospital delivered, i.e. ``num_examples == 0``.
+  """
+  expected_batch = params.sampling_prob * tf.cast(num_examples, tf.float32)
+  safe = tf.maximum(expected_batch, 1e-30)
+  grad = [g / safe for g in noisy_sum]
+  weights, velocity = dp_sgd.momentum_step(
+    state.weights,
+    state.velocity,
+    grad,
+    learning_rate=params.learning_rate,
+    momentum=params.momentum,
+  )
+  apply = num_examples > 0
+  weights = [tf.where(apply, n, o) for n, o in zip(weights, state.weights)]
+  velocity = [tf.where(apply, n, o) for n, o in zip(velocity, state.velocity)]
+  return ServerState(weights, velocity, state.round_num + 1)
+
+
+def _local_gradient(model, x, y, n, step, seed, batches_per_epoch, params: LocalParams):
+  batch = params.batch_size
+  if params.dp_noise_multiplier is None:
+    epoch = step // batches_per_epoch
+    epoch_seed = tf.random.experimental.stateless_fold_in(seed, -1 - epoch)
+    order = tf.argsort(tf.random.stateless_uniform([n], epoch_seed))
+    idx = order[(step % batches_per_epoch) * batch :][:batch]
+    xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(dp_sgd.loss_per_example(model(xb, training=True), yb))
+    return tape.gradient(loss, model.trainable_variables)
+  q = tf.minimum(1.0, batch / tf.cast(n, tf.float32))
+  result = dp_sgd.noisy_clipped_sum(
+    model,
+    x,
+    y,
+    sampling_prob=q,
+    l2_norm_clip=params.l2_norm_clip,
+    noise_stddev=params.dp_noise_multiplier * params.l2_norm_clip,
+    seed=tf.random.experimental.stateless_fold_in(seed, step),
+  )
+  expected = q * tf.cast(n, tf.float32)
+  return [g / expected for g in result.noisy_sum]
+
+
+def fedavg_client_update(model, weights, dataset, seed, params: LocalParams):
+  """E local epochs of minibatch SGD (or DP-SGD for FPDP) from `weights`.
+
+  Returns:
+    (weights delta, number of local examples as float32).
+  """
+  dp_sgd.assign_weights(model, weights)
+  x, y = all_examples(dataset)
+  n = tf.shape(y)[0]
+  batches_per_epoch = tf.cast(tf.math.ceil(n / params.batch_size), tf.int32)
+  velocity = [tf.zeros_like(w) for w in weights]
+  for step in tf.range(params.local_epochs * batches_per_epoch):
+    grad = _local_gradient(model, x, y, n, step, seed, batches_per_epoch, params)
+    current = [tf.identity(v) for v in model.trainable_variables]
+    new_w, velocity = dp_sgd.momentum_step(
+      current, velocity, grad, learning_rate=params.learning_rate, momentum=params.momentum
+    )
+    dp_sgd.assign_weights(model, new_w)
+  delta = [v - w for v, w in zip(model.trainable_variables, weights)]
+  return delta, tf.cast(n, tf.float32)
+
+
+def fedavg_server_update(state: ServerState, weighted_delta_sum, total_weight):
+  """Adds the example-weighted mean of the deltas (skips when nobody delivered)."""
+  safe = tf.maximum(total_weight, 1e-30)
+  weights = [
+    w + tf.where(total_weight > 0, d / safe, 0.0) for w, d in zip(state.weights, weighted_delta_sum)
+  ]
+  return ServerState(weights, state.velocity, state.round_num + 1)
