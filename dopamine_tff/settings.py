@@ -107,6 +107,23 @@ class TffTrainer:
   def weights(state) -> list[np.ndarray]:
     return [np.asarray(w) for w in state.weights]
 
+  @staticmethod
+  def state_arrays(state) -> dict[str, list[np.ndarray]]:
+    """The state as named lists of arrays (for checkpoints)."""
+    return {
+      "weights": [np.asarray(w) for w in state.weights],
+      "velocity": [np.asarray(v) for v in state.velocity],
+      "round_num": [np.asarray(state.round_num, np.int32)],
+    }
+
+  @staticmethod
+  def state_from_arrays(arrays) -> process.ServerState:
+    return process.ServerState(
+      list(arrays["weights"]),
+      list(arrays.get("velocity", [])),
+      np.int32(arrays["round_num"][0]),
+    )
+
   def describe(self) -> str:
     return (
       f"{type(self).__name__} ({self.cfg.runtime} runtime): {len(self.sizes)} hospitals, "
@@ -257,6 +274,16 @@ class TfPrivacyCdpTrainer:
   @staticmethod
   def weights(state):
     return state
+
+  @staticmethod
+  def state_arrays(state):
+    # Only the weights: the Keras optimizer's momentum and noise generator are
+    # not restored on resume (documented in README).
+    return {"weights": list(state)}
+
+  @staticmethod
+  def state_from_arrays(arrays):
+    return list(arrays["weights"])
 
   def describe(self) -> str:
     return f"TF Privacy VectorizedDPKerasSGDOptimizer on {len(self.data)} pooled examples"

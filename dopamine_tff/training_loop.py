@@ -2,10 +2,16 @@
 
 Writes to the output directory, as each round ends:
 * hparams.json: every hyper-parameter of the run (written first);
-* metrics.csv: one row per round (flushed every round, so a killed run keeps
-  its rows);
+* metrics.csv: one row per round (flushed every round);
+* tensorboard/: the same scalars as TensorBoard events;
+* checkpoints/: program state, ledgers and round every ``checkpoint_every``
+  rounds (dopamine_tff/checkpoint.py);
 * summary.json: final accuracy, epsilon, delta, rounds run, why it stopped;
 * model.keras and final_weights.npz: the final global model.
+
+With ``resume`` a killed run continues from its newest checkpoint: rows of
+metrics.csv after that round are dropped and recomputed, so the files end up
+as an uninterrupted run's (timings aside).
 
 Algorithm 1, lines 17-19: before each round we ask the ledger what epsilon
 would be after it; if that exceeds the target, we stop and keep the weights of
@@ -16,14 +22,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import csv
+import dataclasses
+import hashlib
 import json
 import math
 import os
+import shutil
 import time
 
 import numpy as np
+import tensorflow as tf
 
 from dopamine_tff import accounting
+from dopamine_tff import checkpoint
 from dopamine_tff import configs
 from dopamine_tff import models
 from dopamine_tff import settings
@@ -42,6 +53,25 @@ METRIC_FIELDS = (
   "wall_time_s",
 )
 TRAIN_EVAL_EXAMPLES = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+  """How the loop saves its work.
+
+  Attributes:
+    checkpoint_every: save program state every this many rounds (0: never).
+    resume: continue from the newest checkpoint in the output directory.
+    tensorboard: also write TensorBoard events.
+  """
+
+  checkpoint_every: int = 10
+  resume: bool = False
+  tensorboard: bool = True
+
+  def __post_init__(self):
+    if self.checkpoint_every < 0:
+      raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
 
 
 def _fmt(v):
@@ -73,83 +103,201 @@ def write_json(path: str, blob: dict) -> None:
   os.replace(tmp, path)
 
 
+def fingerprint(cfg: configs.TrainConfig, data: loaders.FederatedData) -> str:
+  """Identifies what a checkpoint belongs to (resume refuses a mismatch)."""
+  blob = json.dumps(
+    [dataclasses.asdict(cfg), data.name, data.image_shape, [len(h) for h in data.hospitals]],
+    sort_keys=True,
+    default=str,
+  )
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class _Evaluator:
+  """Loss and accuracy of global weights on the test set and a train subset."""
+
+  def __init__(self, cfg, data):
+    self.model = models.build(cfg.model, data.image_shape, data.num_classes)
+    pooled = data.pooled()
+    sub = np.random.default_rng(cfg.seed).permutation(len(pooled))[:TRAIN_EVAL_EXAMPLES]
+    self.train = (pooled.images[sub], pooled.labels[sub])
+    self.test = (data.test.images, data.test.labels)
+
+  def __call__(self, weights, with_train=True):
+    out = {}
+    if with_train:
+      out["train_loss"], _ = settings.evaluate(self.model, weights, *self.train)
+    out["test_loss"], out["test_accuracy"] = settings.evaluate(self.model, weights, *self.test)
+    return out
+
+
+class _MetricsFile:
+  """metrics.csv, appended and flushed every round; truncated on resume."""
+
+  def __init__(self, path: str, keep_through: int):
+    rows = []
+    if keep_through > 0 and os.path.isfile(path):
+      with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("round") and int(r["round"]) <= keep_through]
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+      writer.writeheader()
+      writer.writerows(rows)
+    os.replace(tmp, path)
+    self._file = open(path, "a", newline="")  # noqa: SIM115 (closed in close())
+    self._writer = csv.DictWriter(self._file, fieldnames=METRIC_FIELDS)
+
+  def write(self, row: dict) -> None:
+    self._writer.writerow({k: _fmt(v) for k, v in row.items()})
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+def _restore(trainer, ledgers, ckpt_dir, fp):
+  found = checkpoint.load_latest(ckpt_dir)
+  if found is None:
+    return trainer.initial_state(), 0, 0.0
+  arrays, meta = found
+  if meta.get("fingerprint") != fp:
+    raise ValueError(
+      f"checkpoint in {ckpt_dir} belongs to another configuration "
+      f"({meta.get('fingerprint')} != {fp}); use a new --output_dir"
+    )
+  for party, blob in meta["ledgers"].items():
+    ledgers[party] = accounting.PrivacyLedger.from_json(blob)
+  return trainer.state_from_arrays(arrays), meta["round"], meta.get("wall_time_s", 0.0)
+
+
 def run(
   cfg: configs.TrainConfig,
   data: loaders.FederatedData,
   output_dir: str,
   *,
   hparams: dict | None = None,
+  options: LoopOptions = LoopOptions(),
   log: Callable[[str], None] = print,
 ) -> dict:
   """Trains `cfg.setting` on `data`; returns the summary (also in summary.json)."""
   os.makedirs(output_dir, exist_ok=True)
   write_json(os.path.join(output_dir, "hparams.json"), hparams or {})
-  start = time.monotonic()
   trainer = settings.make_trainer(cfg, data, output_dir)
   log(trainer.describe())
   ledgers = {p: accounting.PrivacyLedger(cfg.delta, cfg.accountant) for p in trainer.parties()}
-  eval_model = models.build(cfg.model, data.image_shape, data.num_classes)
-  pooled = data.pooled()
-  sub = np.random.default_rng(cfg.seed).permutation(len(pooled))[:TRAIN_EVAL_EXAMPLES]
-  train_x, train_y = pooled.images[sub], pooled.labels[sub]
-  state = trainer.initial_state()
-  stop_reason, rounds_run, last = "completed", 0, {}
-  with open(os.path.join(output_dir, "metrics.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-    writer.writeheader()
-    for r in range(cfg.rounds):
-      plan = trainer.plan(r)
-      if _over_budget(cfg, ledgers, plan):
-        stop_reason = f"budget: round {r + 1} would exceed epsilon {cfg.target_epsilon}"
-        log(f"stopping before round {r + 1}: {stop_reason}")
-        break
+  ckpt_dir, fp = os.path.join(output_dir, "checkpoints"), fingerprint(cfg, data)
+  if options.resume:
+    state, start_round, wall_offset = _restore(trainer, ledgers, ckpt_dir, fp)
+    log(f"resuming after round {start_round}" if start_round else "no checkpoint: starting afresh")
+  else:
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # a fresh run replaces an old one
+    state, start_round, wall_offset = trainer.initial_state(), 0, 0.0
+  metrics = _MetricsFile(os.path.join(output_dir, "metrics.csv"), start_round)
+  writer = (
+    tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard"))
+    if options.tensorboard
+    else None
+  )
+  evaluator = _Evaluator(cfg, data)
+  loop = _Loop(cfg, trainer, ledgers, evaluator, metrics, writer, log, wall_offset)
+  try:
+    state, rounds_run, stop_reason = loop.rounds(state, start_round, ckpt_dir, fp, options)
+  finally:
+    metrics.close()
+    if writer is not None:
+      writer.close()
+  return _finish(
+    cfg, data, output_dir, trainer, ledgers, evaluator, state, rounds_run, stop_reason, loop
+  )
+
+
+class _Loop:
+  """The round loop (kept apart from setup and finishing for readability)."""
+
+  def __init__(self, cfg, trainer, ledgers, evaluator, metrics, writer, log, wall_offset):
+    self.cfg, self.trainer, self.ledgers = cfg, trainer, ledgers
+    self.evaluator, self.metrics, self.writer, self.log = evaluator, metrics, writer, log
+    self.start = time.monotonic() - wall_offset
+    self.last_eval: dict = {}
+
+  def wall(self) -> float:
+    return time.monotonic() - self.start
+
+  def rounds(self, state, start_round, ckpt_dir, fp, options):
+    cfg, rounds_run, first = self.cfg, start_round, time.monotonic()
+    for r in range(start_round, cfg.rounds):
+      plan = self.trainer.plan(r)
+      if _over_budget(cfg, self.ledgers, plan):
+        reason = f"budget: round {r + 1} would exceed epsilon {cfg.target_epsilon}"
+        self.log(f"stopping before round {r + 1}: {reason}")
+        return state, rounds_run, reason
       t0 = time.monotonic()
-      state, measurements = trainer.run(state, plan, r)
-      round_time = time.monotonic() - t0
+      state, measurements = self.trainer.run(state, plan, r)
       for party, step in plan.steps.items():
-        ledgers[party].record(step)
+        self.ledgers[party].record(step)
       rounds_run = r + 1
-      row = {
-        "round": rounds_run,
-        "epochs": trainer.epochs(rounds_run),
-        "epsilon": _worst_epsilon(ledgers, cfg.private),
-        "num_clients": len(plan.clients),
-        "secure_clipped": int(measurements.get("secure_upper_clipped_count", 0))
-        + int(measurements.get("secure_lower_clipped_count", 0)),
-        "round_time_s": round_time,
-        "wall_time_s": time.monotonic() - start,
-        "train_loss": float("nan"),
-        "test_accuracy": float("nan"),
-        "test_loss": float("nan"),
-      }
-      if rounds_run % cfg.eval_every == 0 or rounds_run == cfg.rounds:
-        weights = trainer.weights(state)
-        row["train_loss"], _ = settings.evaluate(eval_model, weights, train_x, train_y)
-        row["test_loss"], row["test_accuracy"] = settings.evaluate(
-          eval_model, weights, data.test.images, data.test.labels
-        )
-        last = row
-        eta = (time.monotonic() - start) / rounds_run * (cfg.rounds - rounds_run)
-        log(
+      row = self._row(state, plan, measurements, rounds_run, time.monotonic() - t0)
+      self.metrics.write(row)
+      self._tensorboard(row)
+      if options.checkpoint_every and rounds_run % options.checkpoint_every == 0:
+        self._save(ckpt_dir, rounds_run, state, fp)
+      if not math.isnan(row["test_accuracy"]):
+        per_round = (time.monotonic() - first) / (rounds_run - start_round)
+        self.log(
           f"round {rounds_run}/{cfg.rounds} epochs {row['epochs']:.2f} "
           f"test_acc {row['test_accuracy']:.4f} test_loss {row['test_loss']:.4f} "
-          f"eps {row['epsilon']:.3f} ({round_time:.2f} s/round, ETA {eta:.0f} s)"
+          f"eps {row['epsilon']:.3f} ({row['round_time_s']:.2f} s/round, "
+          f"ETA {per_round * (cfg.rounds - rounds_run):.0f} s)"
         )
-      writer.writerow({k: _fmt(v) for k, v in row.items()})
-      f.flush()
+    return state, rounds_run, "completed"
+
+  def _row(self, state, plan, measurements, rounds_run, round_time):
+    row = {
+      "round": rounds_run,
+      "epochs": self.trainer.epochs(rounds_run),
+      "epsilon": _worst_epsilon(self.ledgers, self.cfg.private),
+      "num_clients": len(plan.clients),
+      "secure_clipped": int(measurements.get("secure_clipped_count", 0)),
+      "round_time_s": round_time,
+      "wall_time_s": self.wall(),
+      "train_loss": float("nan"),
+      "test_accuracy": float("nan"),
+      "test_loss": float("nan"),
+    }
+    if rounds_run % self.cfg.eval_every == 0 or rounds_run == self.cfg.rounds:
+      row.update(self.evaluator(self.trainer.weights(state)))
+      self.last_eval = dict(row)
+    return row
+
+  def _tensorboard(self, row):
+    if self.writer is None:
+      return
+    with self.writer.as_default():
+      for key, value in row.items():
+        if key != "round" and isinstance(value, int | float) and math.isfinite(value):
+          tf.summary.scalar(key, value, step=row["round"])
+    self.writer.flush()
+
+  def _save(self, ckpt_dir, rounds_run, state, fp):
+    meta = {
+      "fingerprint": fp,
+      "ledgers": {p: lg.to_json() for p, lg in self.ledgers.items()},
+      "wall_time_s": self.wall(),
+    }
+    checkpoint.save(ckpt_dir, rounds_run, self.trainer.state_arrays(state), meta)
+
+
+def _finish(
+  cfg, data, output_dir, trainer, ledgers, evaluator, state, rounds_run, stop_reason, loop
+):
   weights = trainer.weights(state)
-  if rounds_run and last.get("round") != rounds_run:
-    last = dict(last, round=rounds_run)
-    last["test_loss"], last["test_accuracy"] = settings.evaluate(
-      eval_model, weights, data.test.images, data.test.labels
-    )
-  elif not rounds_run:
-    last["test_loss"], last["test_accuracy"] = settings.evaluate(
-      eval_model, weights, data.test.images, data.test.labels
-    )
+  last = loop.last_eval
+  if last.get("round") != rounds_run:
+    last = dict(evaluator(weights, with_train=False), round=rounds_run)
   np.savez(os.path.join(output_dir, "final_weights.npz"), *weights)
-  settings.dp_sgd.assign_weights(eval_model, weights)
-  eval_model.save(os.path.join(output_dir, "model.keras"))
+  settings.dp_sgd.assign_weights(evaluator.model, weights)
+  evaluator.model.save(os.path.join(output_dir, "model.keras"))
   epsilon = _worst_epsilon(ledgers, cfg.private)
   summary = {
     "setting": cfg.setting,
@@ -165,9 +313,9 @@ def run(
     "accountant": cfg.accountant,
     "target_epsilon": cfg.target_epsilon,
     "majority_class_accuracy": float(np.max(np.bincount(data.test.labels)) / len(data.test.labels)),
-    "num_parameters": models.count_params(eval_model),
+    "num_parameters": models.count_params(evaluator.model),
     "ledgers": {p: lg.to_json() for p, lg in ledgers.items()},
-    "wall_time_s": time.monotonic() - start,
+    "wall_time_s": loop.wall(),
   }
   write_json(os.path.join(output_dir, "summary.json"), summary)
   return summary

@@ -79,6 +79,13 @@ _RUNTIME = flags.DEFINE_enum(
 )
 _GPUS = flags.DEFINE_string("gpus", None, "in_process: GPU indices to use ('0,1'), 'none', or all.")
 _MEMORY_GROWTH = flags.DEFINE_bool("memory_growth", True, "Grow GPU memory as needed.")
+_CHECKPOINT_EVERY = flags.DEFINE_integer(
+  "checkpoint_every", 10, "Checkpoint every N rounds (0: never)."
+)
+_RESUME = flags.DEFINE_bool("resume", False, "Continue from the newest checkpoint in --output_dir.")
+_TENSORBOARD = flags.DEFINE_bool(
+  "tensorboard", True, "Write TensorBoard events to <output_dir>/tensorboard."
+)
 _WORKER_ADDRESS = flags.DEFINE_string(
   "worker_address", None, "host:port of a running TFF worker to use."
 )
@@ -151,8 +158,11 @@ def main(argv):
   if uses_tff:
     runtime.start(rt_cfg)
   try:
+    options = training_loop.LoopOptions(
+      checkpoint_every=_CHECKPOINT_EVERY.value, resume=_RESUME.value, tensorboard=_TENSORBOARD.value
+    )
     summary = training_loop.run(
-      train_cfg, data, _OUTPUT_DIR.value, hparams=hparams, log=logging.info
+      train_cfg, data, _OUTPUT_DIR.value, hparams=hparams, options=options, log=logging.info
     )
   finally:
     runtime.shutdown()
