@@ -1,0 +1,43 @@
+"""Redraws the results table and Figure 1 from existing run directories.
+
+python -m experiments.plot_results --runs_dir=results/cpu
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from dopamine_tff import plotting
+
+_RUNS_DIR = flags.DEFINE_string(
+  "runs_dir", None, "Root holding <setting>/seed_<n>/ runs.", required=True
+)
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where to write (default: --runs_dir).")
+_TITLE = flags.DEFINE_string("title", "", "Figure title.")
+
+
+def main(argv):
+  del argv
+  out = _OUT_DIR.value or _RUNS_DIR.value
+  try:
+    runs = plotting.collect(_RUNS_DIR.value)
+  except (OSError, ValueError) as e:
+    print(f"plot_results: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if not runs:
+    print(f"plot_results: error: no finished runs under {_RUNS_DIR.value}", file=sys.stderr)
+    sys.exit(2)
+  os.makedirs(out, exist_ok=True)
+  rows = plotting.table_rows(runs)
+  plotting.write_table(rows, os.path.join(out, "results.csv"), os.path.join(out, "results.md"))
+  for path in plotting.draw_figures(runs, out, title=_TITLE.value):
+    print(path)
+  print(plotting.markdown(rows))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,153 @@
+"""The smoke preset end to end: every setting, the table and the three figures."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dopamine_tff import plotting
+from dopamine_tff import presets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("smoke")
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.reproduce_paper", "--preset=smoke", f"--output_dir={out}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return out, proc
+
+
+def test_smoke_preset_writes_table_and_figures(smoke_dir):
+  out, proc = smoke_dir
+  for name in (
+    "results.csv",
+    "results.md",
+    "accuracy_vs_epochs.png",
+    "epsilon_vs_epochs.png",
+    "accuracy_vs_epsilon.png",
+  ):
+    assert os.path.getsize(out / name) > 0, name
+  with open(out / "results.csv") as f:
+    rows = {r["setting"]: r for r in csv.DictReader(f)}
+  assert set(rows) == {"c", "cdp", "f", "fpdp", "fscdp"}
+  assert all(int(rows[s]["runs"]) == 2 for s in rows)
+  assert rows["c"]["epsilon_mean"] == "nan" and float(rows["fscdp"]["epsilon_mean"]) > 0
+  # Same q, sigma and steps: Dopamine's epsilon is central DP-SGD's.
+  assert float(rows["fscdp"]["epsilon_mean"]) == pytest.approx(float(rows["cdp"]["epsilon_mean"]))
+  assert "FSCDP (Dopamine)" in proc.stdout
+
+
+def test_second_start_skips_finished_runs(smoke_dir):
+  out, _ = smoke_dir
+  before = os.path.getmtime(out / "fscdp" / "seed_0" / "summary.json")
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.reproduce_paper",
+      "--preset=smoke",
+      f"--output_dir={out}",
+      "--settings=fscdp",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "already done" in proc.stderr
+  assert os.path.getmtime(out / "fscdp" / "seed_0" / "summary.json") == before
+
+
+def test_plot_binary_redraws(smoke_dir, tmp_path):
+  out, _ = smoke_dir
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.plot_results",
+      f"--runs_dir={out}",
+      f"--out_dir={tmp_path}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (tmp_path / "accuracy_vs_epsilon.png").stat().st_size > 0
+  assert "| FSCDP (Dopamine) | 2 |" in (tmp_path / "results.md").read_text()
+
+
+def test_plot_binary_on_empty_dir_fails_clearly(tmp_path):
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.plot_results", f"--runs_dir={tmp_path}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 2 and "no finished runs" in proc.stderr
+
+
+def test_paper_preset_needs_data_dir(tmp_path):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.reproduce_paper",
+      "--preset=paper",
+      f"--output_dir={tmp_path}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 2 and "needs --data_dir" in proc.stderr
+
+
+def test_presets_follow_the_paper():
+  paper = presets.get("paper")
+  fscdp = paper.settings["fscdp"]
+  assert (fscdp.sampling_prob, fscdp.noise_multiplier, fscdp.l2_norm_clip) == (0.03425, 1.15, 2.0)
+  assert fscdp.rounds * fscdp.sampling_prob == pytest.approx(100, rel=0.01)
+  assert (
+    paper.settings["fpdp"].noise_multiplier == 2.0 and paper.settings["f"].client_fraction == 0.5
+  )
+  assert paper.data.num_hospitals == 10 and paper.data.image_size == 224 and paper.seeds == 5
+  with pytest.raises(ValueError, match="unknown preset"):
+    presets.get("huge")
+
+
+def test_table_mean_and_std(tmp_path):
+  runs = {
+    "fscdp": [
+      {
+        "summary": {
+          "final_test_accuracy": a,
+          "epsilon": 2.0,
+          "delta": 1e-4,
+          "epochs": 1.0,
+          "rounds_run": 3,
+          "wall_time_s": 1.0,
+        },
+        "metrics": {},
+      }
+      for a in (0.5, 0.7)
+    ]
+  }
+  (row,) = plotting.table_rows(runs)
+  assert row["accuracy_mean"] == pytest.approx(0.6) and row["accuracy_std"] == pytest.approx(
+    0.1414, abs=1e-3
+  )
