@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -183,7 +184,13 @@ def run(
   """Trains `cfg.setting` on `data`; returns the summary (also in summary.json)."""
   os.makedirs(output_dir, exist_ok=True)
   write_json(os.path.join(output_dir, "hparams.json"), hparams or {})
-  trainer = settings.make_trainer(cfg, data, output_dir)
+  # The hospitals' shard files are scratch: rebuilt from the data on resume.
+  with tempfile.TemporaryDirectory(prefix="dopamine_tff_") as scratch:
+    return _run(cfg, data, output_dir, scratch, hparams, options, log)
+
+
+def _run(cfg, data, output_dir, scratch, hparams, options, log) -> dict:
+  trainer = settings.make_trainer(cfg, data, scratch)
   log(trainer.describe())
   ledgers = {p: accounting.PrivacyLedger(cfg.delta, cfg.accountant) for p in trainer.parties()}
   ckpt_dir, fp = os.path.join(output_dir, "checkpoints"), fingerprint(cfg, data)
