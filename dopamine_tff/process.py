@@ -58,6 +58,23 @@ def _client_types(state_type, ds_type):
   )
 
 
+def build_dp_client_computation(model_fn, initial_weights, image_shape, params):
+  """A hospital's work as a TF computation: (weights, data, seed) -> (noisy sum, N_k).
+
+  Its first output is what the hospital hands to the secure sum: the sum of
+  clipped per-example gradients with the hospital's noise share already added.
+  """
+  w_specs = tf_rounds.weight_specs(initial_weights)
+  ds_type = tff.SequenceType(tff.types.tensorflow_to_type(tf_rounds.data_spec(image_shape)))
+  client_fn = tf.function(tf_rounds.dp_client_update)
+
+  @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC)
+  def client_update(weights, dataset, seed):
+    return client_fn(model_fn(), weights, dataset, seed, params)
+
+  return client_update
+
+
 def build_dp_sgd_process(
   model_fn: Callable[[], tf.keras.Model],
   initial_weights: list[np.ndarray],
@@ -80,11 +97,7 @@ def build_dp_sgd_process(
   w_specs, ds_type, state_type, get_weights, initialize = _common(
     initial_weights, image_shape, with_velocity=True
   )
-  client_fn = tf.function(tf_rounds.dp_client_update)
-
-  @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC)
-  def client_update(weights, dataset, seed):
-    return client_fn(model_fn(), weights, dataset, seed, params)
+  client_update = build_dp_client_computation(model_fn, initial_weights, image_shape, params)
 
   @tff.tensorflow.computation(state_type, w_specs, np.int32)
   def server_update(state, noisy_sum, num_examples):

@@ -1,0 +1,74 @@
+"""The server sees only sums: what leaves a hospital and how.
+
+Inspects the built FSCDP process: the only intrinsic that moves client values
+to the server is the secure sum (no federated_sum, federated_mean,
+federated_aggregate or federated_collect), and what a hospital hands to it is
+already noised.
+"""
+
+import math
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dopamine_tff import models
+from dopamine_tff import process
+from dopamine_tff import quantization
+from dopamine_tff import settings
+
+SHAPE, CLASSES = (8, 8, 1), 4
+W0 = models.initial_weights("small_cnn", SHAPE, CLASSES, seed=0)
+CLIENT_TO_SERVER = {
+  "federated_sum",
+  "federated_mean",
+  "federated_weighted_mean",
+  "federated_aggregate",
+  "federated_collect",
+  "federated_secure_sum",
+  "federated_secure_sum_bitwidth",
+  "federated_secure_modular_sum",
+  "federated_secure_select",
+  "federated_select",
+  "federated_min",
+  "federated_max",
+}
+
+
+def _model_fn():
+  return models.small_cnn(SHAPE, CLASSES)
+
+
+def _intrinsics(comp) -> set:
+  return set(re.findall(r'uri: "([a-z_]+)"', str(comp.to_building_block().proto)))
+
+
+def test_fscdp_moves_client_values_only_through_secure_sums():
+  params = process.DpSgdParams(0.1, 1.0, 0.5, 0.1, 0.9)
+  proc = process.build_dp_sgd_process(
+    _model_fn, W0, SHAPE, params, quantization.QuantizationConfig(10.0, 8)
+  )
+  used = _intrinsics(proc.next)
+  assert used & CLIENT_TO_SERVER == {"federated_secure_sum_bitwidth"}, used
+  assert "federated_map" in used and "federated_broadcast" in used
+
+
+def test_the_inspection_can_fail_fedavg_uses_plain_sums():
+  proc = process.build_fedavg_process(_model_fn, W0, SHAPE, process.LocalParams(1, 8, 0.1, 0.0))
+  assert "federated_sum" in _intrinsics(proc.next)
+
+
+def test_what_enters_the_secure_sum_is_already_noised(tff_runtime):
+  k, sigma, clip = 4, 1.15, 1.0
+  share = sigma * clip / math.sqrt(k)
+  # q tiny: the Poisson batch is empty, so the hospital's output is its noise.
+  params = process.DpSgdParams(1e-9, clip, share, 0.1, 0.0)
+  client = process.build_dp_client_computation(_model_fn, W0, SHAPE, params)
+  x = np.zeros((10, *SHAPE), np.float32)
+  y = np.zeros(10, np.int32)
+  ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(5)
+  noisy_sum, n = client(W0, ds, settings.client_seed(0, 0, 0))
+  flat = np.concatenate([np.ravel(v) for v in noisy_sum])
+  assert n == 10
+  assert flat.std() == pytest.approx(share, rel=0.03)
