@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from dopamine_tff import accounting
 from dopamine_tff import models
 
@@ -45,6 +47,13 @@ class TrainConfig:
     eval_every: evaluate every this many rounds (and at the last round).
     runtime: 'tff' (TFF's C++ worker) or 'in_process' (the same TF functions
       in this Python process; uses a GPU where TensorFlow sees one).
+    dropout_prob: chance that a hospital fails to deliver in a round (federated
+      settings), drawn independently per hospital and round from the seed.
+    dropout_schedule: deterministic dropouts, ((round, (hospital, ...)), ...)
+      with 1-based rounds; added to the random ones.
+    min_surviving_hospitals: M. Each Dopamine hospital adds the noise share
+      sigma*C/sqrt(M), so a round with at least M survivors has at least the
+      target noise; a round with fewer is skipped (None: M = K).
   """
 
   setting: str = "fscdp"
@@ -66,6 +75,9 @@ class TrainConfig:
   seed: int = 0
   eval_every: int = 1
   runtime: str = "tff"
+  dropout_prob: float = 0.0
+  dropout_schedule: tuple = ()
+  min_surviving_hospitals: int | None = None
 
   def __post_init__(self):
     def bad(name, why):
@@ -107,6 +119,21 @@ class TrainConfig:
       bad("eval_every", "must be >= 1")
     if self.runtime not in RUNTIMES:
       bad("runtime", f"must be one of {RUNTIMES}")
+    if not 0.0 <= self.dropout_prob < 1.0:
+      bad("dropout_prob", "must be in [0, 1)")
+    if self.min_surviving_hospitals is not None and self.min_surviving_hospitals < 1:
+      bad("min_surviving_hospitals", "must be >= 1")
+    for entry in self.dropout_schedule:
+      if len(entry) != 2 or int(entry[0]) < 1 or any(int(h) < 0 for h in entry[1]):
+        bad("dropout_schedule", "entries must be (round >= 1, (hospital >= 0, ...))")
+
+  def dropped(self, round_num: int, num_hospitals: int) -> set[int]:
+    """Hospitals that fail to deliver in 0-based round `round_num`."""
+    out = {int(h) for r, hs in self.dropout_schedule if int(r) == round_num + 1 for h in hs}
+    if self.dropout_prob > 0:
+      rng = np.random.default_rng([self.seed, round_num, 11])
+      out |= set(np.flatnonzero(rng.uniform(size=num_hospitals) < self.dropout_prob).tolist())
+    return {h for h in out if h < num_hospitals}
 
   @property
   def private(self) -> bool:

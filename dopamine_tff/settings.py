@@ -40,6 +40,8 @@ class RoundPlan:
 
   clients: tuple[int, ...]
   steps: dict  # party name -> accounting.StepSpec
+  skipped: bool = False  # too few survivors: nothing is computed or released
+  dropped: tuple[int, ...] = ()
 
 
 def write_shards(sets: list[loaders.ImageSet], directory: str) -> list[str]:
@@ -137,7 +139,13 @@ class DpSgdTrainer(TffTrainer):
   def build(self):
     cfg = self.cfg
     k = len(self.sizes)
-    share = cfg.noise_multiplier * cfg.l2_norm_clip / math.sqrt(k)
+    self.min_survivors = cfg.min_surviving_hospitals or k
+    if self.min_survivors > k:
+      raise ValueError(
+        f"min_surviving_hospitals={self.min_survivors} exceeds the {k} hospitals of this setting"
+      )
+    # Noise provisioning: a share sized for M survivors (M = K without dropouts).
+    share = cfg.noise_multiplier * cfg.l2_norm_clip / math.sqrt(self.min_survivors)
     bound = cfg.secure_sum_bound or aggregation.default_bound(
       l2_norm_clip=cfg.l2_norm_clip,
       expected_batch=cfg.sampling_prob * max(self.sizes),
@@ -156,11 +164,20 @@ class DpSgdTrainer(TffTrainer):
     return rounds_done * self.cfg.sampling_prob
 
   def plan(self, round_num: int) -> RoundPlan:
+    """All hospitals minus this round's dropouts; the noise actually added.
+
+    With K' survivors each adding sigma*C/sqrt(M), the sum carries noise
+    sigma*C*sqrt(K'/M): that, not the nominal sigma, is the round's event.
+    """
     k = len(self.sizes)
-    return RoundPlan(
-      tuple(range(k)),
-      {ALL: accounting.StepSpec(self.cfg.sampling_prob, self.cfg.noise_multiplier)},
-    )
+    dropped = self.cfg.dropped(round_num, k) if self.cfg.setting == "fscdp" else set()
+    survivors = tuple(h for h in range(k) if h not in dropped)
+    # Without provisioning, any survivor count proceeds (with less noise).
+    if len(survivors) < (self.cfg.min_surviving_hospitals or 1):
+      return RoundPlan(survivors, {}, skipped=True, dropped=tuple(sorted(dropped)))
+    sigma = self.cfg.noise_multiplier * math.sqrt(len(survivors) / self.min_survivors)
+    step = accounting.StepSpec(self.cfg.sampling_prob, sigma)
+    return RoundPlan(survivors, {ALL: step}, dropped=tuple(sorted(dropped)))
 
   def parties(self) -> list[str]:
     return [ALL]
@@ -195,7 +212,11 @@ class FedAvgTrainer(TffTrainer):
     k = len(self.sizes)
     m = max(1, int(round(self._fraction() * k)))
     rng = np.random.default_rng([self.cfg.seed, round_num, 7])
-    clients = tuple(sorted(rng.choice(k, size=m, replace=False).tolist()))
+    chosen = sorted(rng.choice(k, size=m, replace=False).tolist())
+    dropped = self.cfg.dropped(round_num, k) if self.cfg.setting != "c" else set()
+    clients = tuple(c for c in chosen if c not in dropped)
+    if not clients:
+      return RoundPlan((), {}, skipped=True, dropped=tuple(sorted(dropped)))
     steps = {}
     if self.cfg.setting == "fpdp":
       for c in clients:
@@ -203,7 +224,7 @@ class FedAvgTrainer(TffTrainer):
         count = self.local.local_epochs * math.ceil(n / self.local.batch_size)
         q = min(1.0, self.local.batch_size / n)
         steps[str(c)] = accounting.StepSpec(q, self.cfg.noise_multiplier, count)
-    return RoundPlan(clients, steps)
+    return RoundPlan(clients, steps, dropped=tuple(sorted(dropped)))
 
   def parties(self) -> list[str]:
     return [str(k) for k in range(len(self.sizes))] if self.cfg.setting == "fpdp" else []

@@ -49,6 +49,7 @@ METRIC_FIELDS = (
   "test_loss",
   "epsilon",
   "num_clients",
+  "skipped",
   "secure_clipped",
   "round_time_s",
   "wall_time_s",
@@ -240,7 +241,13 @@ class _Loop:
         self.log(f"stopping before round {r + 1}: {reason}")
         return state, rounds_run, reason
       t0 = time.monotonic()
-      state, measurements = self.trainer.run(state, plan, r)
+      if plan.skipped:
+        # Too few hospitals delivered: nothing is applied or released, so the
+        # weights and the ledger stay as they were.
+        self.log(f"round {r + 1} skipped: {len(plan.clients)} hospitals delivered")
+        measurements = {}
+      else:
+        state, measurements = self.trainer.run(state, plan, r)
       for party, step in plan.steps.items():
         self.ledgers[party].record(step)
       rounds_run = r + 1
@@ -265,6 +272,7 @@ class _Loop:
       "epochs": self.trainer.epochs(rounds_run),
       "epsilon": _worst_epsilon(self.ledgers, self.cfg.private),
       "num_clients": len(plan.clients),
+      "skipped": int(plan.skipped),
       "secure_clipped": int(measurements.get("secure_clipped_count", 0)),
       "round_time_s": round_time,
       "wall_time_s": self.wall(),

@@ -79,6 +79,17 @@ _RUNTIME = flags.DEFINE_enum(
 )
 _GPUS = flags.DEFINE_string("gpus", None, "in_process: GPU indices to use ('0,1'), 'none', or all.")
 _MEMORY_GROWTH = flags.DEFINE_bool("memory_growth", True, "Grow GPU memory as needed.")
+_DROPOUT_PROB = flags.DEFINE_float(
+  "dropout_prob", 0.0, "Chance a hospital fails to deliver in a round."
+)
+_DROPOUT_SCHEDULE = flags.DEFINE_string(
+  "dropout_schedule", "", "Deterministic dropouts: 'round:h1,h2;round:h3' (1-based rounds)."
+)
+_MIN_SURVIVING = flags.DEFINE_integer(
+  "min_surviving_hospitals",
+  None,
+  "M: noise share sigma*C/sqrt(M); rounds with < M survivors are skipped.",
+)
 _CHECKPOINT_EVERY = flags.DEFINE_integer(
   "checkpoint_every", 10, "Checkpoint every N rounds (0: never)."
 )
@@ -89,6 +100,18 @@ _TENSORBOARD = flags.DEFINE_bool(
 _WORKER_ADDRESS = flags.DEFINE_string(
   "worker_address", None, "host:port of a running TFF worker to use."
 )
+
+
+def parse_schedule(text: str) -> tuple:
+  """'3:0,2;5:1' -> ((3, (0, 2)), (5, (1,))). Raises ValueError naming the bad part."""
+  out = []
+  for part in filter(None, (p.strip() for p in text.split(";"))):
+    try:
+      round_text, hospitals = part.split(":")
+      out.append((int(round_text), tuple(int(h) for h in hospitals.split(",") if h.strip())))
+    except ValueError:
+      raise ValueError(f"dropout_schedule: cannot parse {part!r}; expected 'round:h1,h2'") from None
+  return tuple(out)
 
 
 def _configs():
@@ -123,6 +146,9 @@ def _configs():
     seed=_SEED.value,
     eval_every=_EVAL_EVERY.value,
     runtime=_RUNTIME.value,
+    dropout_prob=_DROPOUT_PROB.value,
+    dropout_schedule=parse_schedule(_DROPOUT_SCHEDULE.value),
+    min_surviving_hospitals=_MIN_SURVIVING.value,
   )
   rt = runtime.RuntimeConfig(
     max_concurrent_computation_calls=_MAX_CALLS.value,
@@ -164,6 +190,9 @@ def main(argv):
     summary = training_loop.run(
       train_cfg, data, _OUTPUT_DIR.value, hparams=hparams, options=options, log=logging.info
     )
+  except ValueError as e:  # a configuration that only the data can refute
+    print(f"run_experiment: error: {e}", file=sys.stderr)
+    sys.exit(2)
   finally:
     runtime.shutdown()
   eps = summary["epsilon"]
