@@ -21,6 +21,7 @@ from dp_accounting.rdp import rdp_privacy_accountant
 import numpy as np
 
 ACCOUNTANTS = ("rdp", "pld")
+PLD_DISCRETIZATION = 1e-4
 # Orders of TF Privacy's compute_dp_sgd_privacy plus a finer grid.
 RDP_ORDERS = tuple(
   [1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024]
@@ -62,7 +63,7 @@ def make_accountant(kind: str = "rdp"):
   if kind == "rdp":
     return rdp_lib.RdpAccountant(list(RDP_ORDERS))
   if kind == "pld":
-    return pld_lib.PLDAccountant(value_discretization_interval=1e-4)
+    return pld_lib.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
   raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {kind!r}")
 
 
@@ -86,13 +87,35 @@ def _rdp_of_one_step(sampling_prob: float, noise_multiplier: float) -> np.ndarra
   return np.array(acc._rdp, dtype=np.float64)  # noqa: SLF001
 
 
+@functools.lru_cache(maxsize=256)
+def _pld_of_one_step(sampling_prob: float, noise_multiplier: float):
+  """The privacy-loss distribution of one step (the costly part), cached."""
+  return pld_lib.privacy_loss_distribution.from_gaussian_mechanism(
+    noise_multiplier,
+    sampling_prob=sampling_prob,
+    value_discretization_interval=PLD_DISCRETIZATION,
+    use_connect_dots=True,
+  )
+
+
+def _pld_epsilon(groups, delta: float) -> float:
+  composed = None
+  for (q, sigma), count in sorted(groups.items()):
+    part = _pld_of_one_step(q, sigma).self_compose(count)
+    composed = part if composed is None else composed.compose(part)
+  return float(composed.get_epsilon_for_delta(delta))
+
+
 class PrivacyLedger:
   """Composes each round's DP event as it happens; reports epsilon.
 
-  The ledger sees only events (numbers), never tensors or data. It can be
-  saved as a list of StepSpecs and rebuilt on resume. With the RDP accountant
-  a round costs a vector addition (curves of identical steps are cached); the
-  PLD accountant recomposes the grouped steps when epsilon is asked for.
+  The ledger sees only events (numbers), never tensors or data. It keeps the
+  RDP curve (a vector addition per round) and the steps grouped by kind, from
+  which the PLD epsilon is composed when asked for (cached per step kind). It
+  can be saved as a list of StepSpecs and rebuilt on resume.
+
+  Attributes:
+    kind: the accountant ``epsilon()`` uses by default ('rdp' or 'pld').
   """
 
   def __init__(self, delta: float, kind: str = "rdp"):
@@ -105,38 +128,36 @@ class PrivacyLedger:
     self._rdp = np.zeros(len(RDP_ORDERS))
     self._groups: collections.Counter = collections.Counter()
     self._non_private = False
-    self._cached_eps: float | None = None
+    self._cache: dict[str, float] = {}
 
   def record(self, step: StepSpec) -> None:
     self.steps.append(step)
-    self._cached_eps = None
+    self._cache = {}
     if step.count == 0:
       return
     if step.noise_multiplier == 0:
       self._non_private = True
       return
     self._groups[(step.sampling_prob, step.noise_multiplier)] += step.count
-    if self.kind == "rdp":
-      self._rdp = self._rdp + step.count * _rdp_of_one_step(
-        step.sampling_prob, step.noise_multiplier
-      )
+    self._rdp = self._rdp + step.count * _rdp_of_one_step(step.sampling_prob, step.noise_multiplier)
 
-  def _epsilon_of(self, rdp: np.ndarray, groups) -> float:
+  def _epsilon_of(self, rdp: np.ndarray, groups, kind: str) -> float:
     if self._non_private:
       return math.inf
     if not groups:
       return 0.0
-    if self.kind == "rdp":
+    if kind == "rdp":
       return float(rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, rdp, self.delta)[0])
-    return epsilon_of([StepSpec(q, s, c) for (q, s), c in groups.items()], self.delta, "pld")
+    return _pld_epsilon(groups, self.delta)
 
-  def epsilon(self) -> float:
+  def epsilon(self, kind: str | None = None) -> float:
     """Epsilon so far (inf after a noiseless step, 0 before any step)."""
-    if self._cached_eps is None:
-      self._cached_eps = self._epsilon_of(self._rdp, self._groups)
-    return self._cached_eps
+    kind = kind or self.kind
+    if kind not in self._cache:
+      self._cache[kind] = self._epsilon_of(self._rdp, self._groups, kind)
+    return self._cache[kind]
 
-  def epsilon_if(self, step: StepSpec) -> float:
+  def epsilon_if(self, step: StepSpec, kind: str | None = None) -> float:
     """Epsilon the ledger would report after also recording `step`."""
     if step.count and step.noise_multiplier == 0:
       return math.inf
@@ -144,9 +165,8 @@ class PrivacyLedger:
     rdp = self._rdp
     if step.count:
       groups[(step.sampling_prob, step.noise_multiplier)] += step.count
-      if self.kind == "rdp":
-        rdp = rdp + step.count * _rdp_of_one_step(step.sampling_prob, step.noise_multiplier)
-    return self._epsilon_of(rdp, groups)
+      rdp = rdp + step.count * _rdp_of_one_step(step.sampling_prob, step.noise_multiplier)
+    return self._epsilon_of(rdp, groups, kind or self.kind)
 
   def to_json(self) -> dict:
     return {

@@ -11,13 +11,13 @@ import math
 
 import numpy as np
 
-from dopamine_tff import accounting
 from dopamine_tff import models
 
 SETTINGS = ("c", "cdp", "f", "fpdp", "fscdp")
 PRIVATE_SETTINGS = ("cdp", "fpdp", "fscdp")
 CDP_IMPLS = ("ours", "tf_privacy")
 RUNTIMES = ("tff", "in_process")
+ACCOUNTANT_CHOICES = ("rdp", "pld", "both")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,8 @@ class TrainConfig:
     l2_norm_clip: C.
     delta: target delta of the reported (epsilon, delta).
     target_epsilon: stop before the round that would exceed it (None: no stop).
-    accountant: 'rdp' or 'pld'.
+    accountant: 'rdp', 'pld' or 'both' (both reported; the budget uses RDP,
+      the more conservative).
     cdp_impl: 'ours' (our DP-SGD process with K=1) or 'tf_privacy' (TF
       Privacy's VectorizedDPKerasSGDOptimizer).
     secure_sum_bound: range of the secure sum (None: derived from q, C, sigma).
@@ -109,8 +110,8 @@ class TrainConfig:
       bad("delta", "must be in (0, 1)")
     if self.target_epsilon is not None and not self.target_epsilon > 0:
       bad("target_epsilon", "must be > 0")
-    if self.accountant not in accounting.ACCOUNTANTS:
-      bad("accountant", f"must be one of {accounting.ACCOUNTANTS}")
+    if self.accountant not in ACCOUNTANT_CHOICES:
+      bad("accountant", f"must be one of {ACCOUNTANT_CHOICES}")
     if self.cdp_impl not in CDP_IMPLS:
       bad("cdp_impl", f"must be one of {CDP_IMPLS}")
     if self.secure_sum_bound is not None and not self.secure_sum_bound > 0:
@@ -134,6 +135,14 @@ class TrainConfig:
       rng = np.random.default_rng([self.seed, round_num, 11])
       out |= set(np.flatnonzero(rng.uniform(size=num_hospitals) < self.dropout_prob).tolist())
     return {h for h in out if h < num_hospitals}
+
+  @property
+  def budget_accountant(self) -> str:
+    """The accountant whose epsilon is reported as `epsilon` and budgeted."""
+    return "pld" if self.accountant == "pld" else "rdp"
+
+  def reports(self, kind: str) -> bool:
+    return self.accountant in (kind, "both")
 
   @property
   def private(self) -> bool:

@@ -48,6 +48,8 @@ METRIC_FIELDS = (
   "test_accuracy",
   "test_loss",
   "epsilon",
+  "epsilon_rdp",
+  "epsilon_pld",
   "num_clients",
   "skipped",
   "secure_clipped",
@@ -82,12 +84,13 @@ def _fmt(v):
   return v
 
 
-def _worst_epsilon(ledgers: dict, private: bool) -> float:
+def _worst_epsilon(ledgers: dict, private: bool, kind: str | None = None) -> float:
+  """The largest epsilon over the privacy parties (FPDP: hospitals)."""
   if not private:
     return math.inf
   if not ledgers:
     return 0.0
-  return max(ledger.epsilon() for ledger in ledgers.values())
+  return max(ledger.epsilon(kind) for ledger in ledgers.values())
 
 
 def _over_budget(cfg, ledgers, plan) -> bool:
@@ -96,6 +99,10 @@ def _over_budget(cfg, ledgers, plan) -> bool:
   return any(
     ledgers[party].epsilon_if(step) > cfg.target_epsilon for party, step in plan.steps.items()
   )
+
+
+def _finite_or_none(x: float):
+  return x if math.isfinite(x) else None
 
 
 def write_json(path: str, blob: dict) -> None:
@@ -193,7 +200,9 @@ def run(
 def _run(cfg, data, output_dir, scratch, hparams, options, log) -> dict:
   trainer = settings.make_trainer(cfg, data, scratch)
   log(trainer.describe())
-  ledgers = {p: accounting.PrivacyLedger(cfg.delta, cfg.accountant) for p in trainer.parties()}
+  ledgers = {
+    p: accounting.PrivacyLedger(cfg.delta, cfg.budget_accountant) for p in trainer.parties()
+  }
   ckpt_dir, fp = os.path.join(output_dir, "checkpoints"), fingerprint(cfg, data)
   if options.resume:
     state, start_round, wall_offset = _restore(trainer, ledgers, ckpt_dir, fp)
@@ -271,6 +280,8 @@ class _Loop:
       "round": rounds_run,
       "epochs": self.trainer.epochs(rounds_run),
       "epsilon": _worst_epsilon(self.ledgers, self.cfg.private),
+      "epsilon_rdp": float("nan"),
+      "epsilon_pld": float("nan"),
       "num_clients": len(plan.clients),
       "skipped": int(plan.skipped),
       "secure_clipped": int(measurements.get("secure_clipped_count", 0)),
@@ -280,7 +291,12 @@ class _Loop:
       "test_accuracy": float("nan"),
       "test_loss": float("nan"),
     }
-    if rounds_run % self.cfg.eval_every == 0 or rounds_run == self.cfg.rounds:
+    evaluate = rounds_run % self.cfg.eval_every == 0 or rounds_run == self.cfg.rounds
+    for kind in ("rdp", "pld"):
+      # PLD costs ~0.2 s a call: every round only when it is the budget.
+      if self.cfg.reports(kind) and (evaluate or kind == self.cfg.budget_accountant):
+        row[f"epsilon_{kind}"] = _worst_epsilon(self.ledgers, self.cfg.private, kind)
+    if evaluate:
       row.update(self.evaluator(self.trainer.weights(state)))
       self.last_eval = dict(row)
     return row
@@ -324,6 +340,11 @@ def _finish(
     "final_test_accuracy": last.get("test_accuracy"),
     "final_test_loss": last.get("test_loss"),
     "epsilon": epsilon if math.isfinite(epsilon) else None,
+    **{
+      f"epsilon_{kind}": _finite_or_none(_worst_epsilon(ledgers, cfg.private, kind))
+      for kind in ("rdp", "pld")
+      if cfg.reports(kind)
+    },
     "delta": cfg.delta if cfg.private else None,
     "accountant": cfg.accountant,
     "target_epsilon": cfg.target_epsilon,

@@ -55,7 +55,9 @@ _SIGMA = flags.DEFINE_float("noise_multiplier", 1.15, "Noise multiplier sigma.")
 _CLIP = flags.DEFINE_float("l2_norm_clip", 2.0, "Per-example clip norm C.")
 _DELTA = flags.DEFINE_float("delta", 1e-4, "Delta of the reported (epsilon, delta).")
 _TARGET_EPS = flags.DEFINE_float("target_epsilon", None, "Stop before exceeding this epsilon.")
-_ACCOUNTANT = flags.DEFINE_enum("accountant", "rdp", ["rdp", "pld"], "Privacy accountant.")
+_ACCOUNTANT = flags.DEFINE_enum(
+  "accountant", "rdp", ["rdp", "pld", "both"], "rdp, pld, or both (budget on RDP)."
+)
 _CDP_IMPL = flags.DEFINE_enum("cdp_impl", "ours", ["ours", "tf_privacy"], "CDP implementation.")
 _LR = flags.DEFINE_float("learning_rate", 0.002, "Learning rate.")
 _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "Momentum.")

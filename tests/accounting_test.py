@@ -94,3 +94,20 @@ def test_bad_ledger_and_target_are_rejected():
     accounting.PrivacyLedger(1e-5, "moments")
   with pytest.raises(ValueError, match="target_epsilon"):
     accounting.noise_multiplier_for(-1.0, sampling_prob=0.1, steps=10, delta=1e-5)
+
+
+def test_pld_ledger_equals_a_fresh_pld_accountant():
+  ledger = accounting.PrivacyLedger(1e-5, "pld")
+  steps = [accounting.StepSpec(0.05, 1.1)] * 30 + [accounting.StepSpec(0.05, 0.8)] * 5
+  for s in steps:
+    ledger.record(s)
+  acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+  for s in steps:
+    acc.compose(
+      dp_accounting.PoissonSampledDpEvent(
+        s.sampling_prob, dp_accounting.GaussianDpEvent(s.noise_multiplier)
+      )
+    )
+  assert ledger.epsilon() == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
+  # PLD is tighter than RDP on the same events.
+  assert ledger.epsilon("pld") < ledger.epsilon("rdp")

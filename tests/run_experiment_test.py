@@ -144,3 +144,29 @@ def test_flagfile_works(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert _read(tmp_path / "out")[1]["rounds_run"] == 1
   assert math.isfinite(_read(tmp_path / "out")[1]["epsilon"])
+
+
+def test_pld_accountant_budget_and_both_columns(tmp_path):
+  steps3 = [accounting.StepSpec(0.1, 1.0, 3)]
+  steps4 = [accounting.StepSpec(0.1, 1.0, 4)]
+  pld3, pld4 = (accounting.epsilon_of(s, 1e-4, "pld") for s in (steps3, steps4))
+  target = (pld3 + pld4) / 2
+  args = [a for a in TINY if not a.startswith("--rounds")]
+  proc = _run(
+    ["--setting=fscdp", *args, "--rounds=10", "--accountant=pld", f"--target_epsilon={target}"],
+    tmp_path / "pld",
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows, summary, _ = _read(tmp_path / "pld")
+  assert summary["rounds_run"] == 3 and summary["epsilon"] == pytest.approx(pld3, rel=1e-6)
+  assert summary["epsilon_pld"] == summary["epsilon"] and "epsilon_rdp" not in summary
+  # The same budget under RDP would have stopped earlier: PLD is tighter.
+  assert accounting.epsilon_of(steps3, 1e-4) > target
+  proc = _run(["--setting=fscdp", *TINY, "--accountant=both"], tmp_path / "both")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows, summary, _ = _read(tmp_path / "both")
+  assert (
+    float(rows[-1]["epsilon_pld"])
+    < float(rows[-1]["epsilon_rdp"])
+    == pytest.approx(summary["epsilon"], rel=1e-5)
+  )
