@@ -90,15 +90,23 @@ def table_rows(runs: dict[str, list[dict]]) -> list[dict]:
         "epochs": float(np.mean([r["summary"]["epochs"] for r in group])),
         "rounds": float(np.mean([r["summary"]["rounds_run"] for r in group])),
         "wall_time_s": float(np.mean([r["summary"]["wall_time_s"] for r in group])),
+        "audit_auc": _mean_std([(r["summary"].get("audit") or {}).get("max_auc") for r in group])[
+          0
+        ],
+        "audit_epsilon_lb": _mean_std(
+          [(r["summary"].get("audit") or {}).get("epsilon_lower_bound") for r in group]
+        )[0],
       }
     )
   return rows
 
 
 def markdown(rows: list[dict]) -> str:
+  audited = any(not math.isnan(r["audit_auc"]) for r in rows)
+  head = "| setting | runs | test accuracy (mean ± std) | epsilon (mean ± std) | delta | epochs | rounds | time per run |"
   lines = [
-    "| setting | runs | test accuracy (mean ± std) | epsilon (mean ± std) | delta | epochs | rounds | time per run |",
-    "|---|---|---|---|---|---|---|---|",
+    head + (" MIA AUC | empirical epsilon LB |" if audited else ""),
+    "|---|---|---|---|---|---|---|---|" + ("---|---|" if audited else ""),
   ]
   for r in rows:
     eps = (
@@ -111,6 +119,7 @@ def markdown(rows: list[dict]) -> str:
       f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} % | {eps} | "
       f"{r['delta'] if r['delta'] is not None else '-'} | {r['epochs']:.2f} | {r['rounds']:.0f} | "
       f"{r['wall_time_s']:.0f} s |"
+      + (f" {r['audit_auc']:.3f} | {r['audit_epsilon_lb']:.3f} |" if audited else "")
     )
   return "\n".join(lines)
 

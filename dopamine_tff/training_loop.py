@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from dopamine_tff import accounting
+from dopamine_tff import audit
 from dopamine_tff import checkpoint
 from dopamine_tff import configs
 from dopamine_tff import models
@@ -67,11 +68,14 @@ class LoopOptions:
     checkpoint_every: save program state every this many rounds (0: never).
     resume: continue from the newest checkpoint in the output directory.
     tensorboard: also write TensorBoard events.
+    audit: run membership-inference attacks on the final model
+      (dopamine_tff/audit.py) and put the results in summary.json.
   """
 
   checkpoint_every: int = 10
   resume: bool = False
   tensorboard: bool = True
+  audit: bool = False
 
   def __post_init__(self):
     if self.checkpoint_every < 0:
@@ -128,6 +132,7 @@ class _Evaluator:
   def __init__(self, cfg, data):
     self.model = models.build(cfg.model, data.image_shape, data.num_classes)
     pooled = data.pooled()
+    self.pooled = pooled
     sub = np.random.default_rng(cfg.seed).permutation(len(pooled))[:TRAIN_EVAL_EXAMPLES]
     self.train = (pooled.images[sub], pooled.labels[sub])
     self.test = (data.test.images, data.test.labels)
@@ -224,9 +229,24 @@ def _run(cfg, data, output_dir, scratch, hparams, options, log) -> dict:
     metrics.close()
     if writer is not None:
       writer.close()
-  return _finish(
+  summary = _finish(
     cfg, data, output_dir, trainer, ledgers, evaluator, state, rounds_run, stop_reason, loop
   )
+  if options.audit:
+    summary["audit"] = audit.membership_audit(
+      evaluator.model,
+      trainer.weights(state),
+      (evaluator.pooled.images, evaluator.pooled.labels),
+      evaluator.test,
+      seed=cfg.seed,
+    )
+    log(
+      f"audit: attack AUC {summary['audit']['max_auc']:.3f}, advantage "
+      f"{summary['audit']['max_advantage']:.3f}, empirical epsilon lower bound "
+      f"{summary['audit']['epsilon_lower_bound']:.3f} (reported epsilon {summary['epsilon']})"
+    )
+    write_json(os.path.join(output_dir, "summary.json"), summary)
+  return summary
 
 
 class _Loop:

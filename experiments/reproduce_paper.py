@@ -38,6 +38,7 @@ _OUTPUT_DIR = flags.DEFINE_string(
 )
 _RUNTIME = flags.DEFINE_enum("runtime", "tff", ["tff", "in_process"], "Runtime of the rounds.")
 _GPUS = flags.DEFINE_string("gpus", None, "in_process: GPU indices ('0,1'), 'none', or all.")
+_AUDIT = flags.DEFINE_bool("audit", False, "Membership-inference audit of every final model.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every N rounds.")
 
 
@@ -45,7 +46,9 @@ def _run_one(cfg, data, run_dir) -> None:
   if os.path.isfile(os.path.join(run_dir, "summary.json")):
     logging.info("already done: %s", run_dir)
     return
-  options = training_loop.LoopOptions(checkpoint_every=_CHECKPOINT_EVERY.value, resume=True)
+  options = training_loop.LoopOptions(
+    checkpoint_every=_CHECKPOINT_EVERY.value, resume=True, audit=_AUDIT.value
+  )
   hparams = dict(dataclasses.asdict(cfg), preset=_PRESET.value)
   summary = training_loop.run(
     cfg, data, run_dir, hparams=hparams, options=options, log=logging.info

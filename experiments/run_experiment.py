@@ -92,6 +92,7 @@ _MIN_SURVIVING = flags.DEFINE_integer(
   None,
   "M: noise share sigma*C/sqrt(M); rounds with < M survivors are skipped.",
 )
+_AUDIT = flags.DEFINE_bool("audit", False, "Run membership-inference attacks on the final model.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer(
   "checkpoint_every", 10, "Checkpoint every N rounds (0: never)."
 )
@@ -187,7 +188,10 @@ def main(argv):
     runtime.start(rt_cfg)
   try:
     options = training_loop.LoopOptions(
-      checkpoint_every=_CHECKPOINT_EVERY.value, resume=_RESUME.value, tensorboard=_TENSORBOARD.value
+      checkpoint_every=_CHECKPOINT_EVERY.value,
+      resume=_RESUME.value,
+      tensorboard=_TENSORBOARD.value,
+      audit=_AUDIT.value,
     )
     summary = training_loop.run(
       train_cfg, data, _OUTPUT_DIR.value, hparams=hparams, options=options, log=logging.info
