@@ -71,7 +71,11 @@ def _patches(layer, x):
   kh, kw = layer.kernel_size
   sh, sw = layer.strides
   return tf.image.extract_patches(
-    x, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1], rates=[1, 1, 1, 1], padding=layer.padding.upper()
+    x,
+    sizes=[1, kh, kw, 1],
+    strides=[1, sh, sw, 1],
+    rates=[1, 1, 1, 1],
+    padding=layer.padding.upper(),
   )
 
 

@@ -12,12 +12,22 @@ import tensorflow as tf
 MODELS = ("small_cnn", "squeezenet")
 
 
+def _conv(x, filters, kernel, name, activation, **kw):
+  """Conv2D then its activation as a separate layer.
+
+  Keeping the pre-activation output visible lets dopamine_tff/fast_clip.py read
+  each layer's input and output gradient (per-example gradients without a
+  per-example loop); the function computed is the same.
+  """
+  z = tf.keras.layers.Conv2D(filters, kernel, name=name, **kw)(x)
+  return tf.keras.layers.Activation(activation, name=f"{name}_{activation}")(z)
+
+
 def _fire(x, squeeze: int, expand: int, name: str):
   """SqueezeNet fire module: 1x1 squeeze, then parallel 1x1 and 3x3 expands."""
-  conv = tf.keras.layers.Conv2D
-  s = conv(squeeze, 1, activation="relu", name=f"{name}_squeeze")(x)
-  e1 = conv(expand, 1, activation="relu", name=f"{name}_e1x1")(s)
-  e3 = conv(expand, 3, padding="same", activation="relu", name=f"{name}_e3x3")(s)
+  s = _conv(x, squeeze, 1, f"{name}_squeeze", "relu")
+  e1 = _conv(s, expand, 1, f"{name}_e1x1", "relu")
+  e3 = _conv(s, expand, 3, f"{name}_e3x3", "relu", padding="same")
   return tf.keras.layers.Concatenate(name=f"{name}_concat")([e1, e3])
 
 
@@ -30,9 +40,7 @@ def squeezenet_v1_1(input_shape, num_classes: int = 5, dropout: float = 0.0) -> 
   """
   pool = lambda n: tf.keras.layers.MaxPool2D(3, 2, padding="same", name=n)  # noqa: E731
   inputs = tf.keras.Input(shape=input_shape)
-  x = tf.keras.layers.Conv2D(64, 3, strides=2, padding="same", activation="relu", name="conv1")(
-    inputs
-  )
+  x = _conv(inputs, 64, 3, "conv1", "relu", strides=2, padding="same")
   x = pool("pool1")(x)
   x = _fire(x, 16, 64, "fire2")
   x = _fire(x, 16, 64, "fire3")
@@ -44,7 +52,7 @@ def squeezenet_v1_1(input_shape, num_classes: int = 5, dropout: float = 0.0) -> 
     x = _fire(x, s, e, f"fire{i}")
   if dropout > 0:
     x = tf.keras.layers.Dropout(dropout)(x)
-  x = tf.keras.layers.Conv2D(num_classes, 1, activation="relu", name="conv10")(x)
+  x = _conv(x, num_classes, 1, "conv10", "relu")
   logits = tf.keras.layers.GlobalAveragePooling2D(name="logits")(x)
   return tf.keras.Model(inputs, logits, name="squeezenet_v1_1")
 
@@ -58,10 +66,11 @@ def small_cnn(input_shape, num_classes: int = 5) -> tf.keras.Model:
   inputs = tf.keras.Input(shape=input_shape)
   x = inputs
   for i, filters in enumerate((16, 32, 32)):
-    x = tf.keras.layers.Conv2D(filters, 3, padding="same", activation="tanh", name=f"conv{i}")(x)
+    x = _conv(x, filters, 3, f"conv{i}", "tanh", padding="same")
     x = tf.keras.layers.MaxPool2D(2, padding="same", name=f"pool{i}")(x)
   x = tf.keras.layers.Flatten()(x)
-  x = tf.keras.layers.Dense(64, activation="tanh", name="dense")(x)
+  x = tf.keras.layers.Dense(64, name="dense")(x)
+  x = tf.keras.layers.Activation("tanh", name="dense_tanh")(x)
   logits = tf.keras.layers.Dense(num_classes, name="logits")(x)
   return tf.keras.Model(inputs, logits, name="small_cnn")
 

@@ -1,0 +1,333 @@
+"""Benchmarks DP-SGD steps, TFF rounds, scaling and the secure sum, side by side.
+
+  python -m experiments.benchmark --output=results/benchmark.json
+  python -m experiments.benchmark --quick --output=/tmp/bench.json   # smoke
+
+Every figure is the median of --repeats timed calls after --warmup untimed
+ones, in one process on one machine, so ratios compare like with like. The
+JSON has the raw figures and a top-level "ratios" object. Peak memory is the
+growth of this process's peak resident set size during a measurement (CPU
+TensorFlow has no per-op memory counters); resident memory of the TFF worker is
+read from /proc.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
+from dopamine_tff import configs
+from dopamine_tff import dp_sgd
+from dopamine_tff import fast_clip
+from dopamine_tff import models
+from dopamine_tff import quantization
+from dopamine_tff import runtime
+from dopamine_tff import settings
+from dopamine_tff.data import loaders
+
+_OUTPUT = flags.DEFINE_string("output", "results/benchmark.json", "Where the JSON goes.")
+_QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes and one repeat (a smoke run).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed warm-up calls.")
+_SQUEEZENET_224 = flags.DEFINE_bool("squeezenet_224", True, "Include SqueezeNet at 224x224.")
+
+
+def _rss_kb(pid: int | None = None) -> int:
+  with open(f"/proc/{pid or 'self'}/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1])
+  return 0
+
+
+def _time(fn, repeats, warmup) -> dict:
+  for _ in range(warmup):
+    fn()
+  peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  peak1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return {
+    "median_s": statistics.median(times),
+    "times_s": times,
+    "peak_rss_growth_mb": (peak1 - peak0) / 1024,
+  }
+
+
+def _step_fns(model, x, y, clip, noise_std, lr):
+  seed = tf.constant([1, 2], tf.int64)
+  variables = model.trainable_variables
+
+  @tf.function
+  def plain():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(dp_sgd.loss_per_example(model(x), y))
+    for v, g in zip(variables, tape.gradient(loss, variables)):
+      v.assign_sub(lr * g)
+
+  def dp_with(summer):
+    @tf.function
+    def step():
+      summed = summer()
+      query = dp_sgd.SeededGaussianSumQuery(clip, noise_std, seed)
+      noised, _, _ = query.get_noised_result(summed, query.initial_global_state())
+      for v, g in zip(variables, noised):
+        v.assign_sub(lr * g / x.shape[0])
+
+    return step
+
+  fast = dp_with(lambda: fast_clip.clipped_sum(model, x, y, clip, dp_sgd.loss_per_example)[0])
+
+  def vectorized_sum():
+    grads = dp_sgd.per_example_gradients(model, x, y)
+    clipped, _ = dp_sgd.clip_per_example(grads, clip)
+    return [tf.reduce_sum(g, 0) for g in clipped]
+
+  return {"plain_sgd": plain, "ours_fast": fast, "ours_vectorized_map": dp_with(vectorized_sum)}
+
+
+def _tfp_fn(name, shape, classes, x, y, clip, sigma, lr, vectorized):
+  from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
+  from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras_vectorized
+
+  model = models.build(name, shape, classes)
+  cls = (
+    dp_optimizer_keras_vectorized.VectorizedDPKerasSGDOptimizer
+    if vectorized
+    else dp_optimizer_keras.DPKerasSGDOptimizer
+  )
+  opt = cls(l2_norm_clip=clip, noise_multiplier=sigma, num_microbatches=None, learning_rate=lr)
+  loss = tf.keras.losses.SparseCategoricalCrossentropy(
+    from_logits=True, reduction=tf.losses.Reduction.NONE
+  )
+  model.compile(optimizer=opt, loss=loss)
+  return lambda: model.train_on_batch(x, y)
+
+
+def client_steps(quick, repeats, warmup) -> list[dict]:
+  cases = [
+    ("small_cnn", 64, 32),
+    ("small_cnn", 64, 100),
+    ("squeezenet", 64, 32),
+    ("squeezenet", 64, 100),
+  ]
+  if _SQUEEZENET_224.value and not quick:
+    cases += [("squeezenet", 224, 32), ("squeezenet", 224, 100)]
+  if quick:
+    cases = [("small_cnn", 16, 8), ("squeezenet", 32, 8)]
+  out = []
+  for name, size, batch in cases:
+    tf.keras.utils.set_random_seed(0)
+    shape = (size, size, 3)
+    x = tf.random.normal([batch, *shape])
+    y = tf.random.uniform([batch], 0, 5, tf.int32)
+    fns = _step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01)
+    fns["tf_privacy_vectorized"] = _tfp_fn(name, shape, 5, x, y, 1.0, 1.0, 0.01, True)
+    if name == "small_cnn" or quick:
+      fns["tf_privacy_microbatch_loop"] = _tfp_fn(name, shape, 5, x, y, 1.0, 1.0, 0.01, False)
+    for impl, fn in fns.items():
+      slow = impl in ("ours_vectorized_map", "tf_privacy_vectorized", "tf_privacy_microbatch_loop")
+      r = _time(fn, 1 if (slow and size == 224) else repeats, 1 if slow else warmup)
+      r.update(
+        model=name, image_size=size, batch=batch, impl=impl, examples_per_s=batch / r["median_s"]
+      )
+      out.append(r)
+      print(
+        f"  {name:10s} {size:3d}px b{batch:<3d} {impl:28s} {r['median_s'] * 1e3:9.1f} ms  {r['examples_per_s']:8.1f} ex/s",
+        flush=True,
+      )
+  return out
+
+
+def _trainer(k, per_hospital, rt, size=16, rounds=1000):
+  data_cfg = loaders.DataConfig(
+    dataset="synthetic",
+    num_examples=int(k * per_hospital / 0.8) + 2,
+    image_size=size,
+    num_hospitals=k,
+  )
+  data = loaders.load(data_cfg)
+  cfg = configs.TrainConfig(
+    setting="fscdp",
+    rounds=rounds,
+    sampling_prob=0.1,
+    noise_multiplier=1.0,
+    l2_norm_clip=1.0,
+    learning_rate=0.05,
+    runtime=rt,
+  )
+  return settings.make_trainer(cfg, data, tempfile.mkdtemp())
+
+
+def _round_fn(trainer):
+  holder = {"state": trainer.initial_state(), "r": 0}
+
+  def step():
+    holder["state"], _ = trainer.run(holder["state"], trainer.plan(holder["r"]), holder["r"])
+    holder["r"] += 1
+
+  return step
+
+
+def rounds_tff_vs_in_process(quick, repeats, warmup) -> dict:
+  out = {}
+  for rt in ("tff", "in_process"):
+    trainer = _trainer(10, 30 if quick else 240, rt, size=16 if quick else 32)
+    out[rt] = _time(_round_fn(trainer), repeats * 2, warmup)
+    print(f"  FSCDP round K=10 {rt:10s} {out[rt]['median_s'] * 1e3:8.1f} ms", flush=True)
+  return out
+
+
+def scaling(quick, repeats, warmup) -> dict:
+  out = {"hospitals": []}
+  ks = (10, 100) if quick else (10, 100, 1000)
+  for k in ks:
+    trainer = _trainer(k, 10, "tff")
+    r = _time(_round_fn(trainer), max(2, repeats // 2), 1)
+    worker = runtime.worker_pids()
+    r.update(
+      k=k,
+      examples=sum(trainer.sizes),
+      python_rss_mb=_rss_kb() / 1024,
+      worker_rss_mb=_rss_kb(worker[0]) / 1024 if worker else None,
+    )
+    out["hospitals"].append(r)
+    print(
+      f"  K={k:5d} round {r['median_s']:.3f} s, python RSS {r['python_rss_mb']:.0f} MB, worker RSS {r['worker_rss_mb']:.0f} MB",
+      flush=True,
+    )
+  trainer = _trainer(10, 10, "tff")
+  step = _round_fn(trainer)
+  rounds = 10 if quick else 50
+  rss = []
+  for _ in range(rounds):
+    step()
+    worker = runtime.worker_pids()
+    rss.append(_rss_kb() / 1024 + (_rss_kb(worker[0]) / 1024 if worker else 0))
+  out["memory_over_rounds_mb"] = rss
+  out["memory_growth_after_first_round"] = (rss[-1] - rss[0]) / rss[0]
+  print(f"  memory over {rounds} rounds: {rss[0]:.0f} -> {rss[-1]:.0f} MB", flush=True)
+  return out
+
+
+def secure_sum_path(quick, repeats, warmup) -> dict:
+  n_params = 20_000 if quick else 725_061  # SqueezeNet 1.1 with a 5-class head
+  k = 10
+  rng = np.random.default_rng(0)
+  updates = [[tf.constant(rng.normal(size=n_params).astype(np.float32))] for _ in range(k)]
+  cfg = quantization.QuantizationConfig(60.0, max_summands=k)
+  encode = tf.function(lambda v: quantization.encode(v, cfg))
+  decode = tf.function(lambda s: quantization.decode(s, k, cfg))
+
+  def secure():
+    codes = [encode(u)[0] for u in updates]
+    return decode([tf.add_n([c[0] for c in codes])])
+
+  def plain():
+    return tf.add_n([u[0] for u in updates])
+
+  out = {
+    "secure": _time(secure, repeats, warmup),
+    "plain": _time(plain, repeats, warmup),
+    "params": n_params,
+    "hospitals": k,
+  }
+  print(
+    f"  secure sum {out['secure']['median_s'] * 1e3:.1f} ms vs float sum {out['plain']['median_s'] * 1e3:.1f} ms",
+    flush=True,
+  )
+  return out
+
+
+def _ratio(steps, model, impl, base="plain_sgd"):
+  vals = []
+  for batch in sorted({s["batch"] for s in steps if s["model"] == model}):
+    for size in sorted({s["image_size"] for s in steps if s["model"] == model}):
+      pick = {
+        s["impl"]: s["median_s"]
+        for s in steps
+        if (s["model"], s["batch"], s["image_size"]) == (model, batch, size)
+      }
+      if impl in pick and base in pick:
+        vals.append(pick[impl] / pick[base])
+  return max(vals) if vals else None
+
+
+def main(argv):
+  del argv
+  quick, repeats, warmup = (
+    _QUICK.value,
+    (1 if _QUICK.value else _REPEATS.value),
+    (1 if _QUICK.value else _WARMUP.value),
+  )
+  runtime.start()
+  try:
+    print("client steps:", flush=True)
+    steps = client_steps(quick, repeats, warmup)
+    print("rounds:", flush=True)
+    rounds = rounds_tff_vs_in_process(quick, repeats, warmup)
+    print("scaling:", flush=True)
+    scale = scaling(quick, repeats, warmup)
+    print("secure sum:", flush=True)
+    secure = secure_sum_path(quick, repeats, warmup)
+  finally:
+    runtime.shutdown()
+  ratios = {
+    "dp_over_plain_small_cnn": _ratio(steps, "small_cnn", "ours_fast"),
+    "dp_over_plain_squeezenet": _ratio(steps, "squeezenet", "ours_fast"),
+    "vectorized_map_over_plain_squeezenet": _ratio(steps, "squeezenet", "ours_vectorized_map"),
+    "tf_privacy_over_ours": min(
+      r
+      for r in (
+        _ratio(steps, m, "tf_privacy_vectorized", base="ours_fast")
+        for m in ("small_cnn", "squeezenet")
+      )
+      if r is not None
+    ),
+    "tff_over_in_process": rounds["tff"]["median_s"] / rounds["in_process"]["median_s"],
+    "memory_growth_50_rounds": scale["memory_growth_after_first_round"],
+    "secure_over_plain_sum": secure["secure"]["median_s"] / secure["plain"]["median_s"],
+    "two_workers_vs_one": None,
+  }
+  result = {
+    "machine": {
+      "cpus": os.cpu_count(),
+      "platform": platform.platform(),
+      "python": sys.version.split()[0],
+      "tensorflow": tf.__version__,
+      "gpus": len(tf.config.list_physical_devices("GPU")),
+    },
+    "quick": quick,
+    "repeats": repeats,
+    "client_steps": steps,
+    "rounds_k10": rounds,
+    "scaling": scale,
+    "secure_sum": secure,
+    "not_measured": {
+      "two_workers": "scaling out over several TFF workers (mergeable computation form) is not implemented yet"
+    },
+    "ratios": ratios,
+  }
+  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  with open(_OUTPUT.value, "w") as f:
+    json.dump(result, f, indent=2)
+  print(json.dumps(ratios, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,35 @@
+"""A smoke run of the benchmark suite: it runs and reports every ratio."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RATIOS = (
+  "dp_over_plain_small_cnn",
+  "dp_over_plain_squeezenet",
+  "tf_privacy_over_ours",
+  "tff_over_in_process",
+  "memory_growth_50_rounds",
+)
+
+
+def test_quick_benchmark_writes_ratios(tmp_path):
+  out = tmp_path / "bench.json"
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.benchmark", "--quick", f"--output={out}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  for key in RATIOS:
+    assert isinstance(result["ratios"][key], float) and result["ratios"][key] > 0, key
+  impls = {s["impl"] for s in result["client_steps"]}
+  assert {"plain_sgd", "ours_fast", "ours_vectorized_map", "tf_privacy_vectorized"} <= impls
+  assert all(s["median_s"] > 0 and s["examples_per_s"] > 0 for s in result["client_steps"])
+  assert result["machine"]["cpus"] >= 1 and "not_measured" in result
+  assert "client steps:" in proc.stdout and "tff_over_in_process" in proc.stdout
