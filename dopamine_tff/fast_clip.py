@@ -67,16 +67,35 @@ def _tap_model(model: tf.keras.Model) -> tf.keras.Model:
   return tap
 
 
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
 def _patches(layer, x):
+  """The k x k input patches of every output position, [B, H', W', kh*kw*Cin].
+
+  Built from kh*kw strided slices of the padded input (in the kernel's
+  (row, column, channel) order): much faster on CPU than
+  tf.image.extract_patches for inputs with few channels.
+  """
   kh, kw = layer.kernel_size
   sh, sw = layer.strides
-  return tf.image.extract_patches(
-    x,
-    sizes=[1, kh, kw, 1],
-    strides=[1, sh, sw, 1],
-    rates=[1, 1, 1, 1],
-    padding=layer.padding.upper(),
-  )
+  h, w = x.shape[1], x.shape[2]
+  if layer.padding == "same":
+    x = tf.pad(x, [[0, 0], _same_padding(h, kh, sh), _same_padding(w, kw, sw), [0, 0]])
+    out_h, out_w = -(-h // sh), -(-w // sw)
+  else:
+    out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
+  if kh == kw == 1 and sh == sw == 1:
+    return x
+  slices = [
+    x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
+    for i in range(kh)
+    for j in range(kw)
+  ]
+  return tf.concat(slices, axis=-1)
 
 
 def _layer_terms(layer, x, g):
