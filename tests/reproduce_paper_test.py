@@ -151,3 +151,30 @@ def test_table_mean_and_std(tmp_path):
   assert row["accuracy_mean"] == pytest.approx(0.6) and row["accuracy_std"] == pytest.approx(
     0.1414, abs=1e-3
   )
+
+
+@pytest.mark.slow
+def test_cpu_preset_reproduces_the_papers_ordering(tmp_path):
+  """One seed of the cpu preset (about 5 minutes): Figure 1's ordering holds."""
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.reproduce_paper",
+      "--preset=cpu",
+      "--seeds=1",
+      f"--output_dir={tmp_path}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=3600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "results.csv") as f:
+    rows = {r["setting"]: r for r in csv.DictReader(f)}
+  acc = {s: float(r["accuracy_mean"]) for s, r in rows.items()}
+  eps = {s: float(r["epsilon_mean"]) for s, r in rows.items() if r["epsilon_mean"] != "nan"}
+  assert min(acc["c"], acc["f"]) > max(acc["cdp"], acc["fscdp"], acc["fpdp"])
+  assert acc["fscdp"] > acc["fpdp"] and eps["fscdp"] < eps["fpdp"]
+  assert eps["fscdp"] == pytest.approx(eps["cdp"])
