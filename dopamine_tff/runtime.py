@@ -61,6 +61,10 @@ class RuntimeConfig:
     worker_binary: path of the worker to start (default: TFF's CPU build).
     address: ``host:port`` of an already running worker to use instead of
       starting one (e.g. a CUDA build on a GPU host). Not stopped by us.
+    num_workers: start this many local workers and split the clients of
+      every round across them (TFF's mergeable computation form: each worker
+      sums its share of hospitals, the partial sums are merged). On hosts,
+      the same form spreads a round over machines.
     ready_timeout_s: how long to wait for a worker to answer.
   """
 
@@ -68,6 +72,7 @@ class RuntimeConfig:
   worker_binary: str | None = None
   address: str | None = None
   ready_timeout_s: float = 60.0
+  num_workers: int = 1
 
   def __post_init__(self):
     if self.ready_timeout_s <= 0:
@@ -76,6 +81,10 @@ class RuntimeConfig:
       raise ValueError(f"worker_binary {self.worker_binary!r} does not exist")
     if self.address is not None and ":" not in self.address:
       raise ValueError(f"address must be host:port, got {self.address!r}")
+    if self.num_workers < 1:
+      raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+    if self.num_workers > 1 and self.address is not None:
+      raise ValueError("num_workers > 1 starts local workers; it cannot be combined with address")
 
 
 def _die_with_parent() -> None:
@@ -158,16 +167,39 @@ class Runtime:
 
   def start(self) -> Runtime:
     cfg = self.config
+    if cfg.num_workers == 1:
+      self.context = tff.framework.SyncExecutionContext(
+        executor_fn=self._executor_factory(cfg.address),
+        compiler_fn=compile_for_simulation,
+        transform_args=tff.tensorflow.transform_args,
+        transform_result=tff.tensorflow.transform_result,
+      )
+    else:
+      contexts = [
+        tff.framework.AsyncExecutionContext(
+          executor_fn=self._executor_factory(None),
+          compiler_fn=compile_for_simulation,
+          transform_args=tff.tensorflow.transform_args,
+          transform_result=tff.tensorflow.transform_result,
+        )
+        for _ in range(cfg.num_workers)
+      ]
+      self.context = tff.framework.MergeableCompExecutionContext(
+        async_contexts=contexts, compiler_fn=_compile_mergeable
+      )
+    tff.framework.set_default_context(self.context)
+    return self
+
+  def _executor_factory(self, address: str | None):
+    """Starts a worker (unless `address` is given) and returns its executor factory."""
+    cfg = self.config
     worker = None
-    if cfg.address is None:
+    if address is None:
       worker = Worker(
-        cfg.worker_binary or default_worker_binary(),
-        cfg.max_concurrent_computation_calls,
+        cfg.worker_binary or default_worker_binary(), cfg.max_concurrent_computation_calls
       )
       self.workers.append(worker)
       address = worker.address
-    else:
-      address = cfg.address
     channel = grpc.insecure_channel(address, _GRPC_OPTIONS)
     self._channels.append(channel)
     stub = tff.framework.RemoteExecutorGrpcStub(channel)
@@ -180,15 +212,7 @@ class Runtime:
       executor.set_cardinalities(cardinalities)
       return executor
 
-    factory = tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
-    self.context = tff.framework.SyncExecutionContext(
-      executor_fn=factory,
-      compiler_fn=compile_for_simulation,
-      transform_args=tff.tensorflow.transform_args,
-      transform_result=tff.tensorflow.transform_result,
-    )
-    tff.framework.set_default_context(self.context)
-    return self
+    return tff.framework.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn)
 
   def close(self) -> None:
     """Stops every worker this runtime started. Safe to call twice."""
@@ -237,6 +261,18 @@ def compile_for_simulation(comp):
     ),
     grappler_config=None,
   )
+
+
+def _compile_mergeable(comp):
+  """Secure intrinsics to their bodies, then TFF's mergeable computation form.
+
+  The mergeable compiler refuses secure intrinsics; after the rewrite the
+  integer code sums are plain sums, which merge exactly across workers.
+  """
+  from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
+
+  comp = tff.backends.test.replace_secure_intrinsics_with_bodies(comp)
+  return mergeable_comp_compiler.compile_to_mergeable_comp_form(comp)
 
 
 _ACTIVE: Runtime | None = None

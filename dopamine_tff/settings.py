@@ -103,6 +103,8 @@ class TffTrainer:
     data = [self.datasets[k] for k in plan.clients]
     seeds = [client_seed(self.cfg.seed, round_num, k) for k in plan.clients]
     state, measurements = self.process.next(state, data, seeds)
+    if isinstance(state, dict):  # the mergeable (multi-worker) context returns dicts
+      state = process.ServerState(**state)
     return state, dict(measurements or {})
 
   @staticmethod

@@ -273,6 +273,31 @@ def secure_sum_path(quick, repeats, warmup) -> dict:
   return out
 
 
+def workers(quick, repeats, warmup) -> dict:
+  """The same FSCDP rounds over 1 and 2 local TFF workers (mergeable form)."""
+  out = {}
+  weights = {}
+  for n in (1, 2):
+    runtime.start(runtime.RuntimeConfig(num_workers=n))
+    trainer = _trainer(10, 30 if quick else 240, "tff", size=16 if quick else 32)
+    step = _round_fn(trainer)
+    out[f"workers_{n}"] = _time(step, repeats * 2, warmup)
+    fresh = _trainer(10, 30 if quick else 240, "tff", size=16 if quick else 32)
+    state = fresh.initial_state()
+    for r in range(3):
+      state, _ = fresh.run(state, fresh.plan(r), r)
+    weights[n] = fresh.weights(state)
+    print(
+      f"  FSCDP round K=10 over {n} worker(s): {out[f'workers_{n}']['median_s'] * 1e3:.1f} ms",
+      flush=True,
+    )
+  runtime.start()
+  out["identical_weights_after_3_rounds"] = all(
+    np.array_equal(a, b) for a, b in zip(weights[1], weights[2])
+  )
+  return out
+
+
 def _ratio(steps, model, impl, base="plain_sgd"):
   vals = []
   for batch in sorted({s["batch"] for s in steps if s["model"] == model}):
@@ -304,6 +329,8 @@ def main(argv):
     scale = scaling(quick, repeats, warmup)
     print("secure sum:", flush=True)
     secure = secure_sum_path(quick, repeats, warmup)
+    print("workers:", flush=True)
+    scale_out = workers(quick, repeats, warmup)
   finally:
     runtime.shutdown()
   ratios = {
@@ -321,7 +348,7 @@ def main(argv):
     "tff_over_in_process": rounds["tff"]["median_s"] / rounds["in_process"]["median_s"],
     "memory_growth_50_rounds": scale["memory_growth_after_first_round"],
     "secure_over_plain_sum": secure["secure"]["median_s"] / secure["plain"]["median_s"],
-    "two_workers_vs_one": None,
+    "two_workers_over_one": scale_out["workers_2"]["median_s"] / scale_out["workers_1"]["median_s"],
   }
   result = {
     "machine": {

@@ -70,6 +70,9 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", "/tmp/dopamine_tff_run", "Where 
 _MAX_CALLS = flags.DEFINE_integer(
   "max_concurrent_calls", -1, "TFF worker: max concurrent client calls (<=0: no limit)."
 )
+_NUM_WORKERS = flags.DEFINE_integer(
+  "num_workers", 1, "TFF runtime: local workers to split each round's hospitals across."
+)
 _WORKER_BINARY = flags.DEFINE_string(
   "worker_binary", None, "TFF worker binary to start (e.g. a CUDA build)."
 )
@@ -157,6 +160,7 @@ def _configs():
     max_concurrent_computation_calls=_MAX_CALLS.value,
     worker_binary=_WORKER_BINARY.value,
     address=_WORKER_ADDRESS.value,
+    num_workers=_NUM_WORKERS.value,
   )
   return data, train, rt
 

@@ -31,5 +31,6 @@ def test_quick_benchmark_writes_ratios(tmp_path):
   impls = {s["impl"] for s in result["client_steps"]}
   assert {"plain_sgd", "ours_fast", "ours_vectorized_map", "tf_privacy_vectorized"} <= impls
   assert all(s["median_s"] > 0 and s["examples_per_s"] > 0 for s in result["client_steps"])
-  assert result["machine"]["cpus"] >= 1 and "not_measured" in result
+  assert result["machine"]["cpus"] >= 1
+  assert result["workers"]["identical_weights_after_3_rounds"] is True
   assert "client steps:" in proc.stdout and "tff_over_in_process" in proc.stdout
