@@ -364,9 +364,7 @@ def main(argv):
     "rounds_k10": rounds,
     "scaling": scale,
     "secure_sum": secure,
-    "not_measured": {
-      "two_workers": "scaling out over several TFF workers (mergeable computation form) is not implemented yet"
-    },
+    "workers": scale_out,
     "ratios": ratios,
   }
   os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
