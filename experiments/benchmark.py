@@ -321,16 +321,19 @@ def main(argv):
   )
   runtime.start()
   try:
-    print("client steps:", flush=True)
-    steps = client_steps(quick, repeats, warmup)
-    print("rounds:", flush=True)
-    rounds = rounds_tff_vs_in_process(quick, repeats, warmup)
+    # Scaling (with the 50-round memory series) first: later sections grow
+    # the process (TF Privacy at 224x224 alone takes ~20 GB), which would hide
+    # any growth behind an inflated base.
     print("scaling:", flush=True)
     scale = scaling(quick, repeats, warmup)
-    print("secure sum:", flush=True)
-    secure = secure_sum_path(quick, repeats, warmup)
+    print("rounds:", flush=True)
+    rounds = rounds_tff_vs_in_process(quick, repeats, warmup)
     print("workers:", flush=True)
     scale_out = workers(quick, repeats, warmup)
+    print("secure sum:", flush=True)
+    secure = secure_sum_path(quick, repeats, warmup)
+    print("client steps:", flush=True)
+    steps = client_steps(quick, repeats, warmup)
   finally:
     runtime.shutdown()
   ratios = {
