@@ -290,6 +290,8 @@ def start(config: RuntimeConfig | None = None) -> Runtime:
   global _ACTIVE
   if _ACTIVE is not None and _ACTIVE.context is not None:
     if config is None or config == _ACTIVE.config:
+      # Another Runtime may have installed its context meanwhile: reinstall.
+      tff.framework.set_default_context(_ACTIVE.context)
       return _ACTIVE
     _ACTIVE.close()
   _ACTIVE = Runtime(config or RuntimeConfig()).start()
