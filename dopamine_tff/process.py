@@ -106,7 +106,7 @@ def build_dp_sgd_process(
   sum_process = aggregation.QuantizedSecureSumFactory(secure_sum).create(
     tff.types.tensorflow_to_type(w_specs)
   )
-  # Example counts are exact integers; a 1-bit-step range of 2**20 suffices.
+  # Example counts are exact integers; their sum (< 2**31) needs no quantisation.
   count_bits = quantization.SUM_BITS
 
   @tff.federated_computation(*_client_types(state_type, ds_type))
