@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from dopamine_tff import models
+from dopamine_tff import seeds
 
 SETTINGS = ("c", "cdp", "f", "fpdp", "fscdp")
 PRIVATE_SETTINGS = ("cdp", "fpdp", "fscdp")
@@ -132,7 +133,7 @@ class TrainConfig:
     """Hospitals that fail to deliver in 0-based round `round_num`."""
     out = {int(h) for r, hs in self.dropout_schedule if int(r) == round_num + 1 for h in hs}
     if self.dropout_prob > 0:
-      rng = np.random.default_rng([self.seed, round_num, 11])
+      rng = seeds.host_rng(self.seed, round_num, seeds.Purpose.DROPOUT)
       out |= set(np.flatnonzero(rng.uniform(size=num_hospitals) < self.dropout_prob).tolist())
     return {h for h in out if h < num_hospitals}
 

@@ -16,9 +16,10 @@ Normalisation is not done here: the caller divides by the *expected* batch
 size q*N. The original divides by the realised batch size |D^t|, which is
 data-dependent and outside the privacy analysis; we deliberately depart from it.
 
-Randomness is stateless (``tf.random.stateless_*``) and keyed by a seed that
-belongs to the hospital: runs are reproducible, and in a deployment each
-hospital draws its seed from its own entropy so the server cannot know it.
+Randomness is stateless (``tf.random.stateless_*``) and keyed by a 128-bit
+key that belongs to the hospital; the Poisson mask and the noise each get their
+own stream (dopamine_tff/seeds.py): runs are reproducible, and in a deployment
+each hospital draws its key from its own entropy so the server cannot know it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import tensorflow as tf
 import tensorflow_privacy as tfp
 
 from dopamine_tff import fast_clip
+from dopamine_tff import seeds
 
 
 def loss_per_example(logits, labels):
@@ -51,11 +53,14 @@ class SeededGaussianSumQuery(tfp.GaussianSumQuery):
 
   def get_noised_result(self, sample_state, global_state):
     flat = tf.nest.flatten(sample_state)
-    noised = []
-    for i, v in enumerate(flat):
-      seed = tf.random.experimental.stateless_fold_in(self._seed, i)
-      noise = tf.random.stateless_normal(tf.shape(v), seed, stddev=global_state.stddev)
-      noised.append(v + tf.cast(noise, v.dtype))
+    # One draw for the whole structure, keyed by the one noise seed (no
+    # per-variable derivation whose entropy could be lost).
+    sizes = [tf.size(v) for v in flat]
+    noise = tf.random.stateless_normal(
+      tf.reshape(tf.add_n(sizes), [1]), self._seed, stddev=global_state.stddev
+    )
+    parts = tf.split(noise, tf.stack(sizes))
+    noised = [v + tf.cast(tf.reshape(n, tf.shape(v)), v.dtype) for v, n in zip(flat, parts)]
     result = tf.nest.pack_sequence_as(sample_state, noised)
     # The same event the parent emits: a Gaussian with this noise multiplier.
     event = dp_accounting.GaussianDpEvent(global_state.stddev / global_state.l2_norm_clip)
@@ -122,10 +127,10 @@ def noisy_clipped_sum(model, x, y, *, sampling_prob, l2_norm_clip, noise_stddev,
     l2_norm_clip: C > 0.
     noise_stddev: std of the Gaussian noise added to the sum (sigma*C/sqrt(K)
       for a Dopamine share, sigma*C for central DP-SGD); 0 disables noise.
-    seed: stateless seed, int32/int64 tensor of shape [2].
+    seed: the step's key, int64 tensor of shape [2] (dopamine_tff/seeds.py).
   """
-  sample_seed = tf.random.experimental.stateless_fold_in(seed, 0)
-  noise_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+  sample_seed = seeds.stream(seed, seeds.Purpose.SAMPLE)
+  noise_seed = seeds.stream(seed, seeds.Purpose.NOISE)
   mask = poisson_mask(tf.shape(y)[0], sampling_prob, sample_seed)
   xb, yb = tf.boolean_mask(x, mask), tf.boolean_mask(y, mask)
 

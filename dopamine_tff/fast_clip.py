@@ -24,6 +24,8 @@ vectorised path otherwise. Tests compare with a per-example loop.
 
 from __future__ import annotations
 
+import weakref
+
 import tensorflow as tf
 
 
@@ -54,16 +56,22 @@ def supports(model: tf.keras.Model) -> bool:
   return [v.ref() for v in model.trainable_variables] == expected
 
 
+# Tap models by the model they tap. Kept outside the model: an attribute on a
+# Keras model is tracked as a layer, after which ``supports`` saw a foreign
+# trainable layer and a retrace silently took the slow vectorized_map path.
+_TAP_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _tap_model(model: tf.keras.Model) -> tf.keras.Model:
   """A model returning each layer's input and output, and the logits (cached)."""
-  cached = getattr(model, "_dopamine_tap_model", None)
+  cached = _TAP_MODELS.get(model)
   if cached is not None:
     return cached
   taps = _taps(model)
   tap = tf.keras.Model(
     model.inputs, [[layer.input for layer in taps], [layer.output for layer in taps], model.outputs]
   )
-  model._dopamine_tap_model = tap
+  _TAP_MODELS[model] = tap
   return tap
 
 

@@ -29,6 +29,7 @@ from dopamine_tff import inprocess
 from dopamine_tff import models
 from dopamine_tff import process
 from dopamine_tff import quantization
+from dopamine_tff import seeds
 from dopamine_tff.data import loaders
 
 ALL = "all"
@@ -76,8 +77,8 @@ def hospital_dataset(path: str, image_shape) -> tf.data.Dataset:
 
 
 def client_seed(seed: int, round_num: int, client: int) -> np.ndarray:
-  """The hospital's stateless seed for a round (see dp_sgd module docstring)."""
-  return np.array([seed, round_num * 1_000_003 + client], dtype=np.int64)
+  """The hospital's 128-bit key for a round (dopamine_tff/seeds.py)."""
+  return seeds.client_key(seed, round_num, client)
 
 
 class TffTrainer:
@@ -101,8 +102,8 @@ class TffTrainer:
 
   def run(self, state, plan: RoundPlan, round_num: int):
     data = [self.datasets[k] for k in plan.clients]
-    seeds = [client_seed(self.cfg.seed, round_num, k) for k in plan.clients]
-    state, measurements = self.process.next(state, data, seeds)
+    keys = [client_seed(self.cfg.seed, round_num, k) for k in plan.clients]
+    state, measurements = self.process.next(state, data, keys)
     if isinstance(state, dict):  # the mergeable (multi-worker) context returns dicts
       state = process.ServerState(**state)
     return state, dict(measurements or {})
@@ -213,7 +214,7 @@ class FedAvgTrainer(TffTrainer):
   def plan(self, round_num: int) -> RoundPlan:
     k = len(self.sizes)
     m = max(1, int(round(self._fraction() * k)))
-    rng = np.random.default_rng([self.cfg.seed, round_num, 7])
+    rng = seeds.host_rng(self.cfg.seed, round_num, seeds.Purpose.SELECTION)
     chosen = sorted(rng.choice(k, size=m, replace=False).tolist())
     dropped = self.cfg.dropped(round_num, k) if self.cfg.setting != "c" else set()
     clients = tuple(c for c in chosen if c not in dropped)
@@ -264,10 +265,11 @@ class TfPrivacyCdpTrainer:
       from_logits=True, reduction=tf.losses.Reduction.NONE
     )
     self.model.compile(optimizer=opt, loss=loss)
+    self.optimizer = opt
     self.sizes = [len(pooled)]
 
   def initial_state(self):
-    return [w.copy() for w in models_weights(self.model)]
+    return {"weights": models_weights(self.model), "optimizer": []}
 
   def epochs(self, rounds_done: int) -> float:
     return float(rounds_done)
@@ -282,31 +284,55 @@ class TfPrivacyCdpTrainer:
   def parties(self) -> list[str]:
     return [ALL]
 
+  def epoch_global_seed(self, round_num: int) -> int:
+    """TF's global seed for epoch `round_num` (0-based).
+
+    TF Privacy draws its noise with ``tf.random.normal`` from op kernels whose
+    Philox streams are fixed by (global seed, op seed) when the train function
+    is traced; a process that traces anew with the same global seed replays
+    the same noise (a resumed run replayed epoch 1's). So every epoch traces
+    its train function under its own global seed. TF keeps a graph-level seed
+    modulo 2**31 - 1, so the seeds are consecutive from a hashed base: distinct
+    for every epoch of a run by construction.
+    """
+    base = seeds.host_int(self.cfg.seed, 0, seeds.Purpose.TFP_EPOCH, bits=31)
+    return (base + round_num) % (2**31 - 1)
+
   def run(self, state, plan, round_num):
     del plan
-    self.model.set_weights(state)
+    self.model.set_weights(state["weights"])
+    if state["optimizer"]:  # momentum (and iteration count) of the previous epoch
+      self.optimizer._create_all_weights(self.model.trainable_variables)  # noqa: SLF001
+      self.optimizer.set_weights(list(state["optimizer"]))
+    tf.random.set_seed(self.epoch_global_seed(round_num))
+    self.model.make_train_function(force=True)
     b = self.cfg.batch_size
-    order = np.random.default_rng([self.cfg.seed, round_num]).permutation(len(self.data))
+    rng = seeds.host_rng(self.cfg.seed, round_num, seeds.Purpose.TFP_EPOCH)
+    order = rng.permutation(len(self.data))
     n = (len(order) // b) * b  # the optimizer needs full batches
     idx = order[:n]
     self.model.fit(
       self.data.images[idx], self.data.labels[idx], batch_size=b, epochs=1, shuffle=False, verbose=0
     )
-    return models_weights(self.model), {}
+    new_state = {
+      "weights": models_weights(self.model),
+      "optimizer": [np.asarray(v) for v in self.optimizer.get_weights()],
+    }
+    return new_state, {}
 
   @staticmethod
   def weights(state):
-    return state
+    return state["weights"]
 
   @staticmethod
   def state_arrays(state):
-    # Only the weights: the Keras optimizer's momentum and noise generator are
-    # not restored on resume (documented in README).
-    return {"weights": list(state)}
+    # The optimizer's momentum is saved; the noise needs no state (see
+    # epoch_global_seed), so a resumed run draws what the uninterrupted one would.
+    return {"weights": list(state["weights"]), "optimizer": list(state["optimizer"])}
 
   @staticmethod
   def state_from_arrays(arrays):
-    return list(arrays["weights"])
+    return {"weights": list(arrays["weights"]), "optimizer": list(arrays.get("optimizer", []))}
 
   def describe(self) -> str:
     return f"TF Privacy VectorizedDPKerasSGDOptimizer on {len(self.data)} pooled examples"

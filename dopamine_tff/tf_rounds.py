@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from dopamine_tff import dp_sgd
+from dopamine_tff import seeds
 
 
 class ServerState(NamedTuple):
@@ -127,7 +128,7 @@ def _local_gradient(model, x, y, n, step, seed, batches_per_epoch, params: Local
   batch = params.batch_size
   if params.dp_noise_multiplier is None:
     epoch = step // batches_per_epoch
-    epoch_seed = tf.random.experimental.stateless_fold_in(seed, -1 - epoch)
+    epoch_seed = seeds.stream(seed, seeds.Purpose.SHUFFLE, epoch)
     order = tf.argsort(tf.random.stateless_uniform([n], epoch_seed))
     idx = order[(step % batches_per_epoch) * batch :][:batch]
     xb, yb = tf.gather(x, idx), tf.gather(y, idx)
@@ -142,7 +143,7 @@ def _local_gradient(model, x, y, n, step, seed, batches_per_epoch, params: Local
     sampling_prob=q,
     l2_norm_clip=params.l2_norm_clip,
     noise_stddev=params.dp_noise_multiplier * params.l2_norm_clip,
-    seed=tf.random.experimental.stateless_fold_in(seed, step),
+    seed=seeds.stream(seed, seeds.Purpose.LOCAL_STEP, step),
   )
   expected = q * tf.cast(n, tf.float32)
   return [g / expected for g in result.noisy_sum]

@@ -7,6 +7,7 @@ import tensorflow_privacy as tfp
 
 from dopamine_tff import dp_sgd
 from dopamine_tff import models
+from dopamine_tff import seeds
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_zero_noise_sum_is_exact_sum_of_clipped_sampled_gradients(model_and_data
   res = dp_sgd.noisy_clipped_sum(
     model, x, y, sampling_prob=0.5, l2_norm_clip=0.1, noise_stddev=0.0, seed=seed
   )
-  mask = dp_sgd.poisson_mask(len(y), 0.5, tf.random.experimental.stateless_fold_in(seed, 0))
+  mask = dp_sgd.poisson_mask(len(y), 0.5, seeds.stream(seed, seeds.Purpose.SAMPLE))
   idx = np.flatnonzero(mask.numpy())
   assert res.batch_size.numpy() == len(idx)
   grads = dp_sgd.per_example_gradients(model, tf.gather(x, idx), tf.gather(y, idx))

@@ -84,3 +84,30 @@ def test_unsupported_models_are_detected():
     seed=tf.constant([1, 1], tf.int64),
   )
   assert float(tf.linalg.global_norm(res.noisy_sum)) <= 4e-3 + 1e-6
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "squeezenet"])
+def test_supports_is_stable_and_a_second_trace_takes_the_einsum_path(name, monkeypatch):
+  shape = (16, 16, 3)
+  model = models.build(name, shape, 5)
+  variables = [v.ref() for v in model.trainable_variables]
+  assert fast_clip.supports(model)
+
+  def slow_path(*args, **kwargs):
+    raise AssertionError("fell back to the vectorized_map path")
+
+  monkeypatch.setattr(dp_sgd, "per_example_gradients", slow_path)
+  x = tf.random.normal([4, *shape])
+  y = tf.constant([0, 1, 2, 3], tf.int32)
+  seed = tf.constant([1, 2], tf.int64)
+  for _ in range(2):  # two separate traces (a new tf.function each time)
+    step = tf.function(
+      lambda x, y: dp_sgd.noisy_clipped_sum(
+        model, x, y, sampling_prob=1.0, l2_norm_clip=1.0, noise_stddev=0.0, seed=seed
+      )
+    )
+    step(x, y)
+    assert fast_clip.supports(model)
+  # The cached tap model is not tracked by the model.
+  assert [v.ref() for v in model.trainable_variables] == variables
+  assert len(model.layers) == len(models.build(name, shape, 5).layers)

@@ -11,6 +11,7 @@ from dopamine_tff import dp_sgd
 from dopamine_tff import models
 from dopamine_tff import process
 from dopamine_tff import quantization
+from dopamine_tff import seeds
 from dopamine_tff import settings
 
 SHAPE, CLASSES = (8, 8, 1), 4
@@ -58,13 +59,13 @@ def test_zero_noise_round_is_one_sgd_step_on_the_union_of_samples(tff_runtime):
   hospitals = _hospitals(k)
   proc = _dp_process(q, 1e6, 0.0, lr, bound=100.0)
   state = proc.initialize()
-  seeds = [settings.client_seed(11, 0, c) for c in range(k)]
-  state, meas = proc.next(state, _datasets(hospitals), seeds)
+  keys = [settings.client_seed(11, 0, c) for c in range(k)]
+  state, meas = proc.next(state, _datasets(hospitals), keys)
   assert meas["secure_clipped_count"] == 0
   # Reference: the same Poisson draws, plain gradient of the summed loss.
   xs, ys = [], []
-  for (x, y), s in zip(hospitals, seeds):
-    seed = tf.random.experimental.stateless_fold_in(tf.constant(s), 0)
+  for (x, y), s in zip(hospitals, keys):
+    seed = seeds.stream(s, seeds.Purpose.SAMPLE)
     mask = dp_sgd.poisson_mask(len(y), q, seed).numpy()
     xs.append(x[mask])
     ys.append(y[mask])
@@ -85,8 +86,8 @@ def _pure_noise_delta(k_clients, share):
   proc = _dp_process(q, 1.0, share, lr=q * n * k_clients)
   state0 = proc.initialize()
   hospitals = _hospitals(k_clients, n)
-  seeds = [settings.client_seed(5, 0, c) for c in range(k_clients)]
-  state, _ = proc.next(state0, _datasets(hospitals), seeds)
+  keys = [settings.client_seed(5, 0, c) for c in range(k_clients)]
+  state, _ = proc.next(state0, _datasets(hospitals), keys)
   return np.concatenate([(w0 - w).ravel() for w0, w in zip(state0.weights, state.weights)])
 
 
@@ -103,12 +104,12 @@ def test_hospital_share_std_and_sum_std(tff_runtime):
 
 def test_fedavg_moves_weights_and_fpdp_differs(tff_runtime):
   hospitals = _hospitals(2)
-  seeds = [settings.client_seed(1, 0, c) for c in range(2)]
+  keys = [settings.client_seed(1, 0, c) for c in range(2)]
   outs = []
   for dp in (None, 1.0):
     params = process.LocalParams(1, 8, 0.1, 0.0, dp, 1.0)
     proc = process.build_fedavg_process(_model_fn, W0, SHAPE, params)
-    state, _ = proc.next(proc.initialize(), _datasets(hospitals), seeds)
+    state, _ = proc.next(proc.initialize(), _datasets(hospitals), keys)
     outs.append(state.weights)
   for plain, private, w0 in zip(*outs, W0):
     assert not np.allclose(plain, w0)
@@ -123,9 +124,7 @@ def test_fedavg_single_client_equals_local_sgd(tff_runtime):
   seed = settings.client_seed(2, 0, 0)
   state, _ = proc.next(proc.initialize(), _datasets([(x, y)]), [seed])
   order = tf.argsort(
-    tf.random.stateless_uniform(
-      [16], tf.random.experimental.stateless_fold_in(tf.constant(seed), -1)
-    )
+    tf.random.stateless_uniform([16], seeds.stream(seed, seeds.Purpose.SHUFFLE, 0))
   ).numpy()
   model = _model_fn()
   dp_sgd.assign_weights(model, W0)

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,3 +129,57 @@ def test_checkpoint_round_trip_and_atomicity(tmp_path):
   assert meta == {"x": 3, "round": 12}
   np.testing.assert_array_equal(arrays["weights"][0], np.full(3, 3.0))
   assert checkpoint.load_latest(str(tmp_path / "none")) is None
+
+
+def _flat(weights):
+  return np.concatenate([np.ravel(w) for w in weights])
+
+
+def test_tf_privacy_cdp_resume_draws_fresh_noise_and_keeps_momentum(tmp_path):
+  """A resumed TF Privacy baseline must not replay epoch 1's noise.
+
+  sigma = 1000 makes each epoch's update almost pure noise: a replay gives
+  correlation +1 between the epoch-1 and epoch-2 updates, fresh noise about 0.
+  """
+  from dopamine_tff import configs
+  from dopamine_tff import models
+  from dopamine_tff import training_loop
+  from dopamine_tff.data import loaders
+
+  data = loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=1, num_examples=200))
+  quiet = dict(log=lambda _: None)
+
+  def run(cfg, out, resume=False):
+    opts = training_loop.LoopOptions(checkpoint_every=1, tensorboard=False, resume=resume)
+    training_loop.run(cfg, data, out, options=opts, **quiet)
+    return list(np.load(os.path.join(out, "final_weights.npz")).values())
+
+  def round_one(out):
+    arrays, _ = checkpoint.load_latest(os.path.join(out, "checkpoints"))
+    return arrays
+
+  base = dict(
+    setting="cdp", cdp_impl="tf_privacy", rounds=2, batch_size=50, learning_rate=0.01, seed=2
+  )
+  cfg = configs.TrainConfig(**base, noise_multiplier=1000.0, momentum=0.0, l2_norm_clip=1.0)
+  out = str(tmp_path / "noise")
+  full = run(cfg, out)
+  shutil.rmtree(os.path.join(out, "checkpoints", "ckpt_00000002"))
+  w1 = round_one(out)["weights"]
+  resumed = run(cfg, out, resume=True)
+  w0 = models.initial_weights(cfg.model, data.image_shape, data.num_classes, cfg.seed)
+  first, second = _flat(w1) - _flat(w0), _flat(resumed) - _flat(w1)
+  assert abs(np.corrcoef(first, second)[0, 1]) < 0.1
+  # And the resumed epoch 2 is the uninterrupted one's.
+  np.testing.assert_allclose(_flat(resumed), _flat(full), rtol=1e-5, atol=1e-6)
+
+  # Momentum is restored: with little noise and momentum 0.9, a resumed epoch
+  # 2 equals the uninterrupted one (it would differ without the velocity).
+  cfg = configs.TrainConfig(**base, noise_multiplier=0.01, momentum=0.9, l2_norm_clip=1.0)
+  out = str(tmp_path / "momentum")
+  full = run(cfg, out)
+  shutil.rmtree(os.path.join(out, "checkpoints", "ckpt_00000002"))
+  arrays = round_one(out)
+  assert arrays.get("optimizer"), "the optimizer state is not in the checkpoint"
+  resumed = run(cfg, out, resume=True)
+  np.testing.assert_allclose(_flat(resumed), _flat(full), rtol=1e-5, atol=1e-6)

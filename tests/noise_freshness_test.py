@@ -1,0 +1,221 @@
+"""Every random stream is fresh: the seeds fed to the random ops are distinct.
+
+Covers the review's finding that folding a Python int into a 64-bit seed kept
+32 bits (8 colliding (round, hospital) pairs in 300,000; identical noise for
+round 521 / hospital 0 and round 21911 / hospital 6). The seeds are recorded
+where they enter ``tf.random.stateless_*``, then the derivation of
+dopamine_tff/seeds.py is checked against them and enumerated for paper-length
+runs.
+"""
+
+import collections
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dopamine_tff import configs
+from dopamine_tff import models
+from dopamine_tff import seeds
+from dopamine_tff import settings
+from dopamine_tff import tf_rounds
+from dopamine_tff import training_loop
+from dopamine_tff.data import loaders
+
+SHAPE = (8, 8, 1)
+PAPER_ROUNDS, PAPER_HOSPITALS = 2920, 10  # FSCDP paper preset: 100 epochs at q=0.03425
+
+
+class _Recorder:
+  """Wraps the stateless random ops and records the seed each call receives."""
+
+  def __init__(self, monkeypatch):
+    self.calls = collections.defaultdict(list)
+    for name in ("stateless_normal", "stateless_uniform"):
+      original = getattr(tf.random, name)
+      monkeypatch.setattr(tf.random, name, self._wrap(name, original))
+
+  def _wrap(self, name, original):
+    def recording(shape, seed, *args, **kwargs):
+      self.calls[name].append(tuple(int(v) for v in np.asarray(seed)))
+      return original(shape, seed, *args, **kwargs)
+
+    return recording
+
+
+def _hospital(n=30, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, *SHAPE)).astype(np.float32)
+  y = rng.integers(0, 3, n).astype(np.int32)
+  return tf.data.Dataset.from_tensors((x, y))
+
+
+def _model():
+  return models.build("small_cnn", SHAPE, 3)
+
+
+def _as_tuple(seed):
+  return tuple(int(v) for v in np.asarray(seed))
+
+
+def test_a_derived_seed_keeps_64_bits_of_its_key():
+  key = seeds.client_key(0, 0, 0)
+  derived = seeds.stream(key, seeds.Purpose.NOISE)
+  assert derived.dtype == tf.int64
+  # The old derivation folded a Python int: an int32 seed, 32 bits of entropy.
+  old = tf.random.experimental.stateless_fold_in(tf.constant(key), 1)
+  assert old.dtype == tf.int32
+  # Many keys: the random half uses the whole 64-bit range (both signs, values
+  # beyond 2**32), so no 32-bit truncation hides in the derivation.
+  firsts = np.array([int(seeds.stream(seeds.client_key(0, r, 0), 1)[0]) for r in range(200)])
+  assert np.mean(np.abs(firsts) > 2**40) > 0.95
+  assert (firsts < 0).any() and (firsts > 0).any()
+
+
+def test_client_keys_are_128_bit_and_distinct_for_a_paper_run_and_beyond():
+  keys = {
+    _as_tuple(seeds.client_key(0, r, h)) for r in range(30_000) for h in range(PAPER_HOSPITALS)
+  }
+  assert len(keys) == 300_000  # the review's 300,000 pairs: no collision
+  # The review's colliding pair now gets different keys.
+  assert _as_tuple(seeds.client_key(0, 521, 0)) != _as_tuple(seeds.client_key(0, 21911, 6))
+
+
+def test_dopamine_client_feeds_the_documented_seeds_to_mask_and_noise(monkeypatch):
+  rec = _Recorder(monkeypatch)
+  model = _model()
+  weights = [v.numpy() for v in model.trainable_variables]
+  params = tf_rounds.DpSgdParams(0.5, 1.0, 0.3, 0.1, 0.0)
+  pairs = [(0, 0), (0, 1), (1, 0), (521, 0), (21911, 6)]
+  for r, h in pairs:
+    key = settings.client_seed(0, r, h)
+    tf_rounds.dp_client_update(model, weights, _hospital(), key, params)  # eagerly
+  expected_masks = [_as_tuple(seeds.stream(settings.client_seed(0, r, h), 1)) for r, h in pairs]
+  expected_noise = [_as_tuple(seeds.stream(settings.client_seed(0, r, h), 2)) for r, h in pairs]
+  assert rec.calls["stateless_uniform"] == expected_masks
+  assert rec.calls["stateless_normal"] == expected_noise
+  fed = rec.calls["stateless_uniform"] + rec.calls["stateless_normal"]
+  assert len(set(fed)) == len(fed) == 2 * len(pairs)
+
+
+def test_review_pair_gets_different_noise_and_masks():
+  model = _model()
+  weights = [v.numpy() for v in model.trainable_variables]
+  params = tf_rounds.DpSgdParams(0.5, 1.0, 1.0, 0.1, 0.0)
+  out = []
+  for r, h in [(521, 0), (21911, 6)]:
+    noisy, _ = tf_rounds.dp_client_update(
+      model, weights, _hospital(), settings.client_seed(0, r, h), params
+    )
+    out.append(np.concatenate([np.ravel(t) for t in noisy]))
+  assert abs(np.corrcoef(out[0], out[1])[0, 1]) < 0.1
+
+
+def test_fpdp_local_steps_feed_distinct_documented_seeds(monkeypatch):
+  rec = _Recorder(monkeypatch)
+  model = _model()
+  weights = [v.numpy() for v in model.trainable_variables]
+  params = tf_rounds.LocalParams(2, 10, 0.1, 0.0, 1.0, 1.0)  # 2 epochs x 3 batches
+  key = settings.client_seed(3, 7, 2)
+  tf_rounds.fedavg_client_update(model, weights, _hospital(), key, params)
+  steps = [seeds.stream(key, seeds.Purpose.LOCAL_STEP, s) for s in range(6)]
+  assert rec.calls["stateless_uniform"] == [_as_tuple(seeds.stream(s, 1)) for s in steps]
+  assert rec.calls["stateless_normal"] == [_as_tuple(seeds.stream(s, 2)) for s in steps]
+
+
+def _streams(keys, step_range=0):
+  """All stream seeds of the given keys as a set of tuples (plain loop in a graph)."""
+
+  @tf.function
+  def derive(keys):
+    def one(key):
+      out = [seeds.stream(key, seeds.Purpose.SAMPLE), seeds.stream(key, seeds.Purpose.NOISE)]
+      for s in range(step_range):
+        step = seeds.stream(key, seeds.Purpose.LOCAL_STEP, s)
+        out += [seeds.stream(step, seeds.Purpose.SAMPLE), seeds.stream(step, seeds.Purpose.NOISE)]
+      return tf.stack(out)
+
+    return tf.map_fn(one, keys, fn_output_signature=tf.int64, parallel_iterations=64)
+
+  return derive(tf.constant(np.stack(keys))).numpy().reshape(-1, 2)
+
+
+def test_paper_length_fscdp_run_feeds_pairwise_distinct_seeds():
+  keys = [
+    settings.client_seed(0, r, h) for r in range(PAPER_ROUNDS) for h in range(PAPER_HOSPITALS)
+  ]
+  fed = _streams(keys)
+  assert fed.shape == (2 * PAPER_ROUNDS * PAPER_HOSPITALS, 2)
+  assert len({tuple(s) for s in fed}) == len(fed)
+  # Both halves of the seed carry entropy: the random half alone is distinct.
+  assert len(set(fed[:, 0].tolist())) == len(fed)
+
+
+def test_paper_length_fpdp_run_feeds_pairwise_distinct_seeds():
+  # FPDP paper preset: 100 rounds, 5 of 10 hospitals, 5 local epochs of
+  # ceil(293/50) = 6 batches: 30 local DP-SGD steps per hospital and round.
+  cfg = configs.TrainConfig(setting="fpdp", rounds=100, client_fraction=0.5, seed=0)
+  trainer = settings.FedAvgTrainer.__new__(settings.FedAvgTrainer)
+  trainer.cfg, trainer.sizes = cfg, [293] * 10
+  trainer.local = tf_rounds.LocalParams(5, 50, 0.002, 0.9, 2.0, 2.0)
+  keys = [settings.client_seed(0, r, h) for r in range(100) for h in trainer.plan(r).clients]
+  assert len(keys) == 500
+  fed = _streams(keys, step_range=30)
+  assert len(fed) == 500 * 62
+  assert len({tuple(s) for s in fed}) == len(fed)
+
+
+def test_host_side_draws_use_the_full_derivation():
+  cfg = configs.TrainConfig(setting="fscdp", dropout_prob=0.5, seed=3)
+  patterns = {tuple(sorted(cfg.dropped(r, 10))) for r in range(2000)}
+  assert len(patterns) > 500  # 1024 patterns, well spread
+  a = seeds.host_rng(3, 5, seeds.Purpose.DROPOUT).uniform(size=4)
+  b = seeds.host_rng(3, 5, seeds.Purpose.SELECTION).uniform(size=4)
+  c = seeds.host_rng(3, 6, seeds.Purpose.DROPOUT).uniform(size=4)
+  assert not np.allclose(a, b) and not np.allclose(a, c)
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
+
+
+def test_resume_feeds_the_keys_of_the_rounds_it_runs(digits, tmp_path, monkeypatch):
+  """After a resume, round r is keyed by r (not by rounds run in this process)."""
+  fed = []
+  original = settings.client_seed
+
+  def recording(seed, round_num, client):
+    fed.append((round_num, client))
+    return original(seed, round_num, client)
+
+  monkeypatch.setattr(settings, "client_seed", recording)
+  cfg = configs.TrainConfig(
+    setting="fscdp",
+    rounds=6,
+    sampling_prob=0.1,
+    noise_multiplier=1.0,
+    l2_norm_clip=1.0,
+    learning_rate=0.05,
+    runtime="in_process",
+    eval_every=6,
+  )
+  out = str(tmp_path / "run")
+  opts = training_loop.LoopOptions(checkpoint_every=2, tensorboard=False)
+  full = training_loop.run(cfg, digits, out, options=opts, log=lambda _: None)
+  first = list(fed)
+  assert first == [(r, h) for r in range(6) for h in range(4)]
+  # Drop the newest checkpoint, resume from round 4: rounds 5 and 6 again.
+  shutil.rmtree(os.path.join(out, "checkpoints", "ckpt_00000006"))
+  fed.clear()
+  resumed = training_loop.run(
+    cfg,
+    digits,
+    out,
+    options=training_loop.LoopOptions(checkpoint_every=2, tensorboard=False, resume=True),
+    log=lambda _: None,
+  )
+  assert fed == [(r, h) for r in (4, 5) for h in range(4)]
+  assert resumed["final_test_accuracy"] == full["final_test_accuracy"]
