@@ -19,6 +19,8 @@ PRIVATE_SETTINGS = ("cdp", "fpdp", "fscdp")
 CDP_IMPLS = ("ours", "tf_privacy")
 RUNTIMES = ("tff", "in_process")
 ACCOUNTANT_CHOICES = ("rdp", "pld", "both")
+SECURE_AGGREGATION = ("none", "secagg", "secagg_plus")
+SECAGG_PRGS = ("chacha20", "philox_insecure")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,17 @@ class TrainConfig:
     min_surviving_hospitals: M. Each Dopamine hospital adds the noise share
       sigma*C/sqrt(M), so a round with at least M survivors has at least the
       target noise; a round with fewer is skipped (None: M = K).
+    secure_aggregation: 'none' (a plain integer sum of the codes: TFF's
+      runtime has no protocol), 'secagg' (masked sums, Bonawitz et al. 2017)
+      or 'secagg_plus' (k neighbours, Bell et al. 2020); fscdp only.
+    secagg_threshold: Shamir threshold t (None: a majority of the holders).
+    secagg_neighbours: k of secagg_plus (None: about log2 K, even).
+    secagg_prg: 'chacha20', or 'philox_insecure' (fast, NOT cryptographic).
+    secagg_unmask_dropout_prob: chance that a hospital which sent its masked
+      vector is gone before it answers the unmasking (its input still counts).
+      With secure aggregation the --dropout_prob / --dropout_schedule
+      hospitals drop after the keys were shared, before sending the masked
+      vector: their pairwise masks are recovered from shares.
   """
 
   setting: str = "fscdp"
@@ -80,6 +93,11 @@ class TrainConfig:
   dropout_prob: float = 0.0
   dropout_schedule: tuple = ()
   min_surviving_hospitals: int | None = None
+  secure_aggregation: str = "none"
+  secagg_threshold: int | None = None
+  secagg_neighbours: int | None = None
+  secagg_prg: str = "chacha20"
+  secagg_unmask_dropout_prob: float = 0.0
 
   def __post_init__(self):
     def bad(name, why):
@@ -125,6 +143,14 @@ class TrainConfig:
       bad("dropout_prob", "must be in [0, 1)")
     if self.min_surviving_hospitals is not None and self.min_surviving_hospitals < 1:
       bad("min_surviving_hospitals", "must be >= 1")
+    if self.secure_aggregation not in SECURE_AGGREGATION:
+      bad("secure_aggregation", f"must be one of {SECURE_AGGREGATION}")
+    if self.secure_aggregation != "none" and self.setting != "fscdp":
+      bad("secure_aggregation", "applies to fscdp only (the other settings send no secure sum)")
+    if self.secagg_prg not in SECAGG_PRGS:
+      bad("secagg_prg", f"must be one of {SECAGG_PRGS}")
+    if not 0.0 <= self.secagg_unmask_dropout_prob < 1.0:
+      bad("secagg_unmask_dropout_prob", "must be in [0, 1)")
     for entry in self.dropout_schedule:
       if len(entry) != 2 or int(entry[0]) < 1 or any(int(h) < 0 for h in entry[1]):
         bad("dropout_schedule", "entries must be (round >= 1, (hospital >= 0, ...))")
@@ -136,6 +162,14 @@ class TrainConfig:
       rng = seeds.host_rng(self.seed, round_num, seeds.Purpose.DROPOUT)
       out |= set(np.flatnonzero(rng.uniform(size=num_hospitals) < self.dropout_prob).tolist())
     return {h for h in out if h < num_hospitals}
+
+  def unmask_dropped(self, round_num: int, senders) -> set[int]:
+    """Hospitals of `senders` gone before answering the unmasking (secure aggregation)."""
+    if self.secagg_unmask_dropout_prob <= 0:
+      return set()
+    rng = seeds.host_rng(self.seed, round_num, seeds.Purpose.UNMASK_DROPOUT)
+    draws = rng.uniform(size=max(senders, default=-1) + 1)
+    return {h for h in senders if draws[h] < self.secagg_unmask_dropout_prob}
 
   @property
   def budget_accountant(self) -> str:

@@ -105,3 +105,48 @@ class InProcessFedAvg:
       [tf.constant(w) for w in state.weights], [], tf.constant(state.round_num)
     )
     return _numpy_state(self._server(state, weighted_sum, total)), {}
+
+
+class InProcessMaskedDpSgd:
+  """In-process twin of process.build_masked_dp_sgd_process (same three parts)."""
+
+  def __init__(self, model_fn, initial_weights, image_shape, params, secure_sum, *, degree, prg):
+    del image_shape, degree
+    self._initial = initial_weights
+    model = model_fn()
+    self._client = tf.function(
+      lambda w, ds, s, pk, ps, sk: tf_rounds.masked_client_update(
+        model, w, ds, s, pk, ps, sk, params, secure_sum, prg
+      )
+    )
+    self._server = tf.function(
+      lambda state, code_sum, summands, n: tf_rounds.masked_server_update(
+        state, code_sum, summands, n, params, secure_sum
+      )
+    )
+
+  def initialize(self) -> tf_rounds.ServerState:
+    return _numpy_state(tf_rounds.initial_state(self._initial, with_velocity=True))
+
+  def masked_round(self, state, datasets, seeds, pair_keys, pair_signs, self_keys):
+    total, examples, clipped = None, 0, 0
+    for dataset, *arrays in zip(datasets, seeds, pair_keys, pair_signs, self_keys):
+      masked, n, c = self._client(state.weights, dataset, *[tf.constant(a) for a in arrays])
+      total = masked if total is None else total + masked
+      examples += int(n)
+      clipped += int(c)
+    return total.numpy(), examples, clipped
+
+  def server_update(self, state, code_sum, summands, num_examples):
+    state = tf_rounds.ServerState(
+      [tf.constant(w) for w in state.weights],
+      [tf.constant(v) for v in state.velocity],
+      tf.constant(state.round_num),
+    )
+    new_state = self._server(
+      state,
+      tf.constant(code_sum, tf.int64),
+      tf.constant(summands, tf.int32),
+      tf.constant(num_examples, tf.int32),
+    )
+    return _numpy_state(new_state)

@@ -14,6 +14,7 @@ hospital (it never reaches the server).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -159,3 +160,81 @@ def build_fedavg_process(
     return new_state, tff.federated_value((), tff.SERVER)
 
   return tff.templates.IterativeProcess(initialize, next_fn)
+
+
+class MaskedDpSgd(NamedTuple):
+  """Dopamine's round with a real secure-aggregation protocol, in three parts.
+
+  The protocol's unmasking happens between ``masked_round`` and
+  ``server_update``, at the server, with the secrets the protocol reveals
+  (dopamine_tff/secagg/protocol.py).
+  """
+
+  initialize: object  # () -> state@SERVER
+  masked_round: object  # (state, data, keys, pair keys, signs, self keys) -> sums@SERVER
+  server_update: object  # (state, code sum, summands, examples) -> state
+
+
+def build_masked_dp_sgd_process(
+  model_fn: Callable[[], tf.keras.Model],
+  initial_weights: list[np.ndarray],
+  image_shape,
+  params: tf_rounds.DpSgdParams,
+  secure_sum: quantization.QuantizationConfig,
+  *,
+  degree: int,
+  prg: str,
+) -> MaskedDpSgd:
+  """FSCDP whose hospitals mask their codes mod 2**32 inside their computation.
+
+  Each hospital's noisy sum is encoded as for ``build_dp_sgd_process`` and
+  masked with ChaCha20 streams (``degree`` pairwise masks and a self mask) in
+  the same TF computation; the server adds the masked vectors with a plain
+  int64 ``federated_sum`` (masking is the protection, so no secure intrinsic
+  is needed for them) and gets nothing it can read until the protocol's
+  unmasking. Example and clipped counts go through secure sums as before.
+  """
+  w_specs, ds_type, state_type, _, initialize = _common(
+    initial_weights, image_shape, with_velocity=True
+  )
+  client_fn = tf.function(tf_rounds.masked_client_update)
+  key_spec = tf.TensorSpec([degree, 8], tf.uint32)
+  sign_spec = tf.TensorSpec([degree], tf.int32)
+  self_spec = tf.TensorSpec([8], tf.uint32)
+  num_words = int(sum(np.size(w) for w in initial_weights))
+
+  @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC, key_spec, sign_spec, self_spec)
+  def client_update(weights, dataset, seed, pair_keys, pair_signs, self_key):
+    return client_fn(
+      model_fn(), weights, dataset, seed, pair_keys, pair_signs, self_key, params, secure_sum, prg
+    )
+
+  @tff.tensorflow.computation(state_type)
+  def get_weights(state):
+    return state.weights
+
+  def clients(spec):
+    return tff.FederatedType(tff.types.tensorflow_to_type(spec), tff.CLIENTS)
+
+  @tff.federated_computation(
+    *_client_types(state_type, ds_type), clients(key_spec), clients(sign_spec), clients(self_spec)
+  )
+  def masked_round(state, datasets, seeds, pair_keys, pair_signs, self_keys):
+    weights = tff.federated_broadcast(tff.federated_map(get_weights, state))
+    masked, counts, clipped = tff.federated_map(
+      client_update, (weights, datasets, seeds, pair_keys, pair_signs, self_keys)
+    )
+    bits = quantization.SUM_BITS
+    return (
+      tff.federated_sum(masked),
+      tff.federated_secure_sum_bitwidth(counts, bits),
+      tff.federated_secure_sum_bitwidth(clipped, bits),
+    )
+
+  @tff.tensorflow.computation(state_type, tf.TensorSpec([num_words], tf.int64), np.int32, np.int32)
+  def server_update(state, code_sum, summands, num_examples):
+    return tf_rounds.masked_server_update(
+      state, code_sum, summands, num_examples, params, secure_sum
+    )
+
+  return MaskedDpSgd(initialize, masked_round, server_update)

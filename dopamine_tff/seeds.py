@@ -54,7 +54,8 @@ class Purpose(enum.IntEnum):
   DROPOUT = 5  # which hospitals fail to deliver (host side)
   SELECTION = 6  # which hospitals FedAvg asks (host side)
   TFP_EPOCH = 7  # TF Privacy baseline: batch order and global seed of an epoch
-  MASK = 8  # reserved for secure-aggregation masks
+  SECAGG_GRAPH = 8  # the server's public SecAgg+ neighbour order (host side)
+  UNMASK_DROPOUT = 9  # which hospitals miss the unmasking (host side)
 
 
 def _digest(seed: int, round_num: int, hospital: int, purpose: Purpose) -> bytes:

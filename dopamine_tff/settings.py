@@ -31,6 +31,8 @@ from dopamine_tff import process
 from dopamine_tff import quantization
 from dopamine_tff import seeds
 from dopamine_tff.data import loaders
+from dopamine_tff.secagg import protocol as secagg_protocol
+from dopamine_tff.secagg import rounds as secagg_rounds
 
 ALL = "all"
 
@@ -43,6 +45,7 @@ class RoundPlan:
   steps: dict  # party name -> accounting.StepSpec
   skipped: bool = False  # too few survivors: nothing is computed or released
   dropped: tuple[int, ...] = ()
+  unmask_dropped: tuple[int, ...] = ()  # secure aggregation: gone before unmasking
 
 
 def write_shards(sets: list[loaders.ImageSet], directory: str) -> list[str]:
@@ -158,10 +161,55 @@ class DpSgdTrainer(TffTrainer):
     params = process.DpSgdParams(
       cfg.sampling_prob, cfg.l2_norm_clip, share, cfg.learning_rate, cfg.momentum
     )
+    if cfg.secure_aggregation != "none":
+      return self._build_secure(params)
     builder = (
       inprocess.InProcessDpSgd if cfg.runtime == "in_process" else process.build_dp_sgd_process
     )
     return builder(self.model_fn, self.initial_weights, self.image_shape, params, self.secure_sum)
+
+  def _build_secure(self, params):
+    cfg = self.cfg
+    sa = secagg_protocol.SecAggConfig(
+      cfg.secure_aggregation,
+      len(self.sizes),
+      threshold=cfg.secagg_threshold,
+      neighbours=cfg.secagg_neighbours,
+      prg=cfg.secagg_prg,
+      graph_seed=seeds.host_int(cfg.seed, 0, seeds.Purpose.SECAGG_GRAPH),
+    )
+    builder = (
+      inprocess.InProcessMaskedDpSgd
+      if cfg.runtime == "in_process"
+      else process.build_masked_dp_sgd_process
+    )
+    computations = builder(
+      self.model_fn,
+      self.initial_weights,
+      self.image_shape,
+      params,
+      self.secure_sum,
+      degree=sa.degree,
+      prg=sa.prg,
+    )
+    self.secagg = sa
+    return secagg_rounds.SecureDpSgd(computations, secagg_protocol.Protocol(sa))
+
+  def run(self, state, plan: RoundPlan, round_num: int):
+    if self.cfg.secure_aggregation == "none":
+      return super().run(state, plan, round_num)
+    data = [self.datasets[k] for k in plan.clients]
+    keys = [client_seed(self.cfg.seed, round_num, k) for k in plan.clients]
+    responders = [h for h in plan.clients if h not in plan.unmask_dropped]
+    try:
+      state, measurements = self.process.next(
+        state, data, keys, round_num=round_num, senders=list(plan.clients), responders=responders
+      )
+    except secagg_protocol.RoundAborted as e:
+      return state, {"aborted": f"secure aggregation aborted: {e}"}
+    if isinstance(state, dict):
+      state = process.ServerState(**state)
+    return state, measurements
 
   def epochs(self, rounds_done: int) -> float:
     return rounds_done * self.cfg.sampling_prob
@@ -180,13 +228,22 @@ class DpSgdTrainer(TffTrainer):
       return RoundPlan(survivors, {}, skipped=True, dropped=tuple(sorted(dropped)))
     sigma = self.cfg.noise_multiplier * math.sqrt(len(survivors) / self.min_survivors)
     step = accounting.StepSpec(self.cfg.sampling_prob, sigma)
-    return RoundPlan(survivors, {ALL: step}, dropped=tuple(sorted(dropped)))
+    late = tuple(sorted(self.cfg.unmask_dropped(round_num, survivors)))
+    return RoundPlan(survivors, {ALL: step}, dropped=tuple(sorted(dropped)), unmask_dropped=late)
 
   def parties(self) -> list[str]:
     return [ALL]
 
   def describe(self) -> str:
-    return super().describe() + "; " + self.secure_sum.describe()
+    text = super().describe() + "; " + self.secure_sum.describe()
+    if self.cfg.secure_aggregation != "none":
+      sa = self.secagg
+      text += (
+        f"; {sa.mode}: {sa.degree} neighbours per hospital, Shamir threshold {sa.t} of "
+        f"{sa.holders_per_secret}, PRG {sa.prg}"
+        + (" (INSECURE: Philox is not a cryptographic PRG)" if sa.prg != "chacha20" else "")
+      )
+    return text
 
 
 class FedAvgTrainer(TffTrainer):

@@ -14,7 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from dopamine_tff import dp_sgd
+from dopamine_tff import quantization
 from dopamine_tff import seeds
+from dopamine_tff.secagg import masking
 
 
 class ServerState(NamedTuple):
@@ -178,3 +180,25 @@ def fedavg_server_update(state: ServerState, weighted_delta_sum, total_weight):
     w + tf.where(total_weight > 0, d / safe, 0.0) for w, d in zip(state.weights, weighted_delta_sum)
   ]
   return ServerState(weights, state.velocity, state.round_num + 1)
+
+
+def masked_client_update(
+  model, weights, dataset, seed, pair_keys, pair_signs, self_key, params, secure_sum, prg
+):
+  """A Dopamine step under SecAgg: (masked codes mod 2**32 as int64, N_k, clipped count).
+
+  The noisy sum of dp_client_update is encoded exactly as for the plain secure
+  sum (dopamine_tff/quantization.py), flattened, and masked in this
+  computation (dopamine_tff/secagg/masking.py): nothing unmasked leaves it.
+  """
+  noisy_sum, n = dp_client_update(model, weights, dataset, seed, params)
+  codes, clipped = quantization.encode(noisy_sum, secure_sum)
+  flat = masking.flatten_codes(codes)
+  return masking.mask(flat, pair_keys, pair_signs, self_key, prg), n, clipped
+
+
+def masked_server_update(state, code_sum, summands, num_examples, params, secure_sum):
+  """Decodes the unmasked sum of codes (int64 [n]) and takes the server step."""
+  (flat,) = quantization.decode([code_sum], summands, secure_sum)
+  total = masking.unflatten(flat, [w.shape for w in state.weights])
+  return dp_server_update(state, total, num_examples, params)

@@ -277,6 +277,11 @@ class _Loop:
         measurements = {}
       else:
         state, measurements = self.trainer.run(state, plan, r)
+      if measurements.get("aborted"):
+        # The protocol could not unmask: nothing was released, so the weights
+        # and the ledger stay as they were.
+        self.log(f"round {r + 1} skipped: {measurements['aborted']}")
+        plan = dataclasses.replace(plan, steps={}, skipped=True)
       for party, step in plan.steps.items():
         self.ledgers[party].record(step)
       rounds_run = r + 1

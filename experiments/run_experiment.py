@@ -95,6 +95,30 @@ _MIN_SURVIVING = flags.DEFINE_integer(
   None,
   "M: noise share sigma*C/sqrt(M); rounds with < M survivors are skipped.",
 )
+_SECURE_AGG = flags.DEFINE_enum(
+  "secure_aggregation",
+  "none",
+  ["none", "secagg", "secagg_plus"],
+  "fscdp: 'none' (plain integer sum of the codes), 'secagg' (masked sums with Shamir "
+  "dropout recovery) or 'secagg_plus' (k neighbours).",
+)
+_SECAGG_THRESHOLD = flags.DEFINE_integer(
+  "secagg_threshold", None, "Shamir threshold t (default: a majority of each secret's holders)."
+)
+_SECAGG_NEIGHBOURS = flags.DEFINE_integer(
+  "secagg_neighbours", None, "secagg_plus: neighbours k per hospital (default: about log2 K)."
+)
+_SECAGG_PRG = flags.DEFINE_enum(
+  "secagg_prg",
+  "chacha20",
+  ["chacha20", "philox_insecure"],
+  "Mask PRG: ChaCha20 (RFC 8439, in TF ops), or Philox (fast, NOT cryptographic: tests only).",
+)
+_SECAGG_UNMASK_DROPOUT = flags.DEFINE_float(
+  "secagg_unmask_dropout_prob",
+  0.0,
+  "Chance a hospital that sent its masked update is gone before the unmasking.",
+)
 _AUDIT = flags.DEFINE_bool("audit", False, "Run membership-inference attacks on the final model.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer(
   "checkpoint_every", 10, "Checkpoint every N rounds (0: never)."
@@ -155,6 +179,11 @@ def _configs():
     dropout_prob=_DROPOUT_PROB.value,
     dropout_schedule=parse_schedule(_DROPOUT_SCHEDULE.value),
     min_surviving_hospitals=_MIN_SURVIVING.value,
+    secure_aggregation=_SECURE_AGG.value,
+    secagg_threshold=_SECAGG_THRESHOLD.value,
+    secagg_neighbours=_SECAGG_NEIGHBOURS.value,
+    secagg_prg=_SECAGG_PRG.value,
+    secagg_unmask_dropout_prob=_SECAGG_UNMASK_DROPOUT.value,
   )
   rt = runtime.RuntimeConfig(
     max_concurrent_computation_calls=_MAX_CALLS.value,

@@ -72,3 +72,53 @@ def test_what_enters_the_secure_sum_is_already_noised(tff_runtime):
   flat = np.concatenate([np.ravel(v) for v in noisy_sum])
   assert n == 10
   assert flat.std() == pytest.approx(share, rel=0.03)
+
+
+def _masked_process():
+  params = process.DpSgdParams(0.1, 1.0, 0.5, 0.1, 0.9)
+  return process.build_masked_dp_sgd_process(
+    _model_fn, W0, SHAPE, params, quantization.QuantizationConfig(10.0, 8), degree=3, prg="chacha20"
+  )
+
+
+def test_secagg_round_sends_only_masked_int64_vectors_and_secure_counts():
+  proc = _masked_process()
+  used = _intrinsics(proc.masked_round)
+  assert used & CLIENT_TO_SERVER == {"federated_sum", "federated_secure_sum_bitwidth"}, used
+  # The plain federated_sum carries the masked codes: int64, one per weight.
+  masked_type = proc.masked_round.type_signature.result[0]
+  assert str(masked_type.member.dtype) == "int64"
+  assert masked_type.member.shape == (sum(np.size(w) for w in W0),)
+
+
+def _chi_square_p(values) -> float:
+  from scipy import stats
+
+  raw = np.asarray(values, np.int64).astype("<u4").view(np.uint8)
+  return float(stats.chisquare(np.bincount(raw, minlength=256)).pvalue)
+
+
+def test_a_masked_vector_is_uniform_mod_2_32_whatever_its_input():
+  from dopamine_tff.secagg import masking
+  from dopamine_tff.secagg import protocol
+
+  proto = protocol.Protocol(protocol.SecAggConfig("secagg", 4))
+  proto.start_round(0)
+  pk, ps, sk = proto.client_inputs(1)
+  n = 50_000
+  rng = np.random.default_rng(0)
+  # Chosen inputs: all zero, all at the top code, and realistic codes (the
+  # noisy update's encoding concentrates around the middle of the range).
+  inputs = {
+    "zeros": np.zeros(n, np.int64),
+    "top": np.full(n, 2**29 - 1, np.int64),
+    "realistic": np.int64(2**28) + rng.normal(0, 2**12, n).astype(np.int64),
+  }
+  for name, codes in inputs.items():
+    masked = masking.mask(tf.constant(codes), pk, ps, sk).numpy()
+    assert masked.min() >= 0 and masked.max() < 2**32
+    assert _chi_square_p(masked) > 1e-4, name
+    if name == "realistic":
+      assert abs(np.corrcoef(codes, masked)[0, 1]) < 0.03
+      # The same test rejects the unmasked codes: it can fail.
+      assert _chi_square_p(codes) < 1e-12

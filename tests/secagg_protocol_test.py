@@ -1,0 +1,182 @@
+"""The SecAgg protocol: masks cancel, dropouts at every phase, threshold abort."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dopamine_tff.secagg import masking
+from dopamine_tff.secagg import protocol
+
+N = 2000
+
+
+def _masked_sum(proto, codes, senders, prg="chacha20"):
+  mask = tf.function(lambda c, pk, ps, sk: masking.mask(c, pk, ps, sk, prg))
+  total = np.zeros(N, np.int64)
+  for s in senders:
+    pk, ps, sk = proto.client_inputs(s)
+    total += mask(tf.constant(codes[s]), tf.constant(pk), tf.constant(ps), tf.constant(sk)).numpy()
+  return total
+
+
+def _codes(k, seed=0):
+  rng = np.random.default_rng(seed)
+  return {i: rng.integers(0, 2**27, N, dtype=np.int64) for i in range(k)}
+
+
+@pytest.mark.parametrize(
+  "mode,k,senders,responders",
+  [
+    ("secagg", 1, [0], [0]),
+    ("secagg", 2, [0, 1], [0, 1]),
+    ("secagg", 5, [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]),  # no dropout
+    ("secagg", 5, [0, 2, 3, 4], [0, 2, 3, 4]),  # 1 dropped before sending
+    ("secagg", 5, [0, 1, 2, 3, 4], [0, 2, 4]),  # 2 gone before unmasking
+    ("secagg", 6, [1, 2, 3, 4, 5], [1, 2, 3, 5]),  # both kinds (t = 4)
+    ("secagg_plus", 10, list(range(10)), list(range(10))),
+    ("secagg_plus", 10, [0, 1, 2, 3, 5, 6, 7, 8, 9], [0, 1, 2, 3, 5, 6, 8, 9]),
+  ],
+)
+def test_unmasked_sum_equals_the_plain_integer_sum_bit_for_bit(mode, k, senders, responders):
+  proto = protocol.Protocol(protocol.SecAggConfig(mode, k))
+  proto.start_round(7)
+  codes = _codes(k)
+  masked = _masked_sum(proto, codes, senders)
+  total, stats = proto.unmask(masked, senders=senders, responders=responders)
+  np.testing.assert_array_equal(total, sum(codes[s] for s in senders))
+  assert stats == {"secagg_revealed_seeds": len(senders), "secagg_revealed_keys": k - len(senders)}
+
+
+def test_below_threshold_the_round_aborts_and_t_minus_1_shares_fail():
+  cfg = protocol.SecAggConfig("secagg", 5)
+  assert cfg.t == 3
+  proto = protocol.Protocol(cfg)
+  proto.start_round(0)
+  codes = _codes(5)
+  masked = _masked_sum(proto, codes, range(5))
+  with pytest.raises(protocol.RoundAborted, match="2 of the 3 shares"):
+    proto.unmask(masked, senders=range(5), responders=[0, 1])
+  # t responders suffice.
+  total, _ = proto.unmask(masked, senders=range(5), responders=[0, 1, 2])
+  np.testing.assert_array_equal(total, sum(codes.values()))
+
+
+def test_masks_are_fresh_each_round_and_the_sum_is_not_the_codes_without_unmasking():
+  proto = protocol.Protocol(protocol.SecAggConfig("secagg", 3))
+  codes = _codes(3)
+  proto.start_round(0)
+  first = _masked_sum(proto, codes, range(3))
+  proto.start_round(1)
+  second = _masked_sum(proto, codes, range(3))
+  plain = sum(codes.values())
+  assert not np.array_equal(np.mod(first, 2**32), plain)  # self masks remain
+  assert np.mean(first == second) < 0.01
+
+
+def test_secagg_plus_graph_is_symmetric_with_k_neighbours():
+  cfg = protocol.SecAggConfig("secagg_plus", 100)
+  graph = protocol.neighbour_graph(cfg)
+  assert cfg.degree == 8 and cfg.t == 5  # log2(100) = 6.6 -> 8; majority of 9
+  for i, near in graph.items():
+    assert len(near) == 8 and i not in near
+    assert all(i in graph[j] for j in near)
+  full = protocol.neighbour_graph(protocol.SecAggConfig("secagg", 6))
+  assert all(len(v) == 5 for v in full.values())
+
+
+def test_pair_keys_agree_between_the_two_hospitals():
+  proto = protocol.Protocol(protocol.SecAggConfig("secagg", 3))
+  proto.start_round(4)
+  keys = {}
+  for i in range(3):
+    pk, ps, _ = proto.client_inputs(i)
+    for j, key, sign in zip(proto.graph[i], pk, ps):
+      keys[(i, j)] = (tuple(key), int(sign))
+  for (i, j), (key, sign) in keys.items():
+    assert keys[(j, i)][0] == key and keys[(j, i)][1] == -sign
+
+
+def test_insecure_philox_mode_also_cancels():
+  proto = protocol.Protocol(protocol.SecAggConfig("secagg", 3, prg="philox_insecure"))
+  proto.start_round(0)
+  codes = _codes(3)
+  total, _ = proto.unmask(
+    _masked_sum(proto, codes, [0, 2], prg="philox_insecure"), senders=[0, 2], responders=[0, 2]
+  )
+  np.testing.assert_array_equal(total, codes[0] + codes[2])
+
+
+@pytest.mark.parametrize(
+  "kwargs,message",
+  [
+    (dict(mode="bogus", num_hospitals=3), "secure_aggregation"),
+    (dict(mode="secagg", num_hospitals=3, threshold=4), "secagg_threshold"),
+    (dict(mode="secagg", num_hospitals=3, prg="md5"), "secagg_prg"),
+    (dict(mode="secagg_plus", num_hospitals=3, neighbours=0), "secagg_neighbours"),
+  ],
+)
+def test_bad_configuration(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    protocol.SecAggConfig(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def digits():
+  from dopamine_tff.data import loaders
+
+  return loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
+
+
+def _train(digits, tmp_path, name, **overrides):
+  from dopamine_tff import configs
+  from dopamine_tff import training_loop
+
+  cfg = configs.TrainConfig(
+    setting="fscdp",
+    rounds=3,
+    sampling_prob=0.1,
+    noise_multiplier=1.0,
+    l2_norm_clip=1.0,
+    learning_rate=0.05,
+    eval_every=3,
+    dropout_schedule=((2, (1,)),),
+    **overrides,
+  )
+  out = str(tmp_path / name)
+  opts = training_loop.LoopOptions(checkpoint_every=0, tensorboard=False)
+  summary = training_loop.run(cfg, digits, out, options=opts, log=lambda _: None)
+  return summary, np.load(f"{out}/final_weights.npz")
+
+
+@pytest.mark.parametrize("runtime", ["in_process", "tff"])
+def test_training_with_secagg_gives_bit_identical_weights(digits, tmp_path, runtime, request):
+  if runtime == "tff":
+    request.getfixturevalue("tff_runtime")
+  plain, w_plain = _train(digits, tmp_path, "none", runtime=runtime)
+  for mode in ("secagg", "secagg_plus"):
+    secure, w_secure = _train(digits, tmp_path, mode, runtime=runtime, secure_aggregation=mode)
+    for key in w_plain.files:
+      np.testing.assert_array_equal(w_plain[key], w_secure[key], err_msg=mode)
+    assert secure["epsilon"] == plain["epsilon"]
+
+
+def test_an_aborted_round_releases_nothing_and_spends_nothing(digits, tmp_path):
+  # Every hospital misses the unmasking: every round aborts.
+  summary, weights = _train(
+    digits,
+    tmp_path,
+    "abort",
+    runtime="in_process",
+    secure_aggregation="secagg",
+    secagg_unmask_dropout_prob=0.999,
+  )
+  from dopamine_tff import models
+
+  w0 = models.initial_weights("small_cnn", digits.image_shape, digits.num_classes, 0)
+  for got, ref in zip(weights.values(), w0):
+    np.testing.assert_array_equal(got, ref)
+  assert summary["epsilon"] == 0.0
+  import csv
+
+  with open(tmp_path / "abort" / "metrics.csv") as f:
+    assert [r["skipped"] for r in csv.DictReader(f)] == ["1", "1", "1"]
