@@ -34,3 +34,28 @@ def test_quick_benchmark_writes_ratios(tmp_path):
   assert result["machine"]["cpus"] >= 1
   assert result["workers"]["identical_weights_after_3_rounds"] is True
   assert "client steps:" in proc.stdout and "tff_over_in_process" in proc.stdout
+
+
+def test_quick_secure_aggregation_benchmark_writes_ratios(tmp_path):
+  out = tmp_path / "secagg.json"
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.secagg_benchmark", "--quick", f"--output={out}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  ratios = result["secure_aggregation"]["ratios"]
+  for key in (
+    "chacha_tf_over_openssl",
+    "secagg_over_plain_round_small_cnn",
+    "secagg_plus_over_plain_round_small_cnn",
+    "he_over_secagg",
+  ):
+    assert isinstance(ratios[key], float) and ratios[key] > 0, key
+  he = result["secure_aggregation"]["homomorphic"]
+  assert he["expansion"] > 1  # ciphertexts are larger than the codes
+  rows = result["secure_aggregation"]["scaling"]["rows"]
+  assert {(r["k"], r["mode"]) for r in rows} >= {(10, "secagg"), (100, "secagg_plus")}

@@ -13,6 +13,7 @@ each hospital's key-agreement private key and its per-round self-mask seed.
 
 from __future__ import annotations
 
+import functools
 import secrets
 
 PRIME = 2**521 - 1  # a Mersenne prime: secrets of up to 520 bits
@@ -46,7 +47,7 @@ def _evaluate(coeffs: list[int], x: int) -> int:
 
 
 def reconstruct(shares: dict[int, int], *, threshold: int) -> int:
-  """The secret from at least `threshold` shares (uses the first `threshold`).
+  """The secret from at least `threshold` shares (uses the `threshold` lowest ids).
 
   Raises:
     NotEnoughShares: fewer than `threshold` shares.
@@ -54,15 +55,23 @@ def reconstruct(shares: dict[int, int], *, threshold: int) -> int:
   if len(shares) < threshold:
     raise NotEnoughShares(f"{len(shares)} shares, the threshold is {threshold}")
   points = sorted(shares.items())[:threshold]
-  secret = 0
-  for i, (xi, yi) in enumerate(points):
+  weights = lagrange_at_zero(tuple(x for x, _ in points))
+  return sum(w * y for w, (_, y) in zip(weights, points)) % PRIME
+
+
+@functools.lru_cache(maxsize=64)
+def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+  """Lagrange basis values at 0 for the points `xs` (cached: one set of
+  responders unmasks every secret of a round)."""
+  out = []
+  for i, xi in enumerate(xs):
     num, den = 1, 1
-    for j, (xj, _) in enumerate(points):
+    for j, xj in enumerate(xs):
       if i != j:
         num = num * (-xj) % PRIME
         den = den * (xi - xj) % PRIME
-    secret = (secret + yi * num * pow(den, -1, PRIME)) % PRIME
-  return secret
+    out.append(num * pow(den, -1, PRIME) % PRIME)
+  return tuple(out)
 
 
 def bytes_to_int(data: bytes) -> int:
