@@ -69,6 +69,12 @@ class TrainConfig:
       With secure aggregation the --dropout_prob / --dropout_schedule
       hospitals drop after the keys were shared, before sending the masked
       vector: their pairwise masks are recovered from shares.
+    assumed_colluders: c, hospitals assumed to collude with the server
+      (fscdp): their noise shares are known to it, so a round's effective
+      noise is sigma*C*sqrt((K'-c)/M). A second ledger accounts for it; the
+      run reports and budgets the worse of the two.
+    provision_for_colluders: size each share sigma*C/sqrt(M-c) so that the
+      honest hospitals' noise alone meets sigma (costs accuracy).
   """
 
   setting: str = "fscdp"
@@ -98,6 +104,8 @@ class TrainConfig:
   secagg_neighbours: int | None = None
   secagg_prg: str = "chacha20"
   secagg_unmask_dropout_prob: float = 0.0
+  assumed_colluders: int = 0
+  provision_for_colluders: bool = False
 
   def __post_init__(self):
     def bad(name, why):
@@ -151,6 +159,10 @@ class TrainConfig:
       bad("secagg_prg", f"must be one of {SECAGG_PRGS}")
     if not 0.0 <= self.secagg_unmask_dropout_prob < 1.0:
       bad("secagg_unmask_dropout_prob", "must be in [0, 1)")
+    if self.assumed_colluders < 0:
+      bad("assumed_colluders", "must be >= 0")
+    if (self.assumed_colluders or self.provision_for_colluders) and self.setting != "fscdp":
+      bad("assumed_colluders", "applies to fscdp only")
     for entry in self.dropout_schedule:
       if len(entry) != 2 or int(entry[0]) < 1 or any(int(h) < 0 for h in entry[1]):
         bad("dropout_schedule", "entries must be (round >= 1, (hospital >= 0, ...))")

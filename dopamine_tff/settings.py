@@ -35,6 +35,7 @@ from dopamine_tff.secagg import protocol as secagg_protocol
 from dopamine_tff.secagg import rounds as secagg_rounds
 
 ALL = "all"
+COLLUDERS = "colluders"  # the same patients, against a server with c colluding hospitals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,8 +151,15 @@ class DpSgdTrainer(TffTrainer):
       raise ValueError(
         f"min_surviving_hospitals={self.min_survivors} exceeds the {k} hospitals of this setting"
       )
-    # Noise provisioning: a share sized for M survivors (M = K without dropouts).
-    share = cfg.noise_multiplier * cfg.l2_norm_clip / math.sqrt(self.min_survivors)
+    # Noise provisioning: a share sized for M survivors (M = K without dropouts),
+    # and for M - c of them when the c assumed colluders' shares are paid for.
+    self.provisioned = self.min_survivors - (cfg.assumed_colluders * cfg.provision_for_colluders)
+    if self.provisioned < 1:
+      raise ValueError(
+        f"provision_for_colluders: {cfg.assumed_colluders} colluders leave no honest "
+        f"hospital among the {self.min_survivors} provisioned"
+      )
+    share = cfg.noise_multiplier * cfg.l2_norm_clip / math.sqrt(self.provisioned)
     bound = cfg.secure_sum_bound or aggregation.default_bound(
       l2_norm_clip=cfg.l2_norm_clip,
       expected_batch=cfg.sampling_prob * max(self.sizes),
@@ -226,13 +234,19 @@ class DpSgdTrainer(TffTrainer):
     # Without provisioning, any survivor count proceeds (with less noise).
     if len(survivors) < (self.cfg.min_surviving_hospitals or 1):
       return RoundPlan(survivors, {}, skipped=True, dropped=tuple(sorted(dropped)))
-    sigma = self.cfg.noise_multiplier * math.sqrt(len(survivors) / self.min_survivors)
-    step = accounting.StepSpec(self.cfg.sampling_prob, sigma)
+    q, c = self.cfg.sampling_prob, self.cfg.assumed_colluders
+    steps = {ALL: accounting.StepSpec(q, self._sigma(len(survivors)))}
+    if c:  # the server knows c shares: only the others' noise protects
+      steps[COLLUDERS] = accounting.StepSpec(q, self._sigma(max(len(survivors) - c, 0)))
     late = tuple(sorted(self.cfg.unmask_dropped(round_num, survivors)))
-    return RoundPlan(survivors, {ALL: step}, dropped=tuple(sorted(dropped)), unmask_dropped=late)
+    return RoundPlan(survivors, steps, dropped=tuple(sorted(dropped)), unmask_dropped=late)
+
+  def _sigma(self, unknown_shares: int) -> float:
+    """Noise multiplier of a sum holding `unknown_shares` shares unknown to the server."""
+    return self.cfg.noise_multiplier * math.sqrt(unknown_shares / self.provisioned)
 
   def parties(self) -> list[str]:
-    return [ALL]
+    return [ALL, COLLUDERS] if self.cfg.assumed_colluders else [ALL]
 
   def describe(self) -> str:
     text = super().describe() + "; " + self.secure_sum.describe()
@@ -323,6 +337,7 @@ class TfPrivacyCdpTrainer:
     )
     self.model.compile(optimizer=opt, loss=loss)
     self.optimizer = opt
+    self._traced = False
     self.sizes = [len(pooled)]
 
   def initial_state(self):
@@ -342,15 +357,17 @@ class TfPrivacyCdpTrainer:
     return [ALL]
 
   def epoch_global_seed(self, round_num: int) -> int:
-    """TF's global seed for epoch `round_num` (0-based).
+    """TF's global seed when this process first trains, at epoch `round_num`.
 
     TF Privacy draws its noise with ``tf.random.normal`` from op kernels whose
     Philox streams are fixed by (global seed, op seed) when the train function
-    is traced; a process that traces anew with the same global seed replays
-    the same noise (a resumed run replayed epoch 1's). So every epoch traces
-    its train function under its own global seed. TF keeps a graph-level seed
-    modulo 2**31 - 1, so the seeds are consecutive from a hashed base: distinct
-    for every epoch of a run by construction.
+    is traced, and advance as it runs: one trace gives fresh noise epoch after
+    epoch, but a new process tracing with the same global seed replays it (a
+    resumed run replayed epoch 1's noise). So a process traces under the seed
+    of the first epoch it runs: a resumed run draws from a stream keyed by its
+    resume round, never from the one its predecessor used. TF keeps a
+    graph-level seed modulo 2**31 - 1, so the seeds are consecutive from a
+    hashed base: distinct for every epoch of a run by construction.
     """
     base = seeds.host_int(self.cfg.seed, 0, seeds.Purpose.TFP_EPOCH, bits=31)
     return (base + round_num) % (2**31 - 1)
@@ -358,11 +375,13 @@ class TfPrivacyCdpTrainer:
   def run(self, state, plan, round_num):
     del plan
     self.model.set_weights(state["weights"])
-    if state["optimizer"]:  # momentum (and iteration count) of the previous epoch
+    if state["optimizer"] and not self._traced:  # momentum saved in a checkpoint
       self.optimizer._create_all_weights(self.model.trainable_variables)  # noqa: SLF001
       self.optimizer.set_weights(list(state["optimizer"]))
-    tf.random.set_seed(self.epoch_global_seed(round_num))
-    self.model.make_train_function(force=True)
+    if not self._traced:
+      tf.random.set_seed(self.epoch_global_seed(round_num))
+      self.model.make_train_function(force=True)
+      self._traced = True
     b = self.cfg.batch_size
     rng = seeds.host_rng(self.cfg.seed, round_num, seeds.Purpose.TFP_EPOCH)
     order = rng.permutation(len(self.data))
@@ -383,8 +402,8 @@ class TfPrivacyCdpTrainer:
 
   @staticmethod
   def state_arrays(state):
-    # The optimizer's momentum is saved; the noise needs no state (see
-    # epoch_global_seed), so a resumed run draws what the uninterrupted one would.
+    # The optimizer's momentum is saved; the noise needs no state: a resumed
+    # run draws from a stream keyed by its resume round (epoch_global_seed).
     return {"weights": list(state["weights"]), "optimizer": list(state["optimizer"])}
 
   @staticmethod

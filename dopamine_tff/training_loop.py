@@ -378,5 +378,9 @@ def _finish(
     "ledgers": {p: lg.to_json() for p, lg in ledgers.items()},
     "wall_time_s": loop.wall(),
   }
+  if settings.COLLUDERS in ledgers:  # epsilon against c = 0 and the assumed c
+    summary["assumed_colluders"] = cfg.assumed_colluders
+    summary["epsilon_no_collusion"] = _finite_or_none(ledgers[settings.ALL].epsilon())
+    summary["epsilon_colluders"] = _finite_or_none(ledgers[settings.COLLUDERS].epsilon())
   write_json(os.path.join(output_dir, "summary.json"), summary)
   return summary

@@ -119,6 +119,14 @@ _SECAGG_UNMASK_DROPOUT = flags.DEFINE_float(
   0.0,
   "Chance a hospital that sent its masked update is gone before the unmasking.",
 )
+_COLLUDERS = flags.DEFINE_integer(
+  "assumed_colluders",
+  0,
+  "fscdp: hospitals assumed to collude with the server; epsilon is also accounted for them.",
+)
+_PROVISION_COLLUDERS = flags.DEFINE_bool(
+  "provision_for_colluders", False, "Size noise shares so the honest hospitals alone meet sigma."
+)
 _AUDIT = flags.DEFINE_bool("audit", False, "Run membership-inference attacks on the final model.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer(
   "checkpoint_every", 10, "Checkpoint every N rounds (0: never)."
@@ -184,6 +192,8 @@ def _configs():
     secagg_neighbours=_SECAGG_NEIGHBOURS.value,
     secagg_prg=_SECAGG_PRG.value,
     secagg_unmask_dropout_prob=_SECAGG_UNMASK_DROPOUT.value,
+    assumed_colluders=_COLLUDERS.value,
+    provision_for_colluders=_PROVISION_COLLUDERS.value,
   )
   rt = runtime.RuntimeConfig(
     max_concurrent_computation_calls=_MAX_CALLS.value,

@@ -170,16 +170,19 @@ def test_tf_privacy_cdp_resume_draws_fresh_noise_and_keeps_momentum(tmp_path):
   w0 = models.initial_weights(cfg.model, data.image_shape, data.num_classes, cfg.seed)
   first, second = _flat(w1) - _flat(w0), _flat(resumed) - _flat(w1)
   assert abs(np.corrcoef(first, second)[0, 1]) < 0.1
-  # And the resumed epoch 2 is the uninterrupted one's.
-  np.testing.assert_allclose(_flat(resumed), _flat(full), rtol=1e-5, atol=1e-6)
+  # The uninterrupted epoch 2 is fresh too (one trace, its stream advances).
+  assert abs(np.corrcoef(first, _flat(full) - _flat(w1))[0, 1]) < 0.1
 
   # Momentum is restored: with little noise and momentum 0.9, a resumed epoch
-  # 2 equals the uninterrupted one (it would differ without the velocity).
-  cfg = configs.TrainConfig(**base, noise_multiplier=0.01, momentum=0.9, l2_norm_clip=1.0)
+  # 2 stays within the noise of the uninterrupted one; restarting the velocity
+  # at zero would move it by about lr * velocity, far more.
+  cfg = configs.TrainConfig(**base, noise_multiplier=0.001, momentum=0.9, l2_norm_clip=1.0)
   out = str(tmp_path / "momentum")
   full = run(cfg, out)
   shutil.rmtree(os.path.join(out, "checkpoints", "ckpt_00000002"))
   arrays = round_one(out)
   assert arrays.get("optimizer"), "the optimizer state is not in the checkpoint"
+  w1 = _flat(arrays["weights"])
   resumed = run(cfg, out, resume=True)
-  np.testing.assert_allclose(_flat(resumed), _flat(full), rtol=1e-5, atol=1e-6)
+  step_full, step_resumed = _flat(full) - w1, _flat(resumed) - w1
+  assert np.linalg.norm(step_resumed - step_full) < 0.01 * np.linalg.norm(step_full)

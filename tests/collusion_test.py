@@ -1,0 +1,81 @@
+"""A server colluding with c hospitals: the noise it cannot subtract, accounted."""
+
+import math
+import tempfile
+
+import numpy as np
+import pytest
+
+from dopamine_tff import configs
+from dopamine_tff import settings
+from dopamine_tff import training_loop
+from dopamine_tff.data import loaders
+
+
+@pytest.fixture(scope="module")
+def data():
+  return loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
+
+
+def _cfg(**kw):
+  base = dict(
+    setting="fscdp",
+    rounds=4,
+    sampling_prob=0.1,
+    noise_multiplier=1.2,
+    l2_norm_clip=1.0,
+    learning_rate=0.05,
+    runtime="in_process",
+    eval_every=4,
+  )
+  return configs.TrainConfig(**{**base, **kw})
+
+
+def _trainer(data, **kw):
+  return settings.make_trainer(_cfg(**kw), data, tempfile.mkdtemp())
+
+
+def test_colluders_leave_sigma_sqrt_k_minus_c_over_k(data):
+  plan = _trainer(data, assumed_colluders=1).plan(0)
+  assert plan.steps["all"].noise_multiplier == pytest.approx(1.2)
+  assert plan.steps["colluders"].noise_multiplier == pytest.approx(1.2 * math.sqrt(3 / 4))
+  # With a dropout the honest unknown shares are K' - c = 2 of 4.
+  plan = _trainer(data, assumed_colluders=1, dropout_schedule=((1, (2,)),)).plan(0)
+  assert plan.steps["colluders"].noise_multiplier == pytest.approx(1.2 * math.sqrt(2 / 4))
+  # All delivering hospitals collude: no noise is unknown, epsilon is infinite.
+  plan = _trainer(data, assumed_colluders=4).plan(0)
+  assert plan.steps["colluders"].noise_multiplier == 0.0
+
+
+def test_provisioning_pays_for_the_colluders(data):
+  trainer = _trainer(data, assumed_colluders=1, provision_for_colluders=True)
+  plan = trainer.plan(0)
+  assert plan.steps["colluders"].noise_multiplier == pytest.approx(1.2)
+  assert plan.steps["all"].noise_multiplier == pytest.approx(1.2 * math.sqrt(4 / 3))
+  with pytest.raises(ValueError, match="no honest hospital"):
+    _trainer(data, assumed_colluders=4, provision_for_colluders=True)
+
+
+def test_summary_reports_both_epsilons_and_budgets_the_worse(data, tmp_path):
+  quiet = dict(log=lambda _: None, options=training_loop.LoopOptions(tensorboard=False))
+  plain = training_loop.run(_cfg(), data, str(tmp_path / "plain"), **quiet)
+  colluded = training_loop.run(_cfg(assumed_colluders=2), data, str(tmp_path / "c2"), **quiet)
+  assert colluded["epsilon_no_collusion"] == pytest.approx(plain["epsilon"])
+  assert colluded["epsilon_colluders"] > colluded["epsilon_no_collusion"]
+  assert colluded["epsilon"] == colluded["epsilon_colluders"]
+  assert colluded["assumed_colluders"] == 2
+  assert "epsilon_colluders" not in plain
+  # The budget stops on the colluders' epsilon.
+  target = (plain["epsilon"] + colluded["epsilon_colluders"]) / 2
+  stopped = training_loop.run(
+    _cfg(assumed_colluders=2, target_epsilon=target), data, str(tmp_path / "budget"), **quiet
+  )
+  assert stopped["stop_reason"].startswith("budget") and stopped["epsilon"] <= target
+  assert np.isfinite(stopped["epsilon"])
+
+
+def test_colluders_apply_to_fscdp_only():
+  with pytest.raises(ValueError, match="assumed_colluders"):
+    configs.TrainConfig(setting="fpdp", assumed_colluders=1)
+  with pytest.raises(ValueError, match="assumed_colluders"):
+    configs.TrainConfig(setting="fscdp", assumed_colluders=-1)
