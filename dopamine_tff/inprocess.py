@@ -6,8 +6,8 @@ Calls the very same plain-TF client and server functions
 process. Where TensorFlow sees a GPU (``tensorflow[and-cuda]``), the client
 and server work runs on it; the PyPI TFF worker is built without CUDA.
 
-The objects here have the ``initialize()`` / ``next(state, datasets, seeds)``
-interface of the TFF iterative processes, so trainers swap one for the other.
+The objects here have the ``initialize()`` / ``next(...)`` interface of the
+TFF iterative processes (same arguments), so trainers swap one for the other.
 Integer code sums make the DP-SGD round's aggregation exact in any order;
 FedAvg sums floats in client order, as TFF's runtime does.
 """
@@ -18,7 +18,6 @@ import numpy as np
 import tensorflow as tf
 
 from dopamine_tff import aggregation
-from dopamine_tff import quantization
 from dopamine_tff import tf_rounds
 
 
@@ -30,46 +29,62 @@ def _numpy_state(state) -> tf_rounds.ServerState:
   )
 
 
-class InProcessDpSgd:
-  """In-process twin of process.build_dp_sgd_process."""
+def _tf_state(state) -> tf_rounds.ServerState:
+  return tf_rounds.ServerState(
+    [tf.constant(w) for w in state.weights],
+    [tf.constant(v) for v in state.velocity],
+    tf.constant(state.round_num),
+  )
 
-  def __init__(self, model_fn, initial_weights, image_shape, params, secure_sum):
-    del image_shape
+
+class _EncodedServer:
+  """The server step shared by both DP-SGD twins: decode, then momentum SGD."""
+
+  def __init__(self, initial_weights, params, secure_sum):
     self._initial = initial_weights
-    self._cfg = secure_sum
-    model = model_fn()
-    self._client = tf.function(lambda w, ds, s: tf_rounds.dp_client_update(model, w, ds, s, params))
-    self._encode = tf.function(lambda v: quantization.encode(v, secure_sum))
     self._server = tf.function(
-      lambda state, total, n: tf_rounds.dp_server_update(state, total, n, params)
+      lambda state, code_sum, correction, n: tf_rounds.encoded_server_update(
+        state, code_sum, correction, n, params, secure_sum
+      )
     )
 
   def initialize(self) -> tf_rounds.ServerState:
     return _numpy_state(tf_rounds.initial_state(self._initial, with_velocity=True))
 
-  def next(self, state, datasets, seeds):
-    encoded, examples = [], 0
-    for dataset, seed in zip(datasets, seeds):
-      noisy_sum, n = self._client(state.weights, dataset, tf.constant(seed))
-      encoded.append(self._encode(noisy_sum))
-      examples += int(n)
-    if encoded:
-      total, clipped, summands = aggregation.sum_in_process(encoded, self._cfg)
-    else:
-      total, clipped, summands = [tf.zeros_like(w) for w in state.weights], 0, 0
-    state = tf_rounds.ServerState(
-      [tf.constant(w) for w in state.weights],
-      [tf.constant(v) for v in state.velocity],
-      tf.constant(state.round_num),
+  def server_update(self, state, code_sum, correction, num_examples):
+    new_state = self._server(
+      _tf_state(state),
+      tf.constant(code_sum, tf.int64),
+      tf.constant(correction, tf.float64),
+      tf.constant(num_examples, tf.int32),
     )
-    new_state = self._server(state, total, tf.constant(examples, tf.int32))
-    measurements = {
-      "secure_clipped_count": clipped,
-      "secure_summands": summands,
-      "secure_bound": np.float32(self._cfg.bound),
-      "secure_bits": self._cfg.bits,
-    }
-    return _numpy_state(new_state), measurements
+    return _numpy_state(new_state)
+
+
+class InProcessDpSgd(_EncodedServer):
+  """In-process twin of process.build_dp_sgd_process (same ``next`` arguments)."""
+
+  def __init__(self, model_fn, initial_weights, image_shape, params, secure_sum, *, dither_degree):
+    del image_shape, dither_degree
+    super().__init__(initial_weights, params, secure_sum)
+    self._words = int(sum(np.size(w) for w in initial_weights))
+    model = model_fn()
+    self._client = tf.function(
+      lambda w, ds, s, dk, dsg: tf_rounds.encoded_client_update(
+        model, w, ds, s, dk, dsg, params, secure_sum
+      )
+    )
+
+  def next(self, state, datasets, seeds, dither_keys, dither_signs, correction):
+    codes, examples, changed = [], 0, 0
+    for dataset, *arrays in zip(datasets, seeds, dither_keys, dither_signs):
+      c, n, ch = self._client(state.weights, dataset, *[tf.constant(a) for a in arrays])
+      codes.append(c.numpy())
+      examples += int(n)
+      changed += int(ch)
+    total = aggregation.sum_in_process(codes) if codes else np.zeros(self._words, np.int64)
+    new_state = self.server_update(state, total, correction, examples)
+    return new_state, {"secure_clipped_count": changed, "secure_summands": len(codes)}
 
 
 class InProcessFedAvg:
@@ -107,46 +122,26 @@ class InProcessFedAvg:
     return _numpy_state(self._server(state, weighted_sum, total)), {}
 
 
-class InProcessMaskedDpSgd:
+class InProcessMaskedDpSgd(_EncodedServer):
   """In-process twin of process.build_masked_dp_sgd_process (same three parts)."""
 
-  def __init__(self, model_fn, initial_weights, image_shape, params, secure_sum, *, degree, prg):
-    del image_shape, degree
-    self._initial = initial_weights
+  def __init__(
+    self, model_fn, initial_weights, image_shape, params, secure_sum, *, dither_degree, degree, prg
+  ):
+    del image_shape, dither_degree, degree
+    super().__init__(initial_weights, params, secure_sum)
     model = model_fn()
     self._client = tf.function(
-      lambda w, ds, s, pk, ps, sk: tf_rounds.masked_client_update(
-        model, w, ds, s, pk, ps, sk, params, secure_sum, prg
-      )
-    )
-    self._server = tf.function(
-      lambda state, code_sum, summands, n: tf_rounds.masked_server_update(
-        state, code_sum, summands, n, params, secure_sum
+      lambda w, ds, s, dk, dsg, pk, ps, sk: tf_rounds.masked_client_update(
+        model, w, ds, s, dk, dsg, pk, ps, sk, params, secure_sum, prg
       )
     )
 
-  def initialize(self) -> tf_rounds.ServerState:
-    return _numpy_state(tf_rounds.initial_state(self._initial, with_velocity=True))
-
-  def masked_round(self, state, datasets, seeds, pair_keys, pair_signs, self_keys):
-    total, examples, clipped = None, 0, 0
-    for dataset, *arrays in zip(datasets, seeds, pair_keys, pair_signs, self_keys):
+  def masked_round(self, state, datasets, *client_arrays):
+    total, examples, changed = None, 0, 0
+    for dataset, *arrays in zip(datasets, *client_arrays):
       masked, n, c = self._client(state.weights, dataset, *[tf.constant(a) for a in arrays])
-      total = masked if total is None else total + masked
+      total = masked.numpy() if total is None else total + masked.numpy()
       examples += int(n)
-      clipped += int(c)
-    return total.numpy(), examples, clipped
-
-  def server_update(self, state, code_sum, summands, num_examples):
-    state = tf_rounds.ServerState(
-      [tf.constant(w) for w in state.weights],
-      [tf.constant(v) for v in state.velocity],
-      tf.constant(state.round_num),
-    )
-    new_state = self._server(
-      state,
-      tf.constant(code_sum, tf.int64),
-      tf.constant(summands, tf.int32),
-      tf.constant(num_examples, tf.int32),
-    )
-    return _numpy_state(new_state)
+      changed += int(c)
+    return total, examples, changed

@@ -76,50 +76,99 @@ def build_dp_client_computation(model_fn, initial_weights, image_shape, params):
   return client_update
 
 
+@tff.tensorflow.computation
+def _one():
+  return tf.constant(1, tf.int32)
+
+
+def _dither_specs(dither_degree: int):
+  return tf.TensorSpec([dither_degree, 2], tf.int64), tf.TensorSpec([dither_degree], tf.int32)
+
+
+def _clients(spec):
+  return tff.FederatedType(tff.types.tensorflow_to_type(spec), tff.CLIENTS)
+
+
+def _server(spec):
+  return tff.FederatedType(tff.types.tensorflow_to_type(spec), tff.SERVER)
+
+
 def build_dp_sgd_process(
   model_fn: Callable[[], tf.keras.Model],
   initial_weights: list[np.ndarray],
   image_shape,
   params: tf_rounds.DpSgdParams,
   secure_sum: quantization.QuantizationConfig,
+  *,
+  dither_degree: int,
 ) -> tff.templates.IterativeProcess:
   """Dopamine's round (Algorithm 1): per-hospital DP-SGD share, secure sum.
 
   Every hospital Poisson-samples its data, clips per-example gradients to C,
-  sums them and adds its noise share N(0, noise_stddev^2); the noisy sums (and
-  the hospitals' example counts) are added by secure sums; the server divides
-  by the expected batch size q * sum_k N_k (never the realised one) and takes
-  one momentum-SGD step. With one hospital this is central DP-SGD (CDP).
+  sums them, adds its noise share N(0, noise_stddev^2) and encodes the result
+  mod 2**32 with its zero-sum pairwise dither (``dither_degree`` pair keys);
+  the codes (and the hospitals' example counts) are added by secure sums; the
+  server decodes (removing dropped hospitals' dithers: the SERVER-placed
+  ``correction``), divides by the expected batch size q * sum_k N_k (never the
+  realised one) and takes one momentum-SGD step. With one hospital this is
+  central DP-SGD (CDP).
 
   Momentum sits at the server. The paper keeps a momentum buffer per hospital;
   when all hospitals take part, the mean of their buffers is exactly this
   server buffer, so the weights are the same.
+
+  ``next(state, datasets, seeds, dither_keys, dither_signs, correction)``.
   """
   w_specs, ds_type, state_type, get_weights, initialize = _common(
     initial_weights, image_shape, with_velocity=True
   )
-  client_update = build_dp_client_computation(model_fn, initial_weights, image_shape, params)
+  key_spec, sign_spec = _dither_specs(dither_degree)
+  client_fn = tf.function(tf_rounds.encoded_client_update)
+  flat_spec = tf.TensorSpec([int(sum(np.size(w) for w in initial_weights))], tf.int64)
+  correction_spec = tf.TensorSpec(flat_spec.shape, tf.float64)
 
-  @tff.tensorflow.computation(state_type, w_specs, np.int32)
-  def server_update(state, noisy_sum, num_examples):
-    return tf_rounds.dp_server_update(state, noisy_sum, num_examples, params)
+  @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC, key_spec, sign_spec)
+  def client_update(weights, dataset, seed, dither_keys, dither_signs):
+    return client_fn(
+      model_fn(), weights, dataset, seed, dither_keys, dither_signs, params, secure_sum
+    )
 
-  sum_process = aggregation.QuantizedSecureSumFactory(secure_sum).create(
-    tff.types.tensorflow_to_type(w_specs)
+  @tff.tensorflow.computation(state_type, flat_spec, correction_spec, np.int32)
+  def server_update(state, code_sum, correction, num_examples):
+    return tf_rounds.encoded_server_update(
+      state, code_sum, correction, num_examples, params, secure_sum
+    )
+
+  sum_process = aggregation.ModularSecureSumFactory().create(
+    tff.types.tensorflow_to_type(flat_spec)
   )
-  # Example counts are exact integers; their sum (< 2**31) needs no quantisation.
-  count_bits = quantization.SUM_BITS
+  bits = quantization.SUM_BITS  # exact integer counts, sums below 2**31
 
-  @tff.federated_computation(*_client_types(state_type, ds_type))
-  def next_fn(state, datasets, seeds):
+  @tff.federated_computation(
+    *_client_types(state_type, ds_type),
+    _clients(key_spec),
+    _clients(sign_spec),
+    _server(correction_spec),
+  )
+  def next_fn(state, datasets, seeds, dither_keys, dither_signs, correction):
     weights = tff.federated_broadcast(tff.federated_map(get_weights, state))
-    noisy_sums, counts = tff.federated_map(client_update, (weights, datasets, seeds))
-    # The only ways out of the hospitals are secure sums. Each noisy sum
+    codes, counts, changed = tff.federated_map(
+      client_update, (weights, datasets, seeds, dither_keys, dither_signs)
+    )
+    # The only ways out of the hospitals are secure sums. Each code vector
     # already carries its hospital's DP noise share.
-    summed = sum_process.next(sum_process.initialize(), noisy_sums)
-    total = tff.federated_secure_sum_bitwidth(counts, count_bits)
-    new_state = tff.federated_map(server_update, (state, summed.result, total))
-    return new_state, summed.measurements
+    summed = sum_process.next(sum_process.initialize(), codes)
+    total = tff.federated_secure_sum_bitwidth(counts, bits)
+    new_state = tff.federated_map(server_update, (state, summed.result, correction, total))
+    measurements = tff.federated_zip(
+      {
+        "secure_clipped_count": tff.federated_secure_sum_bitwidth(changed, bits),
+        "secure_summands": tff.federated_secure_sum_bitwidth(
+          tff.federated_eval(_one, tff.CLIENTS), bits
+        ),
+      }
+    )
+    return new_state, measurements
 
   return tff.templates.IterativeProcess(initialize, next_fn)
 
@@ -182,6 +231,7 @@ def build_masked_dp_sgd_process(
   params: tf_rounds.DpSgdParams,
   secure_sum: quantization.QuantizationConfig,
   *,
+  dither_degree: int,
   degree: int,
   prg: str,
 ) -> MaskedDpSgd:
@@ -192,49 +242,71 @@ def build_masked_dp_sgd_process(
   the same TF computation; the server adds the masked vectors with a plain
   int64 ``federated_sum`` (masking is the protection, so no secure intrinsic
   is needed for them) and gets nothing it can read until the protocol's
-  unmasking. Example and clipped counts go through secure sums as before.
+  unmasking. Example and changed-coordinate counts go through secure sums.
   """
   w_specs, ds_type, state_type, _, initialize = _common(
     initial_weights, image_shape, with_velocity=True
   )
   client_fn = tf.function(tf_rounds.masked_client_update)
+  dkey_spec, dsign_spec = _dither_specs(dither_degree)
   key_spec = tf.TensorSpec([degree, 8], tf.uint32)
   sign_spec = tf.TensorSpec([degree], tf.int32)
   self_spec = tf.TensorSpec([8], tf.uint32)
   num_words = int(sum(np.size(w) for w in initial_weights))
 
-  @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC, key_spec, sign_spec, self_spec)
-  def client_update(weights, dataset, seed, pair_keys, pair_signs, self_key):
+  @tff.tensorflow.computation(
+    w_specs, ds_type, SEED_SPEC, dkey_spec, dsign_spec, key_spec, sign_spec, self_spec
+  )
+  def client_update(weights, dataset, seed, dkeys, dsigns, pair_keys, pair_signs, self_key):
     return client_fn(
-      model_fn(), weights, dataset, seed, pair_keys, pair_signs, self_key, params, secure_sum, prg
+      model_fn(),
+      weights,
+      dataset,
+      seed,
+      dkeys,
+      dsigns,
+      pair_keys,
+      pair_signs,
+      self_key,
+      params,
+      secure_sum,
+      prg,
     )
 
   @tff.tensorflow.computation(state_type)
   def get_weights(state):
     return state.weights
 
-  def clients(spec):
-    return tff.FederatedType(tff.types.tensorflow_to_type(spec), tff.CLIENTS)
-
   @tff.federated_computation(
-    *_client_types(state_type, ds_type), clients(key_spec), clients(sign_spec), clients(self_spec)
+    *_client_types(state_type, ds_type),
+    _clients(dkey_spec),
+    _clients(dsign_spec),
+    _clients(key_spec),
+    _clients(sign_spec),
+    _clients(self_spec),
   )
-  def masked_round(state, datasets, seeds, pair_keys, pair_signs, self_keys):
+  def masked_round(state, datasets, seeds, dkeys, dsigns, pair_keys, pair_signs, self_keys):
     weights = tff.federated_broadcast(tff.federated_map(get_weights, state))
-    masked, counts, clipped = tff.federated_map(
-      client_update, (weights, datasets, seeds, pair_keys, pair_signs, self_keys)
+    masked, counts, changed = tff.federated_map(
+      client_update,
+      (weights, datasets, seeds, dkeys, dsigns, pair_keys, pair_signs, self_keys),
     )
     bits = quantization.SUM_BITS
     return (
       tff.federated_sum(masked),
       tff.federated_secure_sum_bitwidth(counts, bits),
-      tff.federated_secure_sum_bitwidth(clipped, bits),
+      tff.federated_secure_sum_bitwidth(changed, bits),
     )
 
-  @tff.tensorflow.computation(state_type, tf.TensorSpec([num_words], tf.int64), np.int32, np.int32)
-  def server_update(state, code_sum, summands, num_examples):
-    return tf_rounds.masked_server_update(
-      state, code_sum, summands, num_examples, params, secure_sum
+  @tff.tensorflow.computation(
+    state_type,
+    tf.TensorSpec([num_words], tf.int64),
+    tf.TensorSpec([num_words], tf.float64),
+    np.int32,
+  )
+  def server_update(state, code_sum, correction, num_examples):
+    return tf_rounds.encoded_server_update(
+      state, code_sum, correction, num_examples, params, secure_sum
     )
 
   return MaskedDpSgd(initialize, masked_round, server_update)

@@ -1,26 +1,41 @@
-"""Fixed-point encoding of float updates for a secure integer sum (plain TF).
+"""Fixed-point encoding of the hospitals' noisy updates for an integer sum mod 2**32.
 
-A hospital clips every coordinate to [-bound, bound] and maps it to an
-unsigned integer with ``bits`` bits (deterministic rounding to nearest):
+The claim we need: what the server learns, the integer sum of the codes, is a
+post-processing of the accounted mechanism (the Gaussian-noised total update)
+plus data-independent randomness, except on an overflow event whose
+probability is bounded and added to delta. The encoding that gives it:
 
-    q = round((clip(v, -bound, bound) + bound) / step),  step = 2*bound/(2**bits - 1)
+* Range and step: the SUM of the hospitals' updates is represented on
+  [-bound, bound) with step s = 2 bound / 2**32 (``QuantizationConfig``).
+* Zero-sum pairwise dither: every pair of hospitals (i, j) shares a dither
+  v_ij, uniform on [0, 1)^d, from a key the server does not hold; hospital k
+  uses r_k = sum_j sign_kj v_kj with sign +1 towards higher ids and -1 towards
+  lower ones, so sum_k r_k = 0 exactly over a round's participants.
+* Code: c_k = floor(x_k / s + r_k + 1/2) mod 2**32, added mod 2**32. No
+  per-share clipping: a share's code may wrap, only the sum matters.
 
-The server receives only the integer sum of K hospitals' codes and decodes
-``sum * step - K * bound``. ``bits`` is chosen so that the sum of up to
-``max_summands`` codes fits in a signed 32-bit integer: the sum can never wrap
-around, by construction. Coordinates outside the range are clipped (not
-wrapped) and counted; the count is reported with the round's metrics.
+Why it is exact. Write y_k = x_k / s. Then sum_k c_k = sum_k y_k + K/2 - F
+with F = sum_k frac(y_k + r_k + 1/2). The vector (r_k mod 1) is uniform on the
+sub-torus {sum = 0 mod 1} when the dither graph of the delivering hospitals is
+connected (each edge is an independent uniform; the signed incidence map of a
+connected graph onto that sub-torus is onto), so frac(y_k + r_k + 1/2) is
+uniform on {sum = sum_k y_k + K/2 mod 1}: F, and therefore the decoded sum,
+depends on the data only through sum_k y_k, the Gaussian mechanism's output
+(scaled). Hospitals that drop after the dithers were drawn leave their pairs'
+dithers in the survivors' codes; the server removes them exactly (their keys
+are revealed with the dropped hospital's key in SecAgg) and the argument holds
+for the survivors' sub-graph conditioned on what it was told. K = 1 is plain
+deterministic rounding of the noised total: post-processing too. This holds in
+exact arithmetic; the implementation computes in float64 (53-bit mantissa,
+codes below 2**32 plus dithers below K), so a floor can differ from the exact
+one only within about 2**-20 of an integer.
 
-Why the sum cannot wrap: every code is clamped in integer arithmetic to
-[0, 2**bits - 1], and max_summands * (2**bits - 1) <= 2**31 - max_summands
-< 2**31 (bits = 31 - ceil(log2 max_summands)). tests/aggregation_test.py sums
-K codes at both ends of the range for every K from 1 to 1024.
-
-Encoding is done in float64, so the rounding error of one hospital is at most
-step/2 per coordinate (std step/sqrt(12), measured in a test); it is far below
-the DP noise. Strictly, rounding and clipping each share before the sum make
-the released sum a function of the shares, not only of their noisy total
-(README, privacy section).
+Decoding: S = sum of codes mod 2**32 read as a signed 32-bit value, minus the
+correction for dropped hospitals' dithers, times s. The error is at most
+(K/2) s per coordinate. The sum overflows (wraps) only when |sum_k x_k| comes
+within K^2/4 + K/2 steps of the bound; ``overflow_probability`` bounds that
+from the Poisson batch-size tail and the Gaussian noise tail, and the training
+loop adds it, times the rounds run, to the reported delta.
 """
 
 from __future__ import annotations
@@ -28,18 +43,26 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+from scipy import stats
 import tensorflow as tf
 
-SUM_BITS = 31  # the integer sum lives in a signed 32-bit integer
+BITS = 32
+MODULUS = 2**BITS
+HALF = 2 ** (BITS - 1)
+SUM_BITS = 31  # counts (examples, changed coordinates) are plain sums below 2**31
+_MAX_EXACT = 2.0**52  # beyond this float64 cannot hold the fraction
 
 
 @dataclasses.dataclass(frozen=True)
 class QuantizationConfig:
-  """Range and bit width of the secure sum.
+  """Range of the secure sum.
 
   Attributes:
-    bound: coordinates are clipped to [-bound, bound].
-    max_summands: the most hospitals whose codes are ever summed.
+    bound: the sum over hospitals of each coordinate is represented on
+      [-bound, bound) (step 2 bound / 2**32).
+    max_summands: the most hospitals in one sum (bounds the rounding error
+      and the margin kept below the range ends).
   """
 
   bound: float
@@ -48,67 +71,149 @@ class QuantizationConfig:
   def __post_init__(self):
     if not (self.bound > 0 and math.isfinite(self.bound)):
       raise ValueError(f"secure-sum bound must be finite and > 0, got {self.bound}")
-    if not 1 <= self.max_summands <= 2**20:
-      raise ValueError(f"max_summands must be in [1, 2**20], got {self.max_summands}")
+    if not 1 <= self.max_summands <= 2**14:
+      raise ValueError(f"max_summands must be in [1, 2**14], got {self.max_summands}")
 
   @property
   def bits(self) -> int:
-    """Bits of one hospital's code, leaving room for the sum of all of them."""
-    return SUM_BITS - math.ceil(math.log2(self.max_summands)) if self.max_summands > 1 else SUM_BITS
+    return BITS
 
   @property
   def step(self) -> float:
-    return 2.0 * self.bound / (2**self.bits - 1)
+    return 2.0 * self.bound / MODULUS
+
+  @property
+  def safe_bound(self) -> float:
+    """|sum| below this never wraps, whatever the dithers and dropouts."""
+    k = self.max_summands
+    return self.bound * (1.0 - (k * k / 4 + k / 2 + 1) / HALF)
+
+  @property
+  def error_bound(self) -> float:
+    """Largest decoding error of a coordinate of the sum."""
+    return self.max_summands / 2 * self.step
 
   @property
   def error_std(self) -> float:
-    """Std of one hospital's rounding error per coordinate (uniform on a step)."""
-    return self.step / math.sqrt(12.0)
+    """Std of the decoding error of the sum of K dithered codes (K/12 steps^2)."""
+    return self.step * math.sqrt(self.max_summands / 12.0)
 
   def describe(self) -> str:
     return (
-      f"secure sum: range [-{self.bound:.6g}, {self.bound:.6g}], {self.bits}-bit codes "
-      f"per hospital (sums of up to {self.max_summands} fit in {SUM_BITS} bits, no "
-      f"wrap-around), step {self.step:.3g}, rounding error std {self.error_std:.3g}"
+      f"secure sum: sum range [-{self.bound:.6g}, {self.bound:.6g}) mod 2^32 with zero-sum "
+      f"pairwise dither, step {self.step:.3g}, error at most {self.error_bound:.3g} "
+      f"(std about {self.error_std:.3g}) for up to {self.max_summands} hospitals"
     )
 
 
-def encode(values, config: QuantizationConfig):
-  """Clips and quantises a list of float tensors.
+def dither(keys, signs, num_words):
+  """r = sum_j signs[j] * U[0, 1)^n keyed by keys[j] (float64 [n]).
 
-  The arithmetic is float64 (exact to far below one step for codes of up to 31
-  bits) and the final clamp to [0, 2**bits - 1] is in integers: in float32,
-  ``2.0**bits - 1`` rounds up to ``2**bits`` for bits > 24, and K such codes
-  reached 2**31 and wrapped. NaN coordinates are encoded as 0.0.
+  Args:
+    keys: int64 [M, 2] stateless seeds of the pair dithers (one per neighbour).
+    signs: int32 [M], +1 or -1.
+    num_words: n.
+  """
+  n = tf.reshape(tf.cast(num_words, tf.int32), [1])
+  keys = tf.cast(keys, tf.int64)
+
+  def body(i, acc):
+    u = tf.random.stateless_uniform(n, keys[i], dtype=tf.float64)
+    return i + 1, acc + tf.cast(signs[i], tf.float64) * u
+
+  total = tf.zeros(n, tf.float64)
+  _, total = tf.while_loop(lambda i, _: i < tf.shape(keys)[0], body, (tf.constant(0), total))
+  return total
+
+
+def flatten(values):
+  return tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in values], axis=0)
+
+
+def encode(values, dither_values, config: QuantizationConfig):
+  """Codes of a hospital's update (list of float tensors) under its dither.
 
   Returns:
-    (list of int32 codes, int32 number of coordinates that were changed by
-    more than rounding: outside [-bound, bound], NaN, or clamped).
+    (int64 [n] codes in [0, 2**32), int32 count of coordinates changed beyond
+    rounding: non-finite or beyond 2**52 steps, encoded as 0).
   """
-  bound = tf.constant(config.bound, tf.float64)
-  scale = tf.constant((2**config.bits - 1) / (2.0 * config.bound), tf.float64)
-  top = tf.constant(2**config.bits - 1, tf.int64)
-  codes, changed = [], []
-  for v in values:
-    v = tf.cast(v, tf.float64)
-    nan = tf.math.is_nan(v)
-    v = tf.where(nan, tf.zeros_like(v), v)
-    c = tf.clip_by_value(v, -bound, bound)
-    q = tf.cast(tf.round((c + bound) * scale), tf.int64)
-    code = tf.clip_by_value(q, tf.constant(0, tf.int64), top)
-    hit = nan | (tf.abs(v) > bound) | tf.not_equal(code, q)
-    changed.append(tf.reduce_sum(tf.cast(hit, tf.int32)))
-    codes.append(tf.cast(code, tf.int32))
-  return codes, tf.add_n(changed) if changed else tf.constant(0, tf.int32)
+  y = flatten(values) / config.step
+  bad = tf.logical_not(tf.abs(y) < _MAX_EXACT)  # also NaN
+  y = tf.where(bad, tf.zeros_like(y), y)
+  code = tf.cast(tf.floor(y + dither_values + 0.5), tf.int64)
+  return tf.math.floormod(code, MODULUS), tf.reduce_sum(tf.cast(bad, tf.int32))
 
 
-def decode(code_sums, num_summands, config: QuantizationConfig, dtype=tf.float32):
-  """Maps the integer sum of `num_summands` hospitals' codes back to floats.
+def decode(code_sum, correction, config: QuantizationConfig, dtype=tf.float32):
+  """The sum of the hospitals' updates from the sum of their codes.
 
-  The arithmetic is float64 (a sum of codes can exceed float32's 24-bit
-  mantissa); the result is cast to `dtype` (float32 for the model, which adds
-  the usual float32 rounding of the result, relative 2**-24).
+  Args:
+    code_sum: int64 [n], the codes' sum (any integer; reduced mod 2**32).
+    correction: float64 [n], the dropped hospitals' pair dithers still in the
+      sum (0 when every participant delivered).
   """
-  step = tf.constant(config.step, tf.float64)
-  offset = tf.cast(num_summands, tf.float64) * config.bound
-  return [tf.cast(tf.cast(s, tf.float64) * step - offset, dtype) for s in code_sums]
+  s = tf.math.floormod(tf.cast(code_sum, tf.int64), MODULUS)
+  signed = tf.where(s >= HALF, s - MODULUS, s)
+  return tf.cast((tf.cast(signed, tf.float64) - correction) * config.step, dtype)
+
+
+def overflow_probability(
+  config: QuantizationConfig,
+  *,
+  l2_norm_clip: float,
+  num_examples: int,
+  sampling_prob: float,
+  noise_std: float,
+  dim: int,
+) -> float:
+  """An upper bound on the chance that one round's sum wraps around.
+
+  A coordinate of the total is at most C * B in size (B, the Poisson batch
+  over all hospitals, Binomial(N, q)) plus Gaussian noise of std noise_std.
+  For any b: P(wrap) <= P(B > b) + dim * 2 * Phi_bar((safe_bound - C b) /
+  noise_std); the smallest such bound over b is returned. It holds for every
+  data set (it uses only N, q, C and the noise).
+  """
+  b = np.arange(num_examples + 1)
+  room = config.safe_bound - l2_norm_clip * b
+  ok = room > 0
+  if not ok.any():
+    return 1.0
+  b, room = b[ok], room[ok]
+  tail = stats.binom.sf(b, num_examples, sampling_prob)
+  if noise_std > 0:
+    noise = np.minimum(1.0, dim * 2 * stats.norm.sf(room / noise_std))
+  else:
+    noise = np.zeros_like(tail)
+  return float(min(1.0, np.min(tail + noise)))
+
+
+def batch_quantile(num_examples: int, sampling_prob: float, tail: float) -> int:
+  """The smallest b with P(Binomial(N, q) > b) <= tail (log-space search;
+  scipy's isf is inexact this far out)."""
+  lo, hi, log_tail = 0, num_examples, math.log(tail)
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if stats.binom.logsf(mid, num_examples, sampling_prob) <= log_tail:
+      hi = mid
+    else:
+      lo = mid + 1
+  return lo
+
+
+def default_bound(
+  *,
+  l2_norm_clip: float,
+  num_examples: int,
+  sampling_prob: float,
+  noise_std: float,
+  dim: int,
+  max_summands: int,
+  target: float = 1e-18,
+) -> float:
+  """A range whose per-round overflow probability is at most `target`."""
+  b = batch_quantile(num_examples, sampling_prob, target / 2)
+  z = float(stats.norm.isf(target / (4 * dim))) if noise_std > 0 else 0.0
+  k = max_summands
+  raw = l2_norm_clip * b + z * noise_std
+  return raw / (1.0 - (k * k / 4 + k / 2 + 1) / HALF) * (1 + 1e-9)

@@ -56,6 +56,7 @@ class Purpose(enum.IntEnum):
   TFP_EPOCH = 7  # TF Privacy baseline: batch order and global seed of an epoch
   SECAGG_GRAPH = 8  # the server's public SecAgg+ neighbour order (host side)
   UNMASK_DROPOUT = 9  # which hospitals miss the unmasking (host side)
+  DITHER = 10  # a pair's zero-sum dither of the secure-sum encoding (host side)
 
 
 def _digest(seed: int, round_num: int, hospital: int, purpose: Purpose) -> bytes:
@@ -68,6 +69,17 @@ def client_key(seed: int, round_num: int, hospital: int) -> np.ndarray:
   return np.frombuffer(_digest(seed, round_num, hospital, Purpose.CLIENT)[:16], ">i8").astype(
     np.int64
   )
+
+
+def pair_key(seed: int, round_num: int, i: int, j: int) -> np.ndarray:
+  """The 128-bit key of the dither shared by hospitals i and j in a round: int64[2].
+
+  In a deployment the pair would derive it from its X25519 agreement (HKDF,
+  info 'dither'); the simulation derives it from the run seed like the noise.
+  """
+  lo, hi = min(i, j), max(i, j)
+  record = _DOMAIN + struct.pack(">qqqqq", int(seed), int(round_num), lo, hi, int(Purpose.DITHER))
+  return np.frombuffer(hashlib.sha256(record).digest()[:16], ">i8").astype(np.int64)
 
 
 def host_rng(seed: int, round_num: int, purpose: Purpose) -> np.random.Generator:

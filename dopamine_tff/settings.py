@@ -22,7 +22,6 @@ import numpy as np
 import tensorflow as tf
 
 from dopamine_tff import accounting
-from dopamine_tff import aggregation
 from dopamine_tff import configs
 from dopamine_tff import dp_sgd
 from dopamine_tff import inprocess
@@ -78,6 +77,23 @@ def hospital_dataset(path: str, image_shape) -> tf.data.Dataset:
     return tf.ensure_shape(x, [None, *image_shape]), tf.ensure_shape(y, [None])
 
   return tf.data.TFRecordDataset(path).batch(2).map(parse)
+
+
+def _check_connected(graph: dict, alive: set) -> None:
+  """Raises RoundAborted unless `graph` restricted to `alive` is connected."""
+  if not alive:
+    return
+  start = min(alive)
+  seen, todo = {start}, [start]
+  while todo:
+    for j in graph[todo.pop()]:
+      if j in alive and j not in seen:
+        seen.add(j)
+        todo.append(j)
+  if seen != alive:
+    raise secagg_protocol.RoundAborted(
+      f"the delivering hospitals' dither graph is disconnected ({sorted(seen)} of {sorted(alive)})"
+    )
 
 
 def client_seed(seed: int, round_num: int, client: int) -> np.ndarray:
@@ -160,21 +176,44 @@ class DpSgdTrainer(TffTrainer):
         f"hospital among the {self.min_survivors} provisioned"
       )
     share = cfg.noise_multiplier * cfg.l2_norm_clip / math.sqrt(self.provisioned)
-    bound = cfg.secure_sum_bound or aggregation.default_bound(
+    dim = int(sum(np.size(w) for w in self.initial_weights))
+    # The sum's noise is largest when every hospital delivers.
+    self.sum_noise_std = share * math.sqrt(k)
+    bound = cfg.secure_sum_bound or quantization.default_bound(
       l2_norm_clip=cfg.l2_norm_clip,
-      expected_batch=cfg.sampling_prob * max(self.sizes),
-      noise_stddev=share,
+      num_examples=sum(self.sizes),
+      sampling_prob=cfg.sampling_prob,
+      noise_std=self.sum_noise_std,
+      dim=dim,
+      max_summands=k,
     )
-    self.secure_sum = quantization.QuantizationConfig(bound, max_summands=max(k, 2))
+    self.secure_sum = quantization.QuantizationConfig(bound, max_summands=k)
+    self.overflow_per_round = quantization.overflow_probability(
+      self.secure_sum,
+      l2_norm_clip=cfg.l2_norm_clip,
+      num_examples=sum(self.sizes),
+      sampling_prob=cfg.sampling_prob,
+      noise_std=self.sum_noise_std,
+      dim=dim,
+    )
     params = process.DpSgdParams(
       cfg.sampling_prob, cfg.l2_norm_clip, share, cfg.learning_rate, cfg.momentum
     )
+    self.dither_graph = {i: tuple(j for j in range(k) if j != i) for i in range(k)}
+    self._dither = tf.function(quantization.dither)
     if cfg.secure_aggregation != "none":
       return self._build_secure(params)
     builder = (
       inprocess.InProcessDpSgd if cfg.runtime == "in_process" else process.build_dp_sgd_process
     )
-    return builder(self.model_fn, self.initial_weights, self.image_shape, params, self.secure_sum)
+    return builder(
+      self.model_fn,
+      self.initial_weights,
+      self.image_shape,
+      params,
+      self.secure_sum,
+      dither_degree=k - 1,
+    )
 
   def _build_secure(self, params):
     cfg = self.cfg
@@ -191,33 +230,76 @@ class DpSgdTrainer(TffTrainer):
       if cfg.runtime == "in_process"
       else process.build_masked_dp_sgd_process
     )
+    protocol = secagg_protocol.Protocol(sa)
+    self.dither_graph = protocol.graph  # dithers follow the masks' neighbours
     computations = builder(
       self.model_fn,
       self.initial_weights,
       self.image_shape,
       params,
       self.secure_sum,
+      dither_degree=sa.degree,
       degree=sa.degree,
       prg=sa.prg,
     )
     self.secagg = sa
-    return secagg_rounds.SecureDpSgd(computations, secagg_protocol.Protocol(sa))
+    return secagg_rounds.SecureDpSgd(computations, protocol)
+
+  def dither_inputs(self, round_num: int, senders) -> tuple[list, list, np.ndarray]:
+    """Each sender's pair-dither keys and signs, and the server's correction.
+
+    The correction is the sum of the pair dithers that senders share with
+    participants that did not deliver (they no longer cancel); in SecAgg the
+    server learns them with the dropped hospitals' revealed keys.
+
+    Raises:
+      RoundAborted: the senders' dither graph is disconnected (the release
+        would then depend on more than the noised total).
+    """
+    seed, graph, alive = self.cfg.seed, self.dither_graph, set(senders)
+    keys, signs, lost_keys, lost_signs = [], [], [], []
+    for k in senders:
+      near = graph[k]
+      keys.append(
+        np.array([seeds.pair_key(seed, round_num, k, j) for j in near], np.int64).reshape(-1, 2)
+      )
+      signs.append(np.array([1 if k < j else -1 for j in near], np.int32))
+      for j, key, sign in zip(near, keys[-1], signs[-1]):
+        if j not in alive:
+          lost_keys.append(key)
+          lost_signs.append(sign)
+    _check_connected(graph, alive)
+    words = int(sum(np.size(w) for w in self.initial_weights))
+    correction = self._dither(
+      tf.constant(np.reshape(lost_keys, [-1, 2]), tf.int64),
+      tf.constant(np.array(lost_signs, np.int32)),
+      words,
+    ).numpy()
+    return keys, signs, correction
 
   def run(self, state, plan: RoundPlan, round_num: int):
-    if self.cfg.secure_aggregation == "none":
-      return super().run(state, plan, round_num)
     data = [self.datasets[k] for k in plan.clients]
     keys = [client_seed(self.cfg.seed, round_num, k) for k in plan.clients]
-    responders = [h for h in plan.clients if h not in plan.unmask_dropped]
     try:
-      state, measurements = self.process.next(
-        state, data, keys, round_num=round_num, senders=list(plan.clients), responders=responders
-      )
+      dither = self.dither_inputs(round_num, plan.clients)
+      if self.cfg.secure_aggregation == "none":
+        state, measurements = self.process.next(state, data, keys, *dither)
+      else:
+        responders = [h for h in plan.clients if h not in plan.unmask_dropped]
+        state, measurements = self.process.next(
+          state,
+          data,
+          keys,
+          *dither,
+          round_num=round_num,
+          senders=list(plan.clients),
+          responders=responders,
+        )
     except secagg_protocol.RoundAborted as e:
       return state, {"aborted": f"secure aggregation aborted: {e}"}
-    if isinstance(state, dict):
+    if isinstance(state, dict):  # the mergeable (multi-worker) context returns dicts
       state = process.ServerState(**state)
-    return state, measurements
+    return state, dict(measurements or {})
 
   def epochs(self, rounds_done: int) -> float:
     return rounds_done * self.cfg.sampling_prob
@@ -249,7 +331,12 @@ class DpSgdTrainer(TffTrainer):
     return [ALL, COLLUDERS] if self.cfg.assumed_colluders else [ALL]
 
   def describe(self) -> str:
-    text = super().describe() + "; " + self.secure_sum.describe()
+    text = (
+      super().describe()
+      + "; "
+      + self.secure_sum.describe()
+      + f"; overflow probability per round <= {self.overflow_per_round:.2g}"
+    )
     if self.cfg.secure_aggregation != "none":
       sa = self.secagg
       text += (

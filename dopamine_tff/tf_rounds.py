@@ -182,23 +182,49 @@ def fedavg_server_update(state: ServerState, weighted_delta_sum, total_weight):
   return ServerState(weights, state.velocity, state.round_num + 1)
 
 
-def masked_client_update(
-  model, weights, dataset, seed, pair_keys, pair_signs, self_key, params, secure_sum, prg
+def encoded_client_update(
+  model, weights, dataset, seed, dither_keys, dither_signs, params, secure_sum
 ):
-  """A Dopamine step under SecAgg: (masked codes mod 2**32 as int64, N_k, clipped count).
+  """A Dopamine step, encoded for the integer sum: (codes, N_k, changed count).
 
-  The noisy sum of dp_client_update is encoded exactly as for the plain secure
-  sum (dopamine_tff/quantization.py), flattened, and masked in this
-  computation (dopamine_tff/secagg/masking.py): nothing unmasked leaves it.
+  The noisy sum of dp_client_update is encoded mod 2**32 with the hospital's
+  zero-sum pairwise dither (dopamine_tff/quantization.py): the release is then
+  a post-processing of the noised total.
   """
   noisy_sum, n = dp_client_update(model, weights, dataset, seed, params)
-  codes, clipped = quantization.encode(noisy_sum, secure_sum)
-  flat = masking.flatten_codes(codes)
-  return masking.mask(flat, pair_keys, pair_signs, self_key, prg), n, clipped
+  num_words = sum(w.shape.num_elements() for w in noisy_sum)  # static: the weights' shapes
+  r = quantization.dither(dither_keys, dither_signs, num_words)
+  codes, changed = quantization.encode(noisy_sum, r, secure_sum)
+  return codes, n, changed
 
 
-def masked_server_update(state, code_sum, summands, num_examples, params, secure_sum):
-  """Decodes the unmasked sum of codes (int64 [n]) and takes the server step."""
-  (flat,) = quantization.decode([code_sum], summands, secure_sum)
+def encoded_server_update(state, code_sum, correction, num_examples, params, secure_sum):
+  """Decodes the sum of codes (int64 [n]) and takes the server step."""
+  flat = quantization.decode(code_sum, correction, secure_sum)
   total = masking.unflatten(flat, [w.shape for w in state.weights])
   return dp_server_update(state, total, num_examples, params)
+
+
+def masked_client_update(
+  model,
+  weights,
+  dataset,
+  seed,
+  dither_keys,
+  dither_signs,
+  pair_keys,
+  pair_signs,
+  self_key,
+  params,
+  secure_sum,
+  prg,
+):
+  """A Dopamine step under SecAgg: (masked codes mod 2**32 as int64, N_k, changed count).
+
+  The codes of encoded_client_update are masked in this computation
+  (dopamine_tff/secagg/masking.py): nothing unmasked leaves it.
+  """
+  codes, n, changed = encoded_client_update(
+    model, weights, dataset, seed, dither_keys, dither_signs, params, secure_sum
+  )
+  return masking.mask(codes, pair_keys, pair_signs, self_key, prg), n, changed

@@ -378,6 +378,14 @@ def _finish(
     "ledgers": {p: lg.to_json() for p, lg in ledgers.items()},
     "wall_time_s": loop.wall(),
   }
+  overflow = getattr(trainer, "overflow_per_round", None)
+  if overflow is not None and summary["epsilon"] is not None:
+    # The released sums equal the accounted mechanism's post-processing except
+    # when a sum wraps around (probability <= overflow per round); that adds
+    # (1 + e^epsilon) * rounds * overflow to delta.
+    extra = (1 + math.exp(min(summary["epsilon"], 700))) * rounds_run * overflow
+    summary["secure_sum_overflow_per_round"] = overflow
+    summary["delta_with_overflow"] = cfg.delta + extra
   if settings.COLLUDERS in ledgers:  # epsilon against c = 0 and the assumed c
     summary["assumed_colluders"] = cfg.assumed_colluders
     summary["epsilon_no_collusion"] = _finite_or_none(ledgers[settings.ALL].epsilon())

@@ -250,12 +250,23 @@ def secure_sum_path(quick, repeats, warmup) -> dict:
   rng = np.random.default_rng(0)
   updates = [[tf.constant(rng.normal(size=n_params).astype(np.float32))] for _ in range(k)]
   cfg = quantization.QuantizationConfig(60.0, max_summands=k)
-  encode = tf.function(lambda v: quantization.encode(v, cfg))
-  decode = tf.function(lambda s: quantization.decode(s, k, cfg))
+  # Each hospital's zero-sum pairwise dither (k - 1 pair streams), its codes,
+  # the sum mod 2**32 and the decoding: the whole encoded path.
+  pair_keys = [
+    np.array([[i * k + j, 7] for j in range(k) if j != i], np.int64).reshape(-1, 2)
+    for i in range(k)
+  ]
+  pair_signs = [
+    np.array([1 if i < j else -1 for j in range(k) if j != i], np.int32) for i in range(k)
+  ]
+  encode = tf.function(
+    lambda v, keys, signs: quantization.encode(v, quantization.dither(keys, signs, n_params), cfg)
+  )
+  decode = tf.function(lambda s: quantization.decode(s, tf.zeros([n_params], tf.float64), cfg))
 
   def secure():
-    codes = [encode(u)[0] for u in updates]
-    return decode([tf.add_n([c[0] for c in codes])])
+    codes = [encode(u, pk, ps)[0] for u, pk, ps in zip(updates, pair_keys, pair_signs)]
+    return decode(tf.math.floormod(tf.add_n(codes), quantization.MODULUS))
 
   def plain():
     return tf.add_n([u[0] for u in updates])

@@ -47,7 +47,7 @@ def _intrinsics(comp) -> set:
 def test_fscdp_moves_client_values_only_through_secure_sums():
   params = process.DpSgdParams(0.1, 1.0, 0.5, 0.1, 0.9)
   proc = process.build_dp_sgd_process(
-    _model_fn, W0, SHAPE, params, quantization.QuantizationConfig(10.0, 8)
+    _model_fn, W0, SHAPE, params, quantization.QuantizationConfig(10.0, 8), dither_degree=3
   )
   used = _intrinsics(proc.next)
   assert used & CLIENT_TO_SERVER == {"federated_secure_sum_bitwidth"}, used
@@ -77,7 +77,14 @@ def test_what_enters_the_secure_sum_is_already_noised(tff_runtime):
 def _masked_process():
   params = process.DpSgdParams(0.1, 1.0, 0.5, 0.1, 0.9)
   return process.build_masked_dp_sgd_process(
-    _model_fn, W0, SHAPE, params, quantization.QuantizationConfig(10.0, 8), degree=3, prg="chacha20"
+    _model_fn,
+    W0,
+    SHAPE,
+    params,
+    quantization.QuantizationConfig(10.0, 8),
+    dither_degree=3,
+    degree=3,
+    prg="chacha20",
   )
 
 

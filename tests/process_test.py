@@ -36,17 +36,43 @@ def _model_fn():
 W0 = models.initial_weights("small_cnn", SHAPE, CLASSES, seed=0)
 
 
-def _dp_process(q, clip, share, lr, momentum=0.0, bound=1e4):
+def _dp_process(q, clip, share, lr, momentum=0.0, bound=1e4, k=3):
   params = process.DpSgdParams(q, clip, share, lr, momentum)
-  return process.build_dp_sgd_process(
-    _model_fn, W0, SHAPE, params, quantization.QuantizationConfig(bound, max_summands=8)
+  proc = process.build_dp_sgd_process(
+    _model_fn,
+    W0,
+    SHAPE,
+    params,
+    quantization.QuantizationConfig(bound, max_summands=8),
+    dither_degree=k - 1,
   )
+  return _WithDither(proc, k)
+
+
+class _WithDither:
+  """The process with every hospital delivering: complete dither graph, no correction."""
+
+  def __init__(self, proc, k):
+    self.proc, self.k = proc, k
+    self.initialize = proc.initialize
+
+  def next(self, state, datasets, keys):
+    k = self.k
+    others = [[j for j in range(k) if j != i] for i in range(k)]
+    dkeys = [
+      np.array([seeds.pair_key(0, 0, i, j) for j in o], np.int64).reshape(-1, 2)
+      for i, o in enumerate(others)
+    ]
+    dsigns = [np.array([1 if i < j else -1 for j in o], np.int32) for i, o in enumerate(others)]
+    words = sum(np.size(w) for w in W0)
+    return self.proc.next(state, datasets, keys, dkeys, dsigns, np.zeros(words))
 
 
 def test_types_are_derived_and_placed(tff_runtime):
-  proc = _dp_process(0.5, 1.0, 0.1, 0.1)
+  proc = _dp_process(0.5, 1.0, 0.1, 0.1).proc
   sig = proc.next.type_signature
-  state_t, data_t, seed_t = sig.parameter
+  state_t, data_t, seed_t, dkey_t, dsign_t, correction_t = sig.parameter
+  assert dkey_t.placement == tff.CLIENTS and correction_t.placement == tff.SERVER
   assert state_t.placement == tff.SERVER and data_t.placement == tff.CLIENTS
   assert seed_t.placement == tff.CLIENTS and not data_t.all_equal
   assert sig.result[0].is_equivalent_to(state_t)
@@ -83,7 +109,7 @@ def test_zero_noise_round_is_one_sgd_step_on_the_union_of_samples(tff_runtime):
 def _pure_noise_delta(k_clients, share):
   """Runs a round whose batches are (almost surely) empty; returns -delta."""
   q, n = 1e-9, 20
-  proc = _dp_process(q, 1.0, share, lr=q * n * k_clients)
+  proc = _dp_process(q, 1.0, share, lr=q * n * k_clients, k=k_clients)
   state0 = proc.initialize()
   hospitals = _hospitals(k_clients, n)
   keys = [settings.client_seed(5, 0, c) for c in range(k_clients)]

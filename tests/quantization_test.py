@@ -1,93 +1,159 @@
-"""Fixed-point encoding: no wrap-around for any K, every change counted, true error."""
+"""The secure-sum encoding: exact mod 2**32 sums, input-independent error, overflow bound."""
 
 import math
 
 import numpy as np
 import pytest
+from scipy import stats
 import tensorflow as tf
 
-from dopamine_tff import aggregation
 from dopamine_tff import quantization
-
-F32 = np.float32
-
-
-def _edge_values(bound):
-  below = np.nextafter(F32(bound), F32(0))  # the largest float32 inside the range
-  return np.array(
-    [bound, -bound, below, -below, 50 * bound, -50 * bound, np.inf, -np.inf, 0.0, 3e38], F32
-  )
+from dopamine_tff import seeds
 
 
-def _sum_of_k(codes, k):
-  """K hospitals' codes added in int32, as the runtimes add them."""
-  return [tf.add_n([c] * k) for c in codes]
+def _path_dithers(k, n, rng):
+  """Zero-sum dithers of a path graph 0-1-...-(k-1): r_k = v_k - v_(k-1)."""
+  v = rng.random((max(k - 1, 0), n))
+  r = np.zeros((k, n))
+  for e in range(k - 1):
+    r[e] += v[e]
+    r[e + 1] -= v[e]
+  return r
 
 
-def test_codes_stay_in_range_for_float32_values_at_the_top():
-  # In float32, 2.0**bits - 1 rounds up to 2**bits for bits > 24: the old clamp.
-  for k in (1, 2, 4, 1024):
-    cfg = quantization.QuantizationConfig(10.0, max_summands=k)
-    codes, _ = quantization.encode([tf.constant(_edge_values(10.0))], cfg)
-    c = codes[0].numpy().astype(np.int64)
-    assert c.min() >= 0 and c.max() <= 2**cfg.bits - 1, k
+def _sum_decode(shares, dithers, cfg):
+  """Encodes every hospital's share, adds the codes mod 2**32, decodes."""
+  k, n = shares.shape
+  codes, changed = quantization.encode([tf.constant(shares.ravel())], dithers.ravel(), cfg)
+  total = codes.numpy().reshape(k, n).sum(axis=0)
+  return quantization.decode(total, np.zeros(n), cfg, dtype=tf.float64).numpy(), int(changed)
 
 
-def test_review_case_k2_bound10_decodes_without_wrap():
+def test_codes_are_in_range_and_single_shares_may_wrap_harmlessly():
   cfg = quantization.QuantizationConfig(10.0, max_summands=2)
-  v = tf.constant([10.0, 50.0, 9.9999995], tf.float32)
-  encoded = [quantization.encode([v], cfg) for _ in range(2)]
-  total, changed, n = aggregation.sum_in_process(encoded, cfg)
-  np.testing.assert_allclose(total[0].numpy(), [20.0, 20.0, 20.0], atol=1e-5)
-  assert n == 2 and changed == 2  # 50 was clipped, at each hospital
+  shares = np.array([[1e4, 5.0, -3.0], [-1e4 + 1.0, 4.0, 3.0]])  # shares far beyond the range
+  dithers = _path_dithers(2, 3, np.random.default_rng(0))
+  codes, _ = quantization.encode([tf.constant(shares.ravel())], dithers.ravel(), cfg)
+  assert codes.numpy().min() >= 0 and codes.numpy().max() < 2**32
+  decoded, changed = _sum_decode(shares, dithers, cfg)
+  np.testing.assert_allclose(decoded, [1.0, 9.0, 0.0], atol=cfg.error_bound + 1e-9)
+  assert changed == 0
 
 
 @pytest.mark.parametrize("bound", [1e-3, 10.0, 53.659, 1e6])
-def test_every_k_from_1_to_1024_sums_both_ends_without_wrap(bound):
-  values = _edge_values(bound)
-  wide = values.astype(np.float64)
-  expected_one = np.clip(wide, -bound, bound)
-  # +-50 bound, +-inf, 3e38, and +-bound itself when float32 rounds it outward.
-  expected_changed = int(np.sum(np.abs(wide) > bound))
-  assert 5 <= expected_changed <= 7
-  encoded = {}  # the code width changes only at powers of two
+def test_every_k_from_1_to_1024_sums_at_both_ends_without_wrap(bound):
+  rng = np.random.default_rng(1)
   for k in range(1, 1025):
     cfg = quantization.QuantizationConfig(bound, max_summands=k)
-    assert k * (2**cfg.bits - 1) < 2**31
-    if cfg.bits not in encoded:
-      encoded[cfg.bits] = quantization.encode([tf.constant(values)], cfg)
-    codes, changed = encoded[cfg.bits]
-    assert int(changed) == expected_changed
-    decoded = quantization.decode(_sum_of_k(codes, k), k, cfg, dtype=tf.float64)[0].numpy()
-    tol = k * cfg.step / 2 + 1e-12 * k * bound
-    np.testing.assert_allclose(decoded, k * expected_one, rtol=0, atol=tol, err_msg=f"K={k}")
+    edge = cfg.safe_bound * (1 - 1e-9)
+    totals = np.array([edge, -edge, 0.0, 0.5 * bound, -cfg.step / 3])
+    # Uneven splits: shares well outside the range, summing to the total.
+    spread = rng.normal(0, 100 * bound, (k, totals.size))
+    spread -= spread.mean(axis=0)
+    shares = totals / k + spread
+    decoded, _ = _sum_decode(shares, _path_dithers(k, totals.size, rng), cfg)
+    tol = cfg.error_bound + 1e-9 * bound * k * 100
+    np.testing.assert_allclose(decoded, shares.sum(axis=0), rtol=0, atol=tol, err_msg=f"K={k}")
 
 
-def test_nan_is_encoded_as_zero_and_counted():
-  cfg = quantization.QuantizationConfig(1.0, max_summands=4)
-  codes, changed = quantization.encode([tf.constant([np.nan, 0.5], tf.float32)], cfg)
-  out = quantization.decode(codes, 1, cfg, dtype=tf.float64)[0].numpy()
-  np.testing.assert_allclose(out, [0.0, 0.5], atol=cfg.step)
-  assert int(changed) == 1
+def test_beyond_the_range_the_sum_wraps_which_the_overflow_bound_covers():
+  cfg = quantization.QuantizationConfig(1.0, max_summands=1)
+  decoded, _ = _sum_decode(np.array([[1.01]]), np.zeros((1, 1)), cfg)
+  assert decoded[0] == pytest.approx(1.01 - 2.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("bound,k", [(53.659, 10), (4.0, 1), (4.0, 1000)])
-def test_measured_rounding_error_is_the_stated_one(bound, k):
-  """The encoding error is uniform on one step: std step/sqrt(12), max step/2."""
-  cfg = quantization.QuantizationConfig(bound, max_summands=k)
-  rng = np.random.default_rng(0)
-  v = rng.uniform(-bound, bound, 200_000).astype(F32)
-  codes, changed = quantization.encode([tf.constant(v)], cfg)
-  assert int(changed) == 0
-  err = quantization.decode(codes, 1, cfg, dtype=tf.float64)[0].numpy() - v.astype(np.float64)
-  assert np.std(err) == pytest.approx(cfg.error_std, rel=0.03)
-  assert np.abs(err).max() <= cfg.step / 2 * (1 + 1e-6)
-  # What reaches the model adds float32's rounding of the result.
-  err32 = quantization.decode(codes, 1, cfg)[0].numpy().astype(np.float64) - v
-  assert np.abs(err32).max() <= cfg.step / 2 + bound * 2.0**-24
+def test_decode_error_depends_on_the_total_only_not_on_the_split():
+  """Two hospitals, the same total split two ways, many dither draws.
+
+  With the zero-sum dither the error distributions agree (two-sample KS).
+  Per-share rounding without dither (as before) fails the same test.
+  """
+  cfg = quantization.QuantizationConfig(1.0, max_summands=2)
+  s, n = cfg.step, 20_000
+  total = 0.3 * s
+  splits = {"even": (total / 2, total / 2), "skewed": (total / 2 + 0.45 * s, total / 2 - 0.45 * s)}
+  rng = np.random.default_rng(2)
+
+  def errors(split, dithered):
+    shares = np.array([np.full(n, split[0]), np.full(n, split[1])])
+    r = _path_dithers(2, n, rng) if dithered else np.zeros((2, n))
+    decoded, _ = _sum_decode(shares, r, cfg)
+    return (decoded - total) / s
+
+  ours = [errors(sp, True) for sp in splits.values()]
+  assert stats.ks_2samp(*ours).pvalue > 1e-3
+  assert abs(np.mean(ours[0])) < 0.05  # about unbiased
+  plain = [errors(sp, False) for sp in splits.values()]
+  assert stats.ks_2samp(*plain).pvalue < 1e-12  # the test can fail
 
 
-def test_error_std_formula():
-  cfg = quantization.QuantizationConfig(53.659, max_summands=10)
-  assert cfg.bits == 27
-  assert cfg.error_std == pytest.approx(2 * 53.659 / (2**27 - 1) / math.sqrt(12))
+def test_library_dither_is_zero_sum_over_a_complete_graph():
+  k, n = 5, 1000
+  total = np.zeros(n)
+  for i in range(k):
+    others = [j for j in range(k) if j != i]
+    keys = np.array([seeds.pair_key(7, 3, i, j) for j in others])
+    signs = np.array([1 if i < j else -1 for j in others], np.int32)
+    r = quantization.dither(keys, signs, n).numpy()
+    assert np.abs(r).max() < k and np.std(r) > 0.5  # a sum of 4 +-uniforms
+    total += r
+  np.testing.assert_allclose(total, 0.0, atol=1e-12)
+
+
+def test_non_finite_values_are_encoded_as_zero_and_counted():
+  cfg = quantization.QuantizationConfig(1.0, max_summands=1)
+  decoded, changed = _sum_decode(np.array([[np.nan, np.inf, 0.5]]), np.zeros((1, 3)), cfg)
+  np.testing.assert_allclose(decoded, [0.0, 0.0, 0.5], atol=cfg.step)
+  assert changed == 2
+
+
+def test_measured_error_matches_the_stated_bound_and_std():
+  k, n = 10, 50_000
+  cfg = quantization.QuantizationConfig(53.659, max_summands=k)
+  rng = np.random.default_rng(3)
+  shares = rng.uniform(-5, 5, (k, n))
+  decoded, _ = _sum_decode(shares, _path_dithers(k, n, rng), cfg)
+  err = decoded - shares.sum(axis=0)
+  assert np.abs(err).max() <= cfg.error_bound
+  assert 0.5 * cfg.error_std < np.std(err) < 1.5 * cfg.error_std
+
+
+def test_overflow_bound_holds_in_a_worst_case_simulation():
+  """Every sampled example pushes every coordinate up by C: the worst data."""
+  n_ex, q, clip, sigma, dim, rounds = 200, 0.1, 1.0, 1.0, 500, 4000
+  # A range whose bound is about 5 %: large enough to observe overflows.
+  lo, hi = 1.0, 100.0
+  for _ in range(60):
+    mid = (lo + hi) / 2
+    cfg = quantization.QuantizationConfig(mid, max_summands=1)
+    p = quantization.overflow_probability(
+      cfg, l2_norm_clip=clip, num_examples=n_ex, sampling_prob=q, noise_std=sigma, dim=dim
+    )
+    lo, hi = (mid, hi) if p > 0.05 else (lo, mid)
+  cfg = quantization.QuantizationConfig(hi, max_summands=1)
+  p = quantization.overflow_probability(
+    cfg, l2_norm_clip=clip, num_examples=n_ex, sampling_prob=q, noise_std=sigma, dim=dim
+  )
+  assert 0.01 < p <= 0.05
+  rng = np.random.default_rng(4)
+  batch = rng.binomial(n_ex, q, rounds)
+  totals = clip * batch[:, None] + rng.normal(0, sigma, (rounds, dim))
+  decoded, _ = _sum_decode(totals.reshape(1, -1), np.zeros((1, totals.size)), cfg)
+  wrapped = np.abs(decoded.reshape(rounds, dim) - totals) > 1e-6
+  rate = wrapped.any(axis=1).mean()
+  assert rate <= p + 3 * math.sqrt(p / rounds)
+  assert rate > 0  # the simulation does reach the range end
+
+
+def test_default_bound_meets_its_target_at_the_paper_settings():
+  kw = dict(l2_norm_clip=2.0, num_examples=2931, sampling_prob=0.03425, dim=725_061)
+  bound = quantization.default_bound(noise_std=2.3, max_summands=10, target=1e-18, **kw)
+  cfg = quantization.QuantizationConfig(bound, max_summands=10)
+  assert quantization.overflow_probability(cfg, noise_std=2.3, **kw) <= 1e-18
+  assert cfg.error_std < 1e-6 * 2.3  # far below the DP noise on the sum
+
+
+@pytest.mark.parametrize("bound", [0.0, -1.0, float("inf"), float("nan")])
+def test_bad_bound(bound):
+  with pytest.raises(ValueError, match="bound"):
+    quantization.QuantizationConfig(bound)

@@ -25,21 +25,36 @@ class SecureDpSgd:
   def initialize(self):
     return self.computations.initialize()
 
-  def next(self, state, datasets, keys, *, round_num, senders, responders):
-    """Runs round `round_num` for the hospitals `senders` (their data, keys in order)."""
+  def next(
+    self,
+    state,
+    datasets,
+    keys,
+    dither_keys,
+    dither_signs,
+    correction,
+    *,
+    round_num,
+    senders,
+    responders,
+  ):
+    """Runs round `round_num` for the hospitals `senders` (their data, keys in order).
+
+    The dither inputs are those of the plain process (dopamine_tff/process.py).
+    """
     proto = self.protocol
     proto.start_round(round_num)
     inputs = [proto.client_inputs(h) for h in senders]
     t0 = time.monotonic()
     masked_sum, examples, clipped = self.computations.masked_round(
-      state, datasets, keys, *[[x[i] for x in inputs] for i in range(3)]
+      state, datasets, keys, dither_keys, dither_signs, *[[x[i] for x in inputs] for i in range(3)]
     )
     t1 = time.monotonic()
     code_sum, stats = proto.unmask(
       np.asarray(masked_sum, np.int64), senders=senders, responders=responders
     )
     t2 = time.monotonic()
-    new_state = self.computations.server_update(state, code_sum, len(senders), int(examples))
+    new_state = self.computations.server_update(state, code_sum, correction, int(examples))
     measurements = {
       "secure_clipped_count": int(clipped),
       "secure_summands": len(senders),
