@@ -75,7 +75,7 @@ class InProcessDpSgd(_EncodedServer):
       )
     )
 
-  def next(self, state, datasets, seeds, dither_keys, dither_signs, correction):
+  def next(self, state, correction, datasets, seeds, dither_keys, dither_signs):
     codes, examples, changed = [], 0, 0
     for dataset, *arrays in zip(datasets, seeds, dither_keys, dither_signs):
       c, n, ch = self._client(state.weights, dataset, *[tf.constant(a) for a in arrays])

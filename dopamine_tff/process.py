@@ -117,7 +117,7 @@ def build_dp_sgd_process(
   when all hospitals take part, the mean of their buffers is exactly this
   server buffer, so the weights are the same.
 
-  ``next(state, datasets, seeds, dither_keys, dither_signs, correction)``.
+  ``next(state, correction, datasets, seeds, dither_keys, dither_signs)``.
   """
   w_specs, ds_type, state_type, get_weights, initialize = _common(
     initial_weights, image_shape, with_velocity=True
@@ -144,13 +144,15 @@ def build_dp_sgd_process(
   )
   bits = quantization.SUM_BITS  # exact integer counts, sums below 2**31
 
+  state_t, data_t, seed_t = _client_types(state_type, ds_type)
+
+  # SERVER-placed arguments come first: TFF 0.87's mergeable (multi-worker)
+  # context gives every worker the same clients when a SERVER argument
+  # follows CLIENTS ones (seen: two workers both ran clients 0 and 1).
   @tff.federated_computation(
-    *_client_types(state_type, ds_type),
-    _clients(key_spec),
-    _clients(sign_spec),
-    _server(correction_spec),
+    state_t, _server(correction_spec), data_t, seed_t, _clients(key_spec), _clients(sign_spec)
   )
-  def next_fn(state, datasets, seeds, dither_keys, dither_signs, correction):
+  def next_fn(state, correction, datasets, seeds, dither_keys, dither_signs):
     weights = tff.federated_broadcast(tff.federated_map(get_weights, state))
     codes, counts, changed = tff.federated_map(
       client_update, (weights, datasets, seeds, dither_keys, dither_signs)

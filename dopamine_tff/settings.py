@@ -281,16 +281,18 @@ class DpSgdTrainer(TffTrainer):
     data = [self.datasets[k] for k in plan.clients]
     keys = [client_seed(self.cfg.seed, round_num, k) for k in plan.clients]
     try:
-      dither = self.dither_inputs(round_num, plan.clients)
+      dkeys, dsigns, correction = self.dither_inputs(round_num, plan.clients)
       if self.cfg.secure_aggregation == "none":
-        state, measurements = self.process.next(state, data, keys, *dither)
+        state, measurements = self.process.next(state, correction, data, keys, dkeys, dsigns)
       else:
         responders = [h for h in plan.clients if h not in plan.unmask_dropped]
         state, measurements = self.process.next(
           state,
           data,
           keys,
-          *dither,
+          dkeys,
+          dsigns,
+          correction,
           round_num=round_num,
           senders=list(plan.clients),
           responders=responders,

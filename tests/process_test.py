@@ -65,13 +65,13 @@ class _WithDither:
     ]
     dsigns = [np.array([1 if i < j else -1 for j in o], np.int32) for i, o in enumerate(others)]
     words = sum(np.size(w) for w in W0)
-    return self.proc.next(state, datasets, keys, dkeys, dsigns, np.zeros(words))
+    return self.proc.next(state, np.zeros(words), datasets, keys, dkeys, dsigns)
 
 
 def test_types_are_derived_and_placed(tff_runtime):
   proc = _dp_process(0.5, 1.0, 0.1, 0.1).proc
   sig = proc.next.type_signature
-  state_t, data_t, seed_t, dkey_t, dsign_t, correction_t = sig.parameter
+  state_t, correction_t, data_t, seed_t, dkey_t, dsign_t = sig.parameter
   assert dkey_t.placement == tff.CLIENTS and correction_t.placement == tff.SERVER
   assert state_t.placement == tff.SERVER and data_t.placement == tff.CLIENTS
   assert seed_t.placement == tff.CLIENTS and not data_t.all_equal
