@@ -6,8 +6,9 @@ masked = codes + PRG(self key) + sum_j sign_j * PRG(pair key j)   (mod 2**32)
 pair's masks cancel in the sum over hospitals. The result is an int64 tensor
 holding values in [0, 2**32): TFF's runtime then adds the hospitals' vectors
 with a plain int64 federated sum (K < 2**31 summands cannot overflow int64) and
-the server reduces modulo 2**32. The codes' own sum is below 2**31
-(dopamine_tff/quantization.py), so after unmasking it is exact.
+the server reduces modulo 2**32. The codes themselves live modulo 2**32
+(dopamine_tff/quantization.py), so unmasking gives exactly their sum mod 2**32,
+which is what the plain secure sum gives.
 """
 
 from __future__ import annotations
