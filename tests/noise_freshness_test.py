@@ -219,3 +219,30 @@ def test_resume_feeds_the_keys_of_the_rounds_it_runs(digits, tmp_path, monkeypat
   )
   assert fed == [(r, h) for r in (4, 5) for h in range(4)]
   assert resumed["final_test_accuracy"] == full["final_test_accuracy"]
+
+
+def test_dither_keys_fed_to_the_encoding_are_the_pair_keys_and_distinct(monkeypatch):
+  """The secure-sum dithers: the seeds fed for each pair, distinct over a paper run."""
+  from dopamine_tff import quantization
+
+  rec = _Recorder(monkeypatch)
+  model = _model()
+  weights = [v.numpy() for v in model.trainable_variables]
+  params = tf_rounds.DpSgdParams(0.5, 1.0, 0.3, 0.1, 0.0)
+  cfg = quantization.QuantizationConfig(100.0, max_summands=4)
+  near = [0, 2, 3]  # hospital 1's neighbours
+  dkeys = np.array([seeds.pair_key(0, 9, 1, j) for j in near], np.int64)
+  dsigns = np.array([-1, 1, 1], np.int32)
+  tf_rounds.encoded_client_update(
+    model, weights, _hospital(), settings.client_seed(0, 9, 1), dkeys, dsigns, params, cfg
+  )
+  fed = rec.calls["stateless_uniform"][1:]  # after the Poisson mask
+  assert fed == [_as_tuple(k) for k in dkeys]
+  assert seeds.pair_key(0, 9, 1, 2).tolist() == seeds.pair_key(0, 9, 2, 1).tolist()
+  keys = {
+    _as_tuple(seeds.pair_key(0, r, i, j))
+    for r in range(PAPER_ROUNDS)
+    for i in range(PAPER_HOSPITALS)
+    for j in range(i + 1, PAPER_HOSPITALS)
+  }
+  assert len(keys) == PAPER_ROUNDS * 45
