@@ -270,6 +270,8 @@ class DpSgdTrainer(TffTrainer):
           lost_signs.append(sign)
     _check_connected(graph, alive)
     words = int(sum(np.size(w) for w in self.initial_weights))
+    if not lost_keys:  # everyone delivered: the dithers cancel, nothing to remove
+      return keys, signs, np.zeros(words)
     correction = self._dither(
       tf.constant(np.reshape(lost_keys, [-1, 2]), tf.int64),
       tf.constant(np.array(lost_signs, np.int32)),
