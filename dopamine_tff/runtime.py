@@ -91,6 +91,9 @@ def _die_with_parent() -> None:
   """Runs in the forked child before exec: SIGTERM when the parent dies."""
   libc = ctypes.CDLL("libc.so.6", use_errno=True)
   libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+  # Ctrl-C in a terminal signals the whole process group: the parent finishes
+  # its round, checkpoints and stops the worker itself (SIG_IGN survives exec).
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   # If the parent already died between fork and prctl, go now.
   if os.getppid() == 1:
     os._exit(1)

@@ -28,7 +28,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -58,6 +60,38 @@ METRIC_FIELDS = (
   "wall_time_s",
 )
 TRAIN_EVAL_EXAMPLES = 2000
+# What a run writes into its directory (and --overwrite removes).
+RUN_FILES = (
+  "checkpoints",
+  "tensorboard",
+  "metrics.csv",
+  "summary.json",
+  "model.keras",
+  "final_weights.npz",
+  "hparams.json",
+)
+# Fields that may change when a run is resumed: they do not alter past rounds.
+RESUMABLE_CHANGES = ("rounds", "target_epsilon", "eval_every")
+
+
+class RunDirError(ValueError):
+  """The output directory holds a run that this start would clobber or mismatch."""
+
+
+class BudgetError(ValueError):
+  """--target_epsilon admits not even the first round."""
+
+
+class Interrupted(Exception):  # noqa: N818 (a stop, not an error)
+  """Ctrl-C: the run stopped after a completed, checkpointed round."""
+
+  def __init__(self, rounds_run: int, checkpointed: bool):
+    self.rounds_run, self.checkpointed = rounds_run, checkpointed
+    super().__init__(
+      f"interrupted after round {rounds_run}; rerun with --resume to continue"
+      if checkpointed
+      else f"interrupted after round {rounds_run} (no checkpoint: --checkpoint_every=0)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,12 +104,15 @@ class LoopOptions:
     tensorboard: also write TensorBoard events.
     audit: run membership-inference attacks on the final model
       (dopamine_tff/audit.py) and put the results in summary.json.
+    overwrite: replace a previous run in the output directory. Without it
+      (and without resume) a directory holding a run is refused.
   """
 
   checkpoint_every: int = 10
   resume: bool = False
   tensorboard: bool = True
   audit: bool = False
+  overwrite: bool = False
 
   def __post_init__(self):
     if self.checkpoint_every < 0:
@@ -116,14 +153,56 @@ def write_json(path: str, blob: dict) -> None:
   os.replace(tmp, path)
 
 
+def run_identity(cfg: configs.TrainConfig, data: loaders.FederatedData) -> dict:
+  """What a checkpoint belongs to: every field that changes past rounds."""
+  ident = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+  ident.update(
+    data=data.name,
+    image_shape=list(data.image_shape),
+    hospital_sizes=[len(h) for h in data.hospitals],
+  )
+  return json.loads(json.dumps(ident, sort_keys=True, default=str))
+
+
 def fingerprint(cfg: configs.TrainConfig, data: loaders.FederatedData) -> str:
   """Identifies what a checkpoint belongs to (resume refuses a mismatch)."""
-  blob = json.dumps(
-    [dataclasses.asdict(cfg), data.name, data.image_shape, [len(h) for h in data.hospitals]],
-    sort_keys=True,
-    default=str,
-  )
+  blob = json.dumps(run_identity(cfg, data), sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _differences(saved: dict, now: dict) -> str:
+  keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+  return ", ".join(f"--{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in keys)
+
+
+def previous_run_files(output_dir: str) -> list[str]:
+  """The run files (RUN_FILES, hparams.json aside) already in `output_dir`."""
+  if not os.path.isdir(output_dir):
+    return []
+  found = [n for n in RUN_FILES[:-1] if os.path.exists(os.path.join(output_dir, n))]
+  if "checkpoints" in found and not checkpoint.rounds(os.path.join(output_dir, "checkpoints")):
+    found.remove("checkpoints")
+  return found
+
+
+def check_output_dir(output_dir: str, options: LoopOptions) -> None:
+  """RunDirError when `output_dir` holds a run and neither resume nor overwrite is set."""
+  found = previous_run_files(output_dir)
+  if found and not (options.resume or options.overwrite):
+    raise RunDirError(
+      f"{output_dir} holds a previous run ({', '.join(found)}); pass --resume to continue "
+      "it or --overwrite to replace it"
+    )
+
+
+def remove_run_files(output_dir: str) -> None:
+  """Deletes what a run wrote (RUN_FILES), leaving anything else in place."""
+  for name in RUN_FILES:
+    path = os.path.join(output_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
 
 
 class _Evaluator:
@@ -170,19 +249,44 @@ class _MetricsFile:
     self._file.close()
 
 
-def _restore(trainer, ledgers, ckpt_dir, fp):
+def _restore(trainer, ledgers, ckpt_dir, cfg, data):
   found = checkpoint.load_latest(ckpt_dir)
   if found is None:
-    return trainer.initial_state(), 0, 0.0
+    return None
   arrays, meta = found
-  if meta.get("fingerprint") != fp:
-    raise ValueError(
-      f"checkpoint in {ckpt_dir} belongs to another configuration "
-      f"({meta.get('fingerprint')} != {fp}); use a new --output_dir"
+  ident = run_identity(cfg, data)
+  if meta.get("fingerprint") != fingerprint(cfg, data):
+    saved = meta.get("identity")
+    what = (
+      f"these settings differ: {_differences(saved, ident)}"
+      if saved is not None
+      else f"fingerprint {meta.get('fingerprint')} (a checkpoint of an older version)"
+    )
+    raise RunDirError(
+      f"cannot resume: the checkpoint in {ckpt_dir} belongs to another configuration; "
+      f"{what}. Only {', '.join('--' + k for k in RESUMABLE_CHANGES)} may change on "
+      "resume; use --overwrite or a new --output_dir"
+    )
+  if meta["round"] > cfg.rounds:
+    raise RunDirError(
+      f"cannot resume: the checkpoint in {ckpt_dir} is at round {meta['round']}, "
+      f"beyond --rounds={cfg.rounds}; raise --rounds"
     )
   for party, blob in meta["ledgers"].items():
     ledgers[party] = accounting.PrivacyLedger.from_json(blob)
   return trainer.state_from_arrays(arrays), meta["round"], meta.get("wall_time_s", 0.0)
+
+
+def check_run(cfg: configs.TrainConfig, data: loaders.FederatedData) -> None:
+  """Refuses a configuration that only the data can refute (ValueError)."""
+  k = len(data.hospitals)
+  for r, hospitals in cfg.dropout_schedule:
+    bad = sorted(int(h) for h in hospitals if int(h) >= k)
+    if bad:
+      raise ValueError(
+        f"dropout_schedule: round {r} names hospital(s) {bad}, but there are only {k} "
+        f"(indices 0-{k - 1})"
+      )
 
 
 def run(
@@ -191,30 +295,64 @@ def run(
   output_dir: str,
   *,
   hparams: dict | None = None,
+  data_config: loaders.DataConfig | None = None,
   options: LoopOptions = LoopOptions(),
   log: Callable[[str], None] = print,
 ) -> dict:
-  """Trains `cfg.setting` on `data`; returns the summary (also in summary.json)."""
-  os.makedirs(output_dir, exist_ok=True)
-  write_json(os.path.join(output_dir, "hparams.json"), hparams or {})
+  """Trains `cfg.setting` on `data`; returns the summary (also in summary.json).
+
+  Nothing is written before the checks pass: a directory holding another run
+  (without `options.resume` or `options.overwrite`), a dropout schedule naming
+  hospitals that do not exist, or a budget that admits no round raise
+  RunDirError, ValueError or BudgetError. Ctrl-C (SIGINT, main thread) ends
+  the round under way, checkpoints it and raises Interrupted.
+  """
+  check_run(cfg, data)
+  check_output_dir(output_dir, options)
+  hparams = dict(hparams or {})
+  if data_config is not None:
+    hparams["data"] = dict(
+      dataclasses.asdict(data_config), image_size=data_config.resolved_image_size
+    )
+  hparams.setdefault("num_train_examples", data.num_train)
   # The hospitals' shard files are scratch: rebuilt from the data on resume.
   with tempfile.TemporaryDirectory(prefix="dopamine_tff_") as scratch:
     return _run(cfg, data, output_dir, scratch, hparams, options, log)
 
 
+def _first_round_cost(cfg, trainer, ledgers) -> float | None:
+  """Epsilon of round 1 when the target budget admits it not; else None."""
+  plan = trainer.plan(0)
+  if not _over_budget(cfg, ledgers, plan):
+    return None
+  return max(ledgers[p].epsilon_if(step) for p, step in plan.steps.items())
+
+
 def _run(cfg, data, output_dir, scratch, hparams, options, log) -> dict:
   trainer = settings.make_trainer(cfg, data, scratch)
-  log(trainer.describe())
   ledgers = {
     p: accounting.PrivacyLedger(cfg.delta, cfg.budget_accountant) for p in trainer.parties()
   }
-  ckpt_dir, fp = os.path.join(output_dir, "checkpoints"), fingerprint(cfg, data)
-  if options.resume:
-    state, start_round, wall_offset = _restore(trainer, ledgers, ckpt_dir, fp)
-    log(f"resuming after round {start_round}" if start_round else "no checkpoint: starting afresh")
-  else:
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # a fresh run replaces an old one
+  ckpt_dir = os.path.join(output_dir, "checkpoints")
+  restored = _restore(trainer, ledgers, ckpt_dir, cfg, data) if options.resume else None
+  if restored is None:
+    cost = _first_round_cost(cfg, trainer, ledgers) if cfg.target_epsilon else None
+    if cost is not None:
+      raise BudgetError(
+        f"--target_epsilon={cfg.target_epsilon:g} admits no round: the first round alone "
+        f"costs epsilon {cost:.4g} at delta {cfg.delta:g}; raise the target or the noise, "
+        "or lower the sampling rate"
+      )
+    # A fresh start replaces whatever a previous run left (checked in run()).
+    remove_run_files(output_dir)
     state, start_round, wall_offset = trainer.initial_state(), 0, 0.0
+  else:
+    state, start_round, wall_offset = restored
+  os.makedirs(output_dir, exist_ok=True)
+  write_json(os.path.join(output_dir, "hparams.json"), hparams)
+  log(trainer.describe())
+  if options.resume:
+    log(f"resuming after round {start_round}" if start_round else "no checkpoint: starting afresh")
   metrics = _MetricsFile(os.path.join(output_dir, "metrics.csv"), start_round)
   writer = (
     tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard"))
@@ -222,13 +360,20 @@ def _run(cfg, data, output_dir, scratch, hparams, options, log) -> dict:
     else None
   )
   evaluator = _Evaluator(cfg, data)
+  ident = (fingerprint(cfg, data), run_identity(cfg, data))
   loop = _Loop(cfg, trainer, ledgers, evaluator, metrics, writer, log, wall_offset)
   try:
-    state, rounds_run, stop_reason = loop.rounds(state, start_round, ckpt_dir, fp, options)
+    with _StopOnSigint() as stop:
+      loop.stop = stop
+      state, rounds_run, stop_reason = loop.rounds(state, start_round, ckpt_dir, ident, options)
   finally:
     metrics.close()
     if writer is not None:
       writer.close()
+  if (
+    options.checkpoint_every and rounds_run > start_round and rounds_run % options.checkpoint_every
+  ):
+    loop.save(ckpt_dir, rounds_run, state, ident)  # so --rounds can be raised later
   summary = _finish(
     cfg, data, output_dir, trainer, ledgers, evaluator, state, rounds_run, stop_reason, loop
   )
@@ -249,6 +394,33 @@ def _run(cfg, data, output_dir, scratch, hparams, options, log) -> dict:
   return summary
 
 
+class _StopOnSigint:
+  """Turns the first SIGINT into a request to stop after the current round.
+
+  A second SIGINT interrupts at once. Outside the main thread (where Python
+  cannot install handlers) it does nothing.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+    return False
+
+
 class _Loop:
   """The round loop (kept apart from setup and finishing for readability)."""
 
@@ -257,13 +429,18 @@ class _Loop:
     self.evaluator, self.metrics, self.writer, self.log = evaluator, metrics, writer, log
     self.start = time.monotonic() - wall_offset
     self.last_eval: dict = {}
+    self.stop: _StopOnSigint | None = None
 
   def wall(self) -> float:
     return time.monotonic() - self.start
 
-  def rounds(self, state, start_round, ckpt_dir, fp, options):
+  def rounds(self, state, start_round, ckpt_dir, ident, options):
     cfg, rounds_run, first = self.cfg, start_round, time.monotonic()
     for r in range(start_round, cfg.rounds):
+      if self.stop is not None and self.stop.requested:
+        if options.checkpoint_every and rounds_run > start_round:
+          self.save(ckpt_dir, rounds_run, state, ident)
+        raise Interrupted(rounds_run, bool(options.checkpoint_every))
       plan = self.trainer.plan(r)
       if _over_budget(cfg, self.ledgers, plan):
         reason = f"budget: round {r + 1} would exceed epsilon {cfg.target_epsilon}"
@@ -289,7 +466,7 @@ class _Loop:
       self.metrics.write(row)
       self._tensorboard(row)
       if options.checkpoint_every and rounds_run % options.checkpoint_every == 0:
-        self._save(ckpt_dir, rounds_run, state, fp)
+        self.save(ckpt_dir, rounds_run, state, ident)
       if not math.isnan(row["test_accuracy"]):
         per_round = (time.monotonic() - first) / (rounds_run - start_round)
         self.log(
@@ -335,9 +512,10 @@ class _Loop:
           tf.summary.scalar(key, value, step=row["round"])
     self.writer.flush()
 
-  def _save(self, ckpt_dir, rounds_run, state, fp):
+  def save(self, ckpt_dir, rounds_run, state, ident):
     meta = {
-      "fingerprint": fp,
+      "fingerprint": ident[0],
+      "identity": ident[1],
       "ledgers": {p: lg.to_json() for p, lg in self.ledgers.items()},
       "wall_time_s": self.wall(),
     }

@@ -1,4 +1,4 @@
-"""Runs one of the paper's five settings and writes its results.
+r"""Runs one of the paper's five settings and writes its results.
 
 Examples:
   python -m experiments.run_experiment --setting=fscdp --dataset=digits \
@@ -131,7 +131,15 @@ _AUDIT = flags.DEFINE_bool("audit", False, "Run membership-inference attacks on 
 _CHECKPOINT_EVERY = flags.DEFINE_integer(
   "checkpoint_every", 10, "Checkpoint every N rounds (0: never)."
 )
-_RESUME = flags.DEFINE_bool("resume", False, "Continue from the newest checkpoint in --output_dir.")
+_RESUME = flags.DEFINE_bool(
+  "resume",
+  False,
+  "Continue from the newest checkpoint in --output_dir (--rounds, --target_epsilon and "
+  "--eval_every may change).",
+)
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite", False, "Replace a previous run's files in --output_dir instead of refusing."
+)
 _TENSORBOARD = flags.DEFINE_bool(
   "tensorboard", True, "Write TensorBoard events to <output_dir>/tensorboard."
 )
@@ -208,7 +216,27 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
+    _main()
+  except KeyboardInterrupt:  # a second Ctrl-C, or one outside the round loop
+    print(
+      f"run_experiment: interrupted; rerun with --resume to continue from the newest "
+      f"checkpoint in {_OUTPUT_DIR.value}",
+      file=sys.stderr,
+    )
+    sys.exit(130)
+
+
+def _main():
+  options = training_loop.LoopOptions(
+    checkpoint_every=_CHECKPOINT_EVERY.value,
+    resume=_RESUME.value,
+    tensorboard=_TENSORBOARD.value,
+    audit=_AUDIT.value,
+    overwrite=_OVERWRITE.value,
+  )
+  try:
     data_cfg, train_cfg, rt_cfg = _configs()
+    training_loop.check_output_dir(_OUTPUT_DIR.value, options)
   except ValueError as e:
     print(f"run_experiment: error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -230,18 +258,21 @@ def main(argv):
   if uses_tff:
     runtime.start(rt_cfg)
   try:
-    options = training_loop.LoopOptions(
-      checkpoint_every=_CHECKPOINT_EVERY.value,
-      resume=_RESUME.value,
-      tensorboard=_TENSORBOARD.value,
-      audit=_AUDIT.value,
-    )
     summary = training_loop.run(
-      train_cfg, data, _OUTPUT_DIR.value, hparams=hparams, options=options, log=logging.info
+      train_cfg,
+      data,
+      _OUTPUT_DIR.value,
+      hparams=hparams,
+      data_config=data_cfg,
+      options=options,
+      log=logging.info,
     )
   except ValueError as e:  # a configuration that only the data can refute
     print(f"run_experiment: error: {e}", file=sys.stderr)
     sys.exit(2)
+  except training_loop.Interrupted as e:
+    print(f"run_experiment: {e} (in {_OUTPUT_DIR.value})", file=sys.stderr)
+    sys.exit(130)
   finally:
     runtime.shutdown()
   eps = summary["epsilon"]

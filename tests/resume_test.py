@@ -114,8 +114,142 @@ def test_resume_refuses_another_configuration(tmp_path):
     text=True,
     timeout=600,
   )
-  assert other.returncode != 0
+  assert other.returncode == 2
   assert "belongs to another configuration" in other.stderr
+  # The differing flag is named with both values, on one line.
+  assert "--noise_multiplier 1.0 -> 2.0" in other.stderr
+  assert "Traceback" not in other.stderr
+  assert len(other.stderr.strip().splitlines()[-1]) > 0
+
+
+def _children(pid):
+  out = []
+  for name in os.listdir("/proc"):
+    if name.isdigit():
+      try:
+        with open(f"/proc/{name}/stat") as f:
+          fields = f.read().rsplit(")", 1)[1].split()
+      except OSError:
+        continue
+      if int(fields[1]) == pid:
+        out.append(int(name))
+  return out
+
+
+def _dead(pid, timeout_s=10.0):
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+          return True
+    except OSError:
+      return True
+    time.sleep(0.1)
+  return False
+
+
+def _interrupt_part_way(out, after_rows):
+  proc = subprocess.Popen(
+    _cmd("fscdp", out), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline:
+    path = os.path.join(out, "metrics.csv")
+    if os.path.isfile(path) and len(_rows(out)) >= after_rows:
+      break
+    if proc.poll() is not None:
+      raise AssertionError("the run ended before it could be interrupted")
+    time.sleep(0.02)
+  workers = _children(proc.pid)
+  assert workers, "the TFF worker was not started"
+  # A terminal's Ctrl-C signals the whole process group, worker included.
+  for pid in [proc.pid, *workers]:
+    os.kill(pid, signal.SIGINT)
+  _, err = proc.communicate(timeout=300)
+  assert all(_dead(w) for w in workers), "a TFF worker outlived the interrupted run"
+  return proc.returncode, err
+
+
+def test_ctrl_c_stops_after_a_round_checkpoints_it_and_resumes(tmp_path):
+  full, stopped = str(tmp_path / "full"), str(tmp_path / "stopped")
+  done = subprocess.run(_cmd("fscdp", full), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  code, err = _interrupt_part_way(stopped, after_rows=6)
+  assert code == 130, err[-2000:]
+  assert "Traceback" not in err
+  last = err.strip().splitlines()[-1]
+  assert "interrupted after round" in last and "rerun with --resume" in last
+  n = int(last.split("interrupted after round ")[1].split(";")[0])
+  # The round reported is the newest checkpoint, and nothing after it was lost.
+  assert checkpoint.rounds(os.path.join(stopped, "checkpoints"))[-1] == n == len(_rows(stopped))
+  assert not os.path.exists(os.path.join(stopped, "summary.json"))
+  resumed = subprocess.run(
+    _cmd("fscdp", stopped, "--resume"), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"resuming after round {n}" in resumed.stderr
+  a = np.load(os.path.join(full, "final_weights.npz"))
+  b = np.load(os.path.join(stopped, "final_weights.npz"))
+  for key in a.files:
+    np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_rerun_without_resume_is_refused_and_overwrite_replaces(tmp_path):
+  out = str(tmp_path / "run")
+  first = subprocess.run(_cmd("fscdp", out), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert first.returncode == 0, first.stderr[-2000:]
+  events = sorted(os.listdir(os.path.join(out, "tensorboard")))
+  again = subprocess.run(_cmd("fscdp", out), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 2
+  line = again.stderr.strip().splitlines()[-1]
+  assert "holds a previous run" in line and "--resume" in line and "--overwrite" in line
+  assert sorted(os.listdir(os.path.join(out, "tensorboard"))) == events  # untouched
+  over = subprocess.run(
+    _cmd("fscdp", out, "--overwrite"), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert over.returncode == 0, over.stderr[-2000:]
+  now = os.listdir(os.path.join(out, "tensorboard"))
+  assert len(now) == 1 and now[0] not in events  # the old events are gone
+
+
+def test_resume_may_raise_the_round_count(tmp_path):
+  out, longer = str(tmp_path / "run"), str(tmp_path / "longer")
+  first = subprocess.run(
+    _cmd("fscdp", out, "--rounds=10"), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert first.returncode == 0, first.stderr[-2000:]
+  # 10 is not a multiple of --checkpoint_every=4: the end of a run is checkpointed too.
+  assert checkpoint.rounds(os.path.join(out, "checkpoints"))[-1] == 10
+  more = subprocess.run(
+    _cmd("fscdp", out, "--rounds=14", "--resume"),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert more.returncode == 0, more.stderr[-2000:]
+  assert "resuming after round 10" in more.stderr
+  assert [int(r["round"]) for r in _rows(out)] == list(range(1, 15))
+  straight = subprocess.run(
+    _cmd("fscdp", longer, "--rounds=14"), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert straight.returncode == 0
+  a = np.load(os.path.join(out, "final_weights.npz"))
+  b = np.load(os.path.join(longer, "final_weights.npz"))
+  for key in a.files:
+    np.testing.assert_array_equal(a[key], b[key])
+  sa = json.loads((tmp_path / "run" / "summary.json").read_text())
+  sb = json.loads((tmp_path / "longer" / "summary.json").read_text())
+  assert sa["epsilon"] == sb["epsilon"] and sa["rounds_run"] == 14
+  fewer = subprocess.run(
+    _cmd("fscdp", out, "--rounds=8", "--resume"),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert fewer.returncode == 2 and "beyond --rounds=8" in fewer.stderr
 
 
 def test_checkpoint_round_trip_and_atomicity(tmp_path):

@@ -69,6 +69,9 @@ def test_every_setting_runs_end_to_end(setting, extra, tmp_path):
   rows, summary, hparams = _read(tmp_path)
   assert [int(r["round"]) for r in rows] == [1, 2, 3]
   assert hparams["setting"] == setting and hparams["num_hospitals"] == 4
+  data = hparams["data"]  # the data configuration actually used
+  assert (data["dataset"], data["image_size"], data["num_hospitals"]) == ("digits", 8, 4)
+  assert (data["partition"], data["num_examples"], data["seed"]) == ("iid", 400, 3)
   assert summary["rounds_run"] == 3 and summary["stop_reason"] == "completed"
   assert 0.0 <= summary["final_test_accuracy"] <= 1.0
   assert os.path.isfile(tmp_path / "model.keras")
@@ -116,6 +119,20 @@ def test_target_epsilon_stops_and_keeps_previous_weights(tmp_path):
     np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.parametrize("setting", ["fscdp", "fpdp"])
+def test_budget_below_one_round_fails_and_names_the_first_rounds_cost(setting, tmp_path):
+  out = tmp_path / "run"
+  first = _run([f"--setting={setting}", *TINY, "--rounds=1"], tmp_path / "one")
+  assert first.returncode == 0, first.stderr[-2000:]
+  cost = _read(tmp_path / "one")[1]["epsilon"]
+  proc = _run([f"--setting={setting}", *TINY, f"--target_epsilon={cost / 2}"], out)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  line = proc.stderr.strip().splitlines()[-1]
+  assert "admits no round" in line and f"costs epsilon {cost:.4g}" in line
+  assert "Traceback" not in proc.stderr
+  assert not os.path.exists(out)  # nothing written, no untrained model as a result
+
+
 @pytest.mark.parametrize(
   "flag,message",
   [
@@ -127,6 +144,7 @@ def test_target_epsilon_stops_and_keeps_previous_weights(tmp_path):
     ("--target_epsilon=-2", "target_epsilon=-2.0: must be > 0"),
     ("--num_hospitals=0", "num_hospitals must be >= 1"),
     ("--num_hospitals=5000", "larger than the data"),
+    ("--dropout_schedule=3:0,19", "round 3 names hospital(s) [19], but there are only 10"),
   ],
 )
 def test_impossible_flags_fail_at_once_with_one_line(flag, message, tmp_path):
