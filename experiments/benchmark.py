@@ -37,7 +37,9 @@ from dopamine_tff import runtime
 from dopamine_tff import settings
 from dopamine_tff.data import loaders
 
-_OUTPUT = flags.DEFINE_string("output", "results/benchmark.json", "Where the JSON goes.")
+_OUTPUT = flags.DEFINE_string(
+  "output", "runs/benchmark.json", "Where the JSON goes (results/ holds the committed one)."
+)
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes and one repeat (a smoke run).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed warm-up calls.")

@@ -1,19 +1,27 @@
-"""Runs the paper's five settings over several seeds and draws Figure 1.
+r"""Runs the paper's five settings over several seeds and draws Figure 1.
 
-  python -m experiments.reproduce_paper --preset=cpu --output_dir=results/cpu
+  python -m experiments.reproduce_paper --preset=cpu
+  python -m experiments.reproduce_paper --preset=cpu --dataset=aptos \
+      --data_dir=/data/aptos2019 --image_size=64       # the cpu recipe on APTOS
   python -m experiments.reproduce_paper --preset=paper --data_dir=/data/aptos2019 \
-      --runtime=in_process --output_dir=results/paper        # on a GPU host
+      --runtime=in_process                             # on a GPU host
 
 Each run goes to <output_dir>/<setting>/seed_<n>/ (the files of
-run_experiment). A finished run is skipped when the driver is started again;
-an unfinished one resumes from its checkpoint. At the end: results.csv,
-results.md (mean and std over seeds) and accuracy_vs_epochs.png,
-epsilon_vs_epochs.png, accuracy_vs_epsilon.png.
+run_experiment); the default output_dir is runs/reproduce/<preset>, outside
+the committed results/ tree. A finished run whose hyper-parameters and data
+match is reused, and the driver says how many were reused; --force reruns
+everything. An unfinished run resumes from its checkpoint. At the end:
+results.csv, results.md (mean, std and 95 % interval over seeds) and the
+figures as PNG and PDF.
+
+The data is the preset's unless --dataset, --data_dir, --image_size or
+--num_examples say otherwise; every run's hparams.json records the data used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -32,30 +40,102 @@ from dopamine_tff.data import loaders
 _PRESET = flags.DEFINE_enum("preset", "smoke", list(presets.PRESETS), "Which preset.")
 _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per setting (default: the preset's).")
 _SETTINGS = flags.DEFINE_list("settings", ["c", "cdp", "f", "fpdp", "fscdp"], "Settings to run.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "APTOS folder for --preset=paper.")
-_OUTPUT_DIR = flags.DEFINE_string(
-  "output_dir", "results/reproduction", "Where runs and figures go."
+_DATASET = flags.DEFINE_enum(
+  "dataset", None, list(loaders.DATASETS), "Data set instead of the preset's."
 )
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", None, "Folder of the aptos / eyepacs data (needed by --preset=paper)."
+)
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Image side instead of the preset's.")
+_NUM_EXAMPLES = flags.DEFINE_integer(
+  "num_examples",
+  None,
+  "Examples (synthetic) or a cap on real data (0: all) instead of the preset's.",
+)
+_OUTPUT_DIR = flags.DEFINE_string(
+  "output_dir", None, "Where runs and figures go (default: runs/reproduce/<preset>)."
+)
+_FORCE = flags.DEFINE_bool("force", False, "Rerun finished runs instead of reusing them.")
 _RUNTIME = flags.DEFINE_enum("runtime", "tff", ["tff", "in_process"], "Runtime of the rounds.")
 _GPUS = flags.DEFINE_string("gpus", None, "in_process: GPU indices ('0,1'), 'none', or all.")
 _AUDIT = flags.DEFINE_bool("audit", False, "Membership-inference audit of every final model.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every N rounds.")
 
 
-def _run_one(cfg, data, run_dir) -> None:
-  if os.path.isfile(os.path.join(run_dir, "summary.json")):
-    logging.info("already done: %s", run_dir)
-    return
-  options = training_loop.LoopOptions(
-    checkpoint_every=_CHECKPOINT_EVERY.value, resume=True, audit=_AUDIT.value
+def data_config(preset: presets.Preset) -> loaders.DataConfig:
+  """The preset's data with the command line's overrides; ValueError when impossible."""
+  data_cfg = preset.data
+  dataset = _DATASET.value or data_cfg.dataset
+  changes = {"dataset": dataset}
+  if dataset != data_cfg.dataset:
+    changes["num_examples"] = 0  # the preset's count is the synthetic set's size
+    changes["data_dir"] = None
+  if _IMAGE_SIZE.value is not None:
+    changes["image_size"] = _IMAGE_SIZE.value
+  if _NUM_EXAMPLES.value is not None:
+    changes["num_examples"] = _NUM_EXAMPLES.value
+  if _DATA_DIR.value:
+    if dataset not in ("aptos", "eyepacs"):
+      raise ValueError(
+        f"--data_dir is for --dataset=aptos or eyepacs, but --preset={preset.name} trains on "
+        f"{dataset}; add --dataset=aptos (or eyepacs) to train on your folder"
+      )
+    changes["data_dir"] = _DATA_DIR.value
+  elif dataset in ("aptos", "eyepacs") and (
+    changes.get("data_dir", data_cfg.data_dir) in (None, "APTOS_DIR")
+  ):
+    raise ValueError(f"--preset={preset.name} on {dataset} needs --data_dir (the data folder)")
+  return dataclasses.replace(data_cfg, **changes)
+
+
+def _hparams(cfg, data_cfg) -> dict:
+  blob = dict(
+    dataclasses.asdict(cfg),
+    preset=_PRESET.value,
+    data=dict(dataclasses.asdict(data_cfg), image_size=data_cfg.resolved_image_size),
   )
-  hparams = dict(dataclasses.asdict(cfg), preset=_PRESET.value)
+  return json.loads(json.dumps(blob, sort_keys=True, default=str))
+
+
+def _reusable(run_dir, hparams) -> bool:
+  """True when run_dir holds a finished run of these hyper-parameters and data."""
+  if not os.path.isfile(os.path.join(run_dir, "summary.json")):
+    return False
+  try:
+    with open(os.path.join(run_dir, "hparams.json")) as f:
+      saved = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    saved = {}
+  saved = {k: v for k, v in saved.items() if k in hparams}
+  ignore = ("runtime", "num_train_examples")
+  diff = sorted(k for k in hparams if k not in ignore and saved.get(k) != hparams[k])
+  if diff:
+    raise ValueError(
+      f"{run_dir} holds a finished run of other settings ({', '.join(diff)} differ); "
+      "pass --force to rerun it or choose another --output_dir"
+    )
+  return True
+
+
+def _run_one(cfg, data_cfg, data, run_dir) -> bool:
+  """Runs (or resumes) one setting and seed; False when a finished run was reused."""
+  hparams = _hparams(cfg, data_cfg)
+  if not _FORCE.value and _reusable(run_dir, hparams):
+    logging.info("reusing the finished run in %s", run_dir)
+    return False
+  options = training_loop.LoopOptions(
+    checkpoint_every=_CHECKPOINT_EVERY.value,
+    resume=not _FORCE.value,
+    overwrite=_FORCE.value,
+    audit=_AUDIT.value,
+  )
   summary = training_loop.run(
-    cfg, data, run_dir, hparams=hparams, options=options, log=logging.info
+    cfg, data, run_dir, hparams=hparams, data_config=data_cfg, options=options, log=logging.info
   )
   logging.info(
     "%s: accuracy %.4f epsilon %s", run_dir, summary["final_test_accuracy"], summary["epsilon"]
   )
+  return True
 
 
 def main(argv):
@@ -65,17 +145,14 @@ def main(argv):
     unknown = set(_SETTINGS.value) - set(preset.settings)
     if unknown:
       raise ValueError(f"unknown settings {sorted(unknown)}")
-    data_cfg = preset.data
-    if _DATA_DIR.value:
-      data_cfg = dataclasses.replace(data_cfg, data_dir=_DATA_DIR.value)
-    elif data_cfg.dataset in ("aptos", "eyepacs"):
-      raise ValueError(f"--preset={preset.name} needs --data_dir (the APTOS 2019 folder)")
+    data_cfg = data_config(preset)
     devices.configure(devices.parse_gpus(_GPUS.value))
   except ValueError as e:
     print(f"reproduce_paper: error: {e}", file=sys.stderr)
     sys.exit(2)
   seeds = _SEEDS.value or preset.seeds
-  root = _OUTPUT_DIR.value
+  root = _OUTPUT_DIR.value or os.path.join("runs", "reproduce", preset.name)
+  ran = reused = 0
   if _RUNTIME.value == "tff":
     runtime.start()
   try:
@@ -83,14 +160,34 @@ def main(argv):
       data = loaders.load(dataclasses.replace(data_cfg, seed=seed))
       for setting in _SETTINGS.value:
         cfg = dataclasses.replace(preset.settings[setting], seed=seed, runtime=_RUNTIME.value)
-        _run_one(cfg, data, os.path.join(root, setting, f"seed_{seed}"))
+        run_dir = os.path.join(root, setting, f"seed_{seed}")
+        if _run_one(cfg, dataclasses.replace(data_cfg, seed=seed), data, run_dir):
+          ran += 1
+        else:
+          reused += 1
+  except ValueError as e:
+    print(f"reproduce_paper: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except training_loop.Interrupted as e:
+    print(f"reproduce_paper: {e}", file=sys.stderr)
+    sys.exit(130)
+  except KeyboardInterrupt:
+    print("reproduce_paper: interrupted; start it again to resume", file=sys.stderr)
+    sys.exit(130)
   finally:
     runtime.shutdown()
+  total = ran + reused
+  if reused:
+    print(
+      f"{reused}/{total} runs reused from {root} (finished earlier with the same settings; "
+      "--force reruns them)"
+    )
   runs = plotting.collect(root)
   rows = plotting.table_rows(runs)
   plotting.write_table(rows, os.path.join(root, "results.csv"), os.path.join(root, "results.md"))
   plotting.draw_figures(runs, root, title=f"{preset.name} preset, {data_cfg.dataset}")
   print(plotting.markdown(rows))
+  print(f"{ran} runs trained, {reused} reused; table and figures in {root}")
 
 
 if __name__ == "__main__":

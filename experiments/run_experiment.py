@@ -30,9 +30,21 @@ _SETTING = flags.DEFINE_enum(
   "setting", "fscdp", list(configs.SETTINGS), "Which of the five settings."
 )
 _DATASET = flags.DEFINE_enum("dataset", "synthetic", list(loaders.DATASETS), "Data source.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder of real data (aptos, eyepacs).")
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir",
+  None,
+  "Folder of real data: aptos (train.csv + train_images/), eyepacs (TFDS data dir).",
+)
+_HOSPITAL_DIRS = flags.DEFINE_list(
+  "hospital_dirs",
+  [],
+  "aptos: one APTOS-format folder per hospital (each keeps its own images; K = their number).",
+)
 _NUM_EXAMPLES = flags.DEFINE_integer(
-  "num_examples", 0, "Synthetic set size, or a cap on real data (0: all / 3000 synthetic)."
+  "num_examples",
+  0,
+  "Synthetic set size, or a cap on real data: the first N rows / examples (0: all; "
+  "synthetic: 3000).",
 )
 _MODEL = flags.DEFINE_enum("model", "small_cnn", ["small_cnn", "squeezenet"], "Model.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Image side (default: per data set).")
@@ -43,7 +55,11 @@ _PARTITION = flags.DEFINE_enum(
 _ALPHA = flags.DEFINE_float(
   "dirichlet_alpha", 0.5, "Label-skew concentration of --partition=dirichlet."
 )
-_TEST_FRACTION = flags.DEFINE_float("test_fraction", 0.2, "Held-out test share.")
+_TEST_FRACTION = flags.DEFINE_float(
+  "test_fraction",
+  0.2,
+  "Share held out for testing (stratified by label; per hospital with a split given).",
+)
 _ROUNDS = flags.DEFINE_integer(
   "rounds", 100, "Rounds (fscdp/cdp: DP-SGD steps; c: epochs; f/fpdp: FedAvg rounds)."
 )
@@ -161,11 +177,15 @@ def parse_schedule(text: str) -> tuple:
 
 
 def _configs():
+  num_hospitals = _NUM_HOSPITALS.value
+  if _HOSPITAL_DIRS.value and not flags.FLAGS["num_hospitals"].present:
+    num_hospitals = len(_HOSPITAL_DIRS.value)
   data = loaders.DataConfig(
     dataset=_DATASET.value,
     data_dir=_DATA_DIR.value,
+    hospital_dirs=tuple(_HOSPITAL_DIRS.value),
     image_size=_IMAGE_SIZE.value,
-    num_hospitals=_NUM_HOSPITALS.value,
+    num_hospitals=num_hospitals,
     partition=_PARTITION.value,
     dirichlet_alpha=_ALPHA.value,
     test_fraction=_TEST_FRACTION.value,

@@ -49,7 +49,9 @@ from dopamine_tff.secagg import masking
 from dopamine_tff.secagg import protocol
 from dopamine_tff.secagg import shamir
 
-_OUTPUT = flags.DEFINE_string("output", "results/benchmark_secagg.json", "Where the JSON goes.")
+_OUTPUT = flags.DEFINE_string(
+  "output", "runs/benchmark_secagg.json", "Where the JSON goes (results/ holds the committed one)."
+)
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes and one repeat (a smoke run).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
 

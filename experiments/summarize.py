@@ -1,12 +1,18 @@
 """Prints a Markdown results table from run_experiment output directories.
 
-python -m experiments.summarize runs/digits/*
+  python -m experiments.summarize runs/digits/*
+  python -m experiments.summarize runs/reproduce/cpu/*/seed_*
+
+A run is labelled by its directory name, or setting/seed_<n> for the
+<setting>/seed_<n> layout of reproduce_paper. A directory without a finished
+summary.json is skipped with one line on stderr.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app
 
@@ -15,9 +21,19 @@ HEADER = (
 )
 
 
+def label(run_dir: str) -> str:
+  """'fscdp/seed_0' for reproduce_paper's layout, else the directory's name."""
+  parts = os.path.normpath(os.path.abspath(run_dir)).split(os.sep)
+  if parts[-1].startswith("seed_") and len(parts) > 1:
+    return f"{parts[-2]}/{parts[-1]}"
+  return parts[-1]
+
+
 def row(run_dir: str) -> str:
-  """One table row from a run's summary.json."""
+  """One table row from a run's summary.json; ValueError naming a missing or bad file."""
   path = os.path.join(run_dir, "summary.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"{run_dir}: no summary.json (an unfinished or failed run?)")
   try:
     with open(path) as f:
       s = json.load(f)
@@ -26,20 +42,36 @@ def row(run_dir: str) -> str:
   eps = "not private" if s["epsilon"] is None else f"{s['epsilon']:.3f} ({s['delta']:g})"
   stop = "budget" if s["stop_reason"].startswith("budget") else s["stop_reason"]
   return (
-    f"| {os.path.basename(os.path.normpath(run_dir))} | {s['setting'].upper()} | "
+    f"| {label(run_dir)} | {s['setting'].upper()} | "
     f"{100 * s['final_test_accuracy']:.2f} % | {eps} | {s['rounds_run']} | "
     f"{s['epochs']:.2f} | {stop} | {s['wall_time_s']:.0f} s |"
   )
 
 
-def table(run_dirs: list[str]) -> str:
-  return "\n".join([HEADER, "|" + "---|" * 8, *(row(d) for d in run_dirs)])
+def table(run_dirs: list[str], skipped: list[str] | None = None) -> str:
+  """The table of the finished runs; the others' reasons go to `skipped`."""
+  rows = []
+  for d in run_dirs:
+    try:
+      rows.append(row(d))
+    except ValueError as e:
+      if skipped is None:
+        raise
+      skipped.append(str(e))
+  return "\n".join([HEADER, "|" + "---|" * 8, *rows])
 
 
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("give one or more run directories")
-  print(table(argv[1:]))
+  skipped: list[str] = []
+  text = table(argv[1:], skipped)
+  for reason in skipped:
+    print(f"summarize: skipped {reason}", file=sys.stderr)
+  if len(skipped) == len(argv) - 1:
+    print("summarize: error: no finished run among the directories given", file=sys.stderr)
+    sys.exit(2)
+  print(text)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Loaders: every source, and every bad input named in the error."""
 
 import os
+import pathlib
 
 import numpy as np
 from PIL import Image
@@ -41,6 +42,104 @@ def test_aptos_folder_loads_and_splits(aptos_dir):
   assert data.class_counts().sum() == data.num_train
 
 
+def test_csv_with_byte_order_mark_loads(aptos_dir):
+  path = os.path.join(aptos_dir, "train.csv")
+  text = pathlib.Path(path).read_text(encoding="utf-8")
+  with open(path, "w", encoding="utf-8-sig") as f:  # as Excel writes it
+    f.write(text)
+  assert pathlib.Path(path).read_bytes()[:3] == b"\xef\xbb\xbf"
+  data = loaders.load(loaders.DataConfig(dataset="aptos", data_dir=aptos_dir, num_hospitals=2))
+  assert data.num_train + len(data.test) == 30
+
+
+def test_jpg_and_jpeg_images_load(aptos_dir):
+  folder = os.path.join(aptos_dir, "train_images")
+  for i, suffix in ((0, ".jpg"), (1, ".jpeg")):
+    png = os.path.join(folder, f"img{i:03d}.png")
+    Image.open(png).convert("RGB").save(os.path.join(folder, f"img{i:03d}{suffix}"), "JPEG")
+    os.remove(png)
+  data = loaders.load(loaders.DataConfig(dataset="aptos", data_dir=aptos_dir, num_hospitals=2))
+  assert data.num_train + len(data.test) == 30
+  os.remove(os.path.join(folder, "img000.jpg"))
+  with pytest.raises(loaders.DataError, match=r"img000\{\.png,\.jpg,\.jpeg\}"):
+    loaders.load(loaders.DataConfig(dataset="aptos", data_dir=aptos_dir, num_hospitals=2))
+
+
+@pytest.mark.parametrize(
+  "text,message", [("", "empty file"), ("id_code,diagnosis\n", "a header but no rows")]
+)
+def test_empty_csv_says_so(tmp_path, text, message):
+  (tmp_path / "train.csv").write_text(text)
+  with pytest.raises(loaders.DataError, match=message):
+    loaders.load(loaders.DataConfig(dataset="aptos", data_dir=str(tmp_path)))
+
+
+def _with_columns(aptos_dir, **columns):
+  """Adds columns (name -> value per row index) to the fixture's train.csv."""
+  path = os.path.join(aptos_dir, "train.csv")
+  lines = pathlib.Path(path).read_text().splitlines()
+  out = [lines[0] + "".join("," + c for c in columns)]
+  for i, line in enumerate(lines[1:]):
+    out.append(line + "".join(f",{fn(i)}" for fn in columns.values()))
+  with open(path, "w") as f:
+    f.write("\n".join(out) + "\n")
+
+
+def _codes(data, aptos_dir):
+  """id_code of every image, recovered by matching pixels against the files."""
+  raw = loaders.load_aptos(aptos_dir, 16)
+  flat = (raw.images * 2.0 - 1.0).reshape(len(raw.labels), -1)
+
+  def codes(images):
+    return [int(np.argmin(np.abs(flat - im.reshape(1, -1)).sum(1))) for im in images]
+
+  return [codes(h.images) for h in data.hospitals], codes(data.test.images)
+
+
+def test_hospital_column_is_the_split(aptos_dir):
+  _with_columns(aptos_dir, hospital=lambda i: ["north", "south", "east"][i % 3])
+  data = loaders.load(
+    loaders.DataConfig(
+      dataset="aptos", data_dir=aptos_dir, num_hospitals=3, image_size=16, test_fraction=0.5
+    )
+  )
+  hospitals, test = _codes(data, aptos_dir)
+  # Hospitals are numbered by name ("east" 0, "north" 1, "south" 2); each holds only its rows.
+  for k, owner in enumerate((2, 0, 1)):
+    assert hospitals[k] and all(i % 3 == owner for i in hospitals[k])
+  assert sorted(sum(hospitals, []) + test) == list(range(30))
+  assert {i % 3 for i in test} == {0, 1, 2}  # every hospital contributes test images
+  with pytest.raises(loaders.DataError, match="pass --num_hospitals=3"):
+    loaders.load(loaders.DataConfig(dataset="aptos", data_dir=aptos_dir, num_hospitals=4))
+
+
+def test_hospital_dirs_keep_their_data(tmp_path):
+  a = _write_aptos(str(tmp_path / "a"), [(f"a{i}", i % 5) for i in range(20)])
+  b = _write_aptos(str(tmp_path / "b"), [(f"b{i}", i % 5) for i in range(40)])
+  data = loaders.load(
+    loaders.DataConfig(
+      dataset="aptos", hospital_dirs=(a, b), num_hospitals=2, test_fraction=0.2, image_size=16
+    )
+  )
+  # Stratified per hospital: 1 of each class's 4 in a, 2 of each class's 8 in b.
+  assert [len(h) for h in data.hospitals] == [15, 30] and len(data.test) == 15
+  with pytest.raises(ValueError, match="num_hospitals=3 but 2 hospital_dirs"):
+    loaders.DataConfig(dataset="aptos", hospital_dirs=(a, b), num_hospitals=3)
+
+
+def test_patient_ids_keep_a_patients_images_together(aptos_dir):
+  _with_columns(aptos_dir, patient_id=lambda i: f"p{i // 2}")  # two images per patient
+  data = loaders.load(
+    loaders.DataConfig(dataset="aptos", data_dir=aptos_dir, num_hospitals=3, image_size=16)
+  )
+  hospitals, test = _codes(data, aptos_dir)
+  for group in [*hospitals, test]:
+    assert group and all((i ^ 1) in group for i in group)  # i ^ 1: the same patient's other image
+  for h in data.hospitals:
+    assert h.patients is not None and len(np.unique(h.patients)) * 2 == len(h)
+  assert data.pooled().patients is not None
+
+
 def test_missing_csv(tmp_path):
   with pytest.raises(loaders.DataError, match="train.csv"):
     loaders.load(loaders.DataConfig(dataset="aptos", data_dir=str(tmp_path)))
@@ -70,7 +169,7 @@ def test_bad_label_names_row(aptos_dir, bad, message):
 
 def test_missing_image_names_file(aptos_dir):
   os.remove(os.path.join(aptos_dir, "train_images", "img007.png"))
-  with pytest.raises(loaders.DataError, match="img007.png"):
+  with pytest.raises(loaders.DataError, match=r"img007\{\.png,\.jpg,\.jpeg\}"):
     loaders.load(loaders.DataConfig(dataset="aptos", data_dir=aptos_dir))
 
 
@@ -104,9 +203,29 @@ def test_synthetic_is_cached_and_deterministic():
   assert a.image_shape == (16, 16, 3)
 
 
+def _eyepacs_manual_files(root):
+  manual = os.path.join(root, "downloads", "manual")
+  for name in ("train", "test", "sample"):
+    os.makedirs(os.path.join(manual, name))
+  with open(os.path.join(manual, "trainLabels.csv"), "w") as f:
+    f.write("image,level\n")
+
+
+def test_eyepacs_empty_folder_is_one_line_and_writes_nothing(tmp_path):
+  with pytest.raises(loaders.DataError) as e:
+    loaders.load(loaders.DataConfig(dataset="eyepacs", data_dir=str(tmp_path)))
+  msg = str(e.value)
+  assert "\n" not in msg
+  assert os.path.join(str(tmp_path), "downloads", "manual") in msg
+  for expected in ("trainLabels.csv", "train/", "test/", "sample/", "35 GB"):
+    assert expected in msg
+  assert os.listdir(tmp_path) == []  # nothing created under the given path
+
+
 def test_eyepacs_through_tfds_mock(tmp_path):
   import tensorflow_datasets as tfds
 
+  _eyepacs_manual_files(str(tmp_path))
   with tfds.testing.mock_data(num_examples=12):
     data = loaders.load(
       loaders.DataConfig(dataset="eyepacs", data_dir=str(tmp_path), image_size=24, num_hospitals=2)

@@ -1,6 +1,7 @@
 """The smoke preset end to end: every setting, the table and the three figures."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -65,8 +66,72 @@ def test_second_start_skips_finished_runs(smoke_dir):
     timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "already done" in proc.stderr
+  assert f"2/2 runs reused from {out}" in proc.stdout
   assert os.path.getmtime(out / "fscdp" / "seed_0" / "summary.json") == before
+
+
+def _reproduce(args, cwd=ROOT, timeout=900):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.reproduce_paper", *args],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def test_default_output_data_overrides_reuse_and_force(tmp_path):
+  """A fresh start trains (default output outside results/), and reuse is checked."""
+  args = ["--preset=smoke", "--dataset=digits", "--settings=c", "--seeds=1"]
+  proc = _reproduce(args, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  run = tmp_path / "runs" / "reproduce" / "smoke" / "c" / "seed_0"
+  hparams = json.loads((run / "hparams.json").read_text())
+  assert hparams["data"]["dataset"] == "digits" and hparams["data"]["image_size"] == 16
+  assert hparams["data"]["num_hospitals"] == 4 and hparams["data"]["partition"] == "iid"
+  assert json.loads((run / "summary.json").read_text())["dataset"] == "digits"
+  assert "1 runs trained, 0 reused" in proc.stdout
+  # Other data into the same directory: refused, naming what differs.
+  other = _reproduce([*args, "--image_size=12"], cwd=tmp_path)
+  assert other.returncode == 2
+  line = other.stderr.strip().splitlines()[-1]
+  assert "finished run of other settings (data differ)" in line and "--force" in line
+  before = (run / "summary.json").stat().st_mtime_ns
+  forced = _reproduce([*args, "--image_size=12", "--force"], cwd=tmp_path)
+  assert forced.returncode == 0, forced.stderr[-3000:]
+  assert (run / "summary.json").stat().st_mtime_ns != before
+  assert json.loads((run / "hparams.json").read_text())["data"]["image_size"] == 12
+
+
+def test_data_dir_is_honoured_or_refused(tmp_path):
+  from tests import loaders_test
+
+  refused = _reproduce(["--preset=smoke", f"--data_dir={tmp_path}", f"--output_dir={tmp_path}"])
+  assert refused.returncode == 2
+  assert "trains on synthetic; add --dataset=aptos" in refused.stderr
+  aptos = loaders_test._write_aptos(
+    str(tmp_path / "aptos"), [(f"img{i:03d}", i % 5) for i in range(40)]
+  )
+  out = tmp_path / "out"
+  proc = _reproduce(
+    [
+      "--preset=smoke",
+      "--dataset=aptos",
+      f"--data_dir={aptos}",
+      "--image_size=16",
+      "--settings=fscdp",
+      "--seeds=1",
+      f"--output_dir={out}",
+    ]
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  hparams = json.loads((out / "fscdp" / "seed_0" / "hparams.json").read_text())
+  assert hparams["data"]["dataset"] == "aptos" and hparams["data"]["data_dir"] == aptos
+  assert hparams["data"]["num_examples"] == 0  # the preset's synthetic count does not cap APTOS
+  summary = json.loads((out / "fscdp" / "seed_0" / "summary.json").read_text())
+  assert summary["dataset"] == "aptos"
 
 
 def test_plot_binary_redraws(smoke_dir, tmp_path):

@@ -36,3 +36,40 @@ def test_table_rows(tmp_path):
 def test_missing_summary_is_named(tmp_path):
   with pytest.raises(ValueError, match="summary.json"):
     summarize.row(str(tmp_path))
+
+
+def test_reproduce_layout_is_labelled_setting_and_seed(tmp_path):
+  (tmp_path / "cdp").mkdir()
+  run = _summary(tmp_path / "cdp", "seed_3", setting="cdp")
+  assert summarize.row(run).startswith("| cdp/seed_3 | CDP |")
+
+
+def test_binary_skips_unfinished_runs_in_one_line(tmp_path):
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = _summary(tmp_path, "done")
+  (tmp_path / "unfinished").mkdir()
+
+  def run(*dirs):
+    return subprocess.run(
+      [sys.executable, "-m", "experiments.summarize", *dirs],
+      cwd=root,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+
+  proc = run(done, str(tmp_path / "unfinished"))
+  assert proc.returncode == 0 and "| done | FSCDP |" in proc.stdout
+  skipped = [li for li in proc.stderr.splitlines() if li.startswith("summarize:")]
+  assert skipped == [
+    f"summarize: skipped {tmp_path / 'unfinished'}: no summary.json (an unfinished or failed run?)"
+  ]
+  assert "Traceback" not in proc.stderr
+  none = run(str(tmp_path / "unfinished"))
+  assert (
+    none.returncode == 2 and "no finished run" in none.stderr and "Traceback" not in none.stderr
+  )
