@@ -21,6 +21,7 @@ RUNTIMES = ("tff", "in_process")
 ACCOUNTANT_CHOICES = ("rdp", "pld", "both")
 SECURE_AGGREGATION = ("none", "secagg", "secagg_plus")
 SECAGG_PRGS = ("chacha20", "philox_insecure")
+PRIVACY_UNITS = ("example", "patient")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +76,10 @@ class TrainConfig:
       run reports and budgets the worse of the two.
     provision_for_colluders: size each share sigma*C/sqrt(M-c) so that the
       honest hospitals' noise alone meets sigma (costs accuracy).
+    privacy_unit: 'example' (one image) or 'patient' (all of a patient's
+      images: patients are Poisson-sampled and each patient's summed gradient
+      is clipped to C; needs patient ids in the data). The accounting is the
+      same in form; the guarantee is per unit.
   """
 
   setting: str = "fscdp"
@@ -106,6 +111,7 @@ class TrainConfig:
   secagg_unmask_dropout_prob: float = 0.0
   assumed_colluders: int = 0
   provision_for_colluders: bool = False
+  privacy_unit: str = "example"
 
   def __post_init__(self):
     def bad(name, why):
@@ -163,6 +169,10 @@ class TrainConfig:
       bad("assumed_colluders", "must be >= 0")
     if (self.assumed_colluders or self.provision_for_colluders) and self.setting != "fscdp":
       bad("assumed_colluders", "applies to fscdp only")
+    if self.privacy_unit not in PRIVACY_UNITS:
+      bad("privacy_unit", f"must be one of {PRIVACY_UNITS}")
+    if self.privacy_unit == "patient" and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
+      bad("privacy_unit", "patient is not available with --cdp_impl=tf_privacy (use ours)")
     for entry in self.dropout_schedule:
       if len(entry) != 2 or int(entry[0]) < 1 or any(int(h) < 0 for h in entry[1]):
         bad("dropout_schedule", "entries must be (round >= 1, (hospital >= 0, ...))")

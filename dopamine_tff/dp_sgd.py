@@ -73,6 +73,29 @@ def poisson_mask(num_examples, sampling_prob, seed):
   return u < sampling_prob
 
 
+def group_poisson_mask(groups, sampling_prob, seed):
+  """Boolean [N]: each group (patient, ids 0..G-1) is in the batch with probability q,
+  all of its examples together."""
+  chosen = poisson_mask(tf.reduce_max(groups) + 1, sampling_prob, seed)
+  return tf.gather(chosen, groups)
+
+
+def clipped_group_sum(model, x, y, groups, l2_norm_clip):
+  """Sum over groups of each group's summed gradient clipped to C.
+
+  Returns (list of summed clipped gradients, per-group norms before clipping).
+  ``groups`` may be any int ids; they are made dense here.
+  """
+  _, dense = tf.unique(groups)
+  num_groups = tf.reduce_max(dense) + 1
+  if fast_clip.supports(model):
+    return fast_clip.clipped_sum(model, x, y, l2_norm_clip, loss_per_example, dense, num_groups)
+  grads = per_example_gradients(model, x, y)
+  summed = [tf.math.unsorted_segment_sum(g, dense, num_groups) for g in grads]
+  clipped, norms = clip_per_example(summed, l2_norm_clip)
+  return [tf.reduce_sum(g, axis=0) for g in clipped], norms
+
+
 def per_example_gradients(model: tf.keras.Model, x, y):
   """Gradients of each example's loss w.r.t. the trainable variables.
 
@@ -117,8 +140,15 @@ class NoisySum(NamedTuple):
   batch_size: tf.Tensor
 
 
-def noisy_clipped_sum(model, x, y, *, sampling_prob, l2_norm_clip, noise_stddev, seed) -> NoisySum:
+def noisy_clipped_sum(
+  model, x, y, *, sampling_prob, l2_norm_clip, noise_stddev, seed, groups=None
+) -> NoisySum:
   """Poisson-samples (x, y), clips per-example gradients and adds noise.
+
+  With ``groups`` (int32 [N], a patient id per example, dense 0..G-1) the
+  privacy unit is the group: groups are Poisson-sampled with probability q,
+  all their examples together, and each group's summed gradient is clipped
+  to C, so adding or removing one patient changes the sum by at most C.
 
   Args:
     model: Keras model whose trainable variables hold the current weights.
@@ -131,10 +161,15 @@ def noisy_clipped_sum(model, x, y, *, sampling_prob, l2_norm_clip, noise_stddev,
   """
   sample_seed = seeds.stream(seed, seeds.Purpose.SAMPLE)
   noise_seed = seeds.stream(seed, seeds.Purpose.NOISE)
-  mask = poisson_mask(tf.shape(y)[0], sampling_prob, sample_seed)
+  if groups is None:
+    mask = poisson_mask(tf.shape(y)[0], sampling_prob, sample_seed)
+  else:
+    mask = group_poisson_mask(groups, sampling_prob, sample_seed)
   xb, yb = tf.boolean_mask(x, mask), tf.boolean_mask(y, mask)
 
   def clipped_sum():
+    if groups is not None:
+      return clipped_group_sum(model, xb, yb, tf.boolean_mask(groups, mask), l2_norm_clip)[0]
     if fast_clip.supports(model):
       summed, _ = fast_clip.clipped_sum(model, xb, yb, l2_norm_clip, loss_per_example)
       return summed

@@ -106,8 +106,29 @@ def _patches(layer, x):
   return tf.concat(slices, axis=-1)
 
 
-def _layer_terms(layer, x, g):
-  """(per-example squared norm [B], function: weights [B] -> (dW sum, db sum))."""
+def _grouped(per_w, per_b, groups, num_groups):
+  """Squared norms [G] of the per-group sums of per-example gradients."""
+  gw = tf.math.unsorted_segment_sum(per_w, groups, num_groups)
+  gb = tf.math.unsorted_segment_sum(per_b, groups, num_groups)
+  return tf.reduce_sum(tf.square(gw), [1, 2]) + tf.reduce_sum(tf.square(gb), 1)
+
+
+def _layer_terms(layer, x, g, groups=None, num_groups=None):
+  """(squared norm per example [B] or per group [G], function: weights [B] -> (dW, db) sums).
+
+  With ``groups`` (a group id per example, e.g. its patient) the norms are those
+  of each group's summed gradient, and the per-example gradients are built
+  explicitly (no ghost norm: the cross terms between a group's examples count).
+  """
+  if isinstance(layer, tf.keras.layers.Dense) and groups is not None:
+    if len(x.shape) != 2:
+      x = tf.reshape(x, [tf.shape(x)[0], -1, x.shape[-1]])
+      g = tf.reshape(g, [tf.shape(g)[0], -1, g.shape[-1]])
+      per_w, per_b = tf.einsum("bti,bto->bio", x, g), tf.reduce_sum(g, axis=1)
+    else:
+      per_w, per_b = tf.einsum("bi,bo->bio", x, g), g
+    sq = _grouped(per_w, per_b, groups, num_groups)
+    return sq, lambda c: (tf.einsum("b,bio->io", c, per_w), tf.einsum("b,bo->o", c, per_b))
   if isinstance(layer, tf.keras.layers.Dense):
     if len(x.shape) != 2:
       x = tf.reshape(x, [tf.shape(x)[0], -1, x.shape[-1]])
@@ -124,7 +145,10 @@ def _layer_terms(layer, x, g):
   patches = _patches(layer, x)
   per_w = tf.einsum("bhwi,bhwo->bio", patches, g)
   per_b = tf.reduce_sum(g, axis=[1, 2])
-  sq = tf.reduce_sum(tf.square(per_w), [1, 2]) + tf.reduce_sum(tf.square(per_b), 1)
+  if groups is None:
+    sq = tf.reduce_sum(tf.square(per_w), [1, 2]) + tf.reduce_sum(tf.square(per_b), 1)
+  else:
+    sq = _grouped(per_w, per_b, groups, num_groups)
   shape = layer.kernel.shape
 
   def weighted(c):
@@ -133,12 +157,15 @@ def _layer_terms(layer, x, g):
   return sq, weighted
 
 
-def clipped_sum(model: tf.keras.Model, x, y, l2_norm_clip, loss_fn):
+def clipped_sum(model: tf.keras.Model, x, y, l2_norm_clip, loss_fn, groups=None, num_groups=None):
   """Sum over the batch of per-example gradients clipped to L2 norm C.
+
+  With ``groups`` (int32 [B], ids in [0, num_groups)), each group's summed
+  gradient is clipped to C instead: the privacy unit is the group (a patient).
 
   Returns:
     (list of summed clipped gradients in model.trainable_variables order,
-     per-example gradient norms before clipping [B]).
+     gradient norms before clipping, per example [B] or per group [G]).
   """
   tap = _tap_model(model)
   with tf.GradientTape() as tape:
@@ -146,9 +173,14 @@ def clipped_sum(model: tf.keras.Model, x, y, l2_norm_clip, loss_fn):
     logits = logits[0] if isinstance(logits, list | tuple) else logits
     loss = tf.reduce_sum(loss_fn(logits, y))
   grads_z = tape.gradient(loss, outputs)
-  terms = [_layer_terms(layer, xi, gi) for layer, xi, gi in zip(_taps(model), inputs, grads_z)]
+  terms = [
+    _layer_terms(layer, xi, gi, groups, num_groups)
+    for layer, xi, gi in zip(_taps(model), inputs, grads_z)
+  ]
   norms = tf.sqrt(tf.add_n([sq for sq, _ in terms]))
   factor = tf.minimum(1.0, l2_norm_clip / tf.maximum(norms, 1e-12))
+  if groups is not None:
+    factor = tf.gather(factor, groups)  # every example of a group gets its group's factor
   out = []
   for _, weighted in terms:
     out.extend(weighted(factor))

@@ -31,13 +31,15 @@ DpSgdParams = tf_rounds.DpSgdParams
 LocalParams = tf_rounds.LocalParams
 
 
-def _common(initial_weights, image_shape, with_velocity):
+def _common(initial_weights, image_shape, with_velocity, with_groups=False):
   @tff.tensorflow.computation
   def state_fn():
     return tf_rounds.initial_state(initial_weights, with_velocity)
 
   w_specs = tf_rounds.weight_specs(initial_weights)
-  ds_type = tff.SequenceType(tff.types.tensorflow_to_type(tf_rounds.data_spec(image_shape)))
+  ds_type = tff.SequenceType(
+    tff.types.tensorflow_to_type(tf_rounds.data_spec(image_shape, with_groups))
+  )
   state_type = state_fn.type_signature.result
 
   @tff.tensorflow.computation(state_type)
@@ -66,7 +68,9 @@ def build_dp_client_computation(model_fn, initial_weights, image_shape, params):
   clipped per-example gradients with the hospital's noise share already added.
   """
   w_specs = tf_rounds.weight_specs(initial_weights)
-  ds_type = tff.SequenceType(tff.types.tensorflow_to_type(tf_rounds.data_spec(image_shape)))
+  ds_type = tff.SequenceType(
+    tff.types.tensorflow_to_type(tf_rounds.data_spec(image_shape, params.patient_unit))
+  )
   client_fn = tf.function(tf_rounds.dp_client_update)
 
   @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC)
@@ -120,7 +124,7 @@ def build_dp_sgd_process(
   ``next(state, correction, datasets, seeds, dither_keys, dither_signs)``.
   """
   w_specs, ds_type, state_type, get_weights, initialize = _common(
-    initial_weights, image_shape, with_velocity=True
+    initial_weights, image_shape, with_velocity=True, with_groups=params.patient_unit
   )
   key_spec, sign_spec = _dither_specs(dither_degree)
   client_fn = tf.function(tf_rounds.encoded_client_update)
@@ -188,7 +192,7 @@ def build_fedavg_process(
   hospital's update is DP by itself).
   """
   w_specs, ds_type, state_type, get_weights, initialize = _common(
-    initial_weights, image_shape, with_velocity=False
+    initial_weights, image_shape, with_velocity=False, with_groups=params.patient_unit
   )
   client_fn = tf.function(tf_rounds.fedavg_client_update)
 
@@ -247,7 +251,7 @@ def build_masked_dp_sgd_process(
   unmasking. Example and changed-coordinate counts go through secure sums.
   """
   w_specs, ds_type, state_type, _, initialize = _common(
-    initial_weights, image_shape, with_velocity=True
+    initial_weights, image_shape, with_velocity=True, with_groups=params.patient_unit
   )
   client_fn = tf.function(tf_rounds.masked_client_update)
   dkey_spec, dsign_spec = _dither_specs(dither_degree)

@@ -48,35 +48,50 @@ class RoundPlan:
   unmask_dropped: tuple[int, ...] = ()  # secure aggregation: gone before unmasking
 
 
-def write_shards(sets: list[loaders.ImageSet], directory: str) -> list[str]:
+def patient_ids(s: loaders.ImageSet) -> np.ndarray:
+  """Dense patient ids 0..P-1 of a hospital's examples (ValueError when the data has none)."""
+  if s.patients is None:
+    raise ValueError(
+      "privacy_unit=patient needs patient ids: EyePACS file names, or a patient_id column "
+      "in the APTOS-format train.csv (synthetic, digits and plain APTOS have none)"
+    )
+  return np.unique(s.patients, return_inverse=True)[1].astype(np.int32)
+
+
+def write_shards(
+  sets: list[loaders.ImageSet], directory: str, with_groups: bool = False
+) -> list[str]:
   """Writes each hospital's arrays to one file; returns the paths.
 
   TFF then ships only a path per hospital and round; the worker reads the file.
+  With ``with_groups`` a third record holds the dense patient id per example.
   """
   os.makedirs(directory, exist_ok=True)
   paths = []
   for k, s in enumerate(sets):
     path = os.path.join(directory, f"hospital_{k:04d}.tfrec")
-    blob = tf.io.serialize_tensor(tf.constant(s.images)).numpy()
-    labels = tf.io.serialize_tensor(tf.constant(s.labels)).numpy()
+    records = [s.images, s.labels] + ([patient_ids(s)] if with_groups else [])
     tmp = path + ".tmp"
     with tf.io.TFRecordWriter(tmp) as w:
-      w.write(blob)
-      w.write(labels)
+      for array in records:
+        w.write(tf.io.serialize_tensor(tf.constant(array)).numpy())
     os.replace(tmp, path)
     paths.append(path)
   return paths
 
 
-def hospital_dataset(path: str, image_shape) -> tf.data.Dataset:
-  """One element: the hospital's (images [N,H,W,C], labels [N]), read from disk."""
+def hospital_dataset(path: str, image_shape, with_groups: bool = False) -> tf.data.Dataset:
+  """One element: the hospital's (images [N,H,W,C], labels [N][, patient ids [N]])."""
 
   def parse(records):
     x = tf.io.parse_tensor(records[0], tf.float32)
     y = tf.io.parse_tensor(records[1], tf.int32)
-    return tf.ensure_shape(x, [None, *image_shape]), tf.ensure_shape(y, [None])
+    out = (tf.ensure_shape(x, [None, *image_shape]), tf.ensure_shape(y, [None]))
+    if with_groups:
+      out = (*out, tf.ensure_shape(tf.io.parse_tensor(records[2], tf.int32), [None]))
+    return out
 
-  return tf.data.TFRecordDataset(path).batch(2).map(parse)
+  return tf.data.TFRecordDataset(path).batch(3 if with_groups else 2).map(parse)
 
 
 def _check_connected(graph: dict, alive: set) -> None:
@@ -110,8 +125,11 @@ class TffTrainer:
     self.image_shape = image_shape
     self.model_fn = lambda: models.build(cfg.model, image_shape, num_classes)
     self.initial_weights = models.initial_weights(cfg.model, image_shape, num_classes, cfg.seed)
-    paths = write_shards(sets, os.path.join(work_dir, "shards"))
-    self.datasets = [hospital_dataset(p, image_shape) for p in paths]
+    self.patient_unit = cfg.private and cfg.privacy_unit == "patient"
+    # Sampling units per hospital: examples, or patients for the patient unit.
+    self.units = [len(np.unique(patient_ids(s))) if self.patient_unit else len(s) for s in sets]
+    paths = write_shards(sets, os.path.join(work_dir, "shards"), self.patient_unit)
+    self.datasets = [hospital_dataset(p, image_shape, self.patient_unit) for p in paths]
     self.process = self.build()
 
   def build(self):
@@ -153,6 +171,7 @@ class TffTrainer:
     return (
       f"{type(self).__name__} ({self.cfg.runtime} runtime): {len(self.sizes)} hospitals, "
       f"sizes {self.sizes}"
+      + (f"; privacy unit: patient ({self.units} patients)" if self.patient_unit else "")
     )
 
 
@@ -197,7 +216,7 @@ class DpSgdTrainer(TffTrainer):
       dim=dim,
     )
     params = process.DpSgdParams(
-      cfg.sampling_prob, cfg.l2_norm_clip, share, cfg.learning_rate, cfg.momentum
+      cfg.sampling_prob, cfg.l2_norm_clip, share, cfg.learning_rate, cfg.momentum, self.patient_unit
     )
     self.dither_graph = {i: tuple(j for j in range(k) if j != i) for i in range(k)}
     self._dither = tf.function(quantization.dither)
@@ -359,7 +378,13 @@ class FedAvgTrainer(TffTrainer):
     dp = cfg.noise_multiplier if cfg.setting == "fpdp" else None
     epochs = 1 if cfg.setting == "c" else cfg.local_epochs
     params = process.LocalParams(
-      epochs, cfg.batch_size, cfg.learning_rate, cfg.momentum, dp, cfg.l2_norm_clip
+      epochs,
+      cfg.batch_size,
+      cfg.learning_rate,
+      cfg.momentum,
+      dp,
+      cfg.l2_norm_clip,
+      self.patient_unit,
     )
     self.local = params
     builder = (
@@ -385,7 +410,7 @@ class FedAvgTrainer(TffTrainer):
     steps = {}
     if self.cfg.setting == "fpdp":
       for c in clients:
-        n = self.sizes[c]
+        n = self.units[c]  # examples, or patients for the patient unit
         count = self.local.local_epochs * math.ceil(n / self.local.batch_size)
         q = min(1.0, self.local.batch_size / n)
         steps[str(c)] = accounting.StepSpec(q, self.cfg.noise_multiplier, count)

@@ -42,6 +42,9 @@ class DpSgdParams(NamedTuple):
     l2_norm_clip: per-example clip norm C.
     noise_stddev: std of each hospital's noise share (sigma*C/sqrt(K)).
     learning_rate, momentum: server SGD with heavy-ball momentum.
+    patient_unit: the privacy unit is the patient: the data carries a patient
+      id per example; patients are sampled with probability q and each
+      patient's summed gradient is clipped to C.
   """
 
   sampling_prob: float
@@ -49,6 +52,7 @@ class DpSgdParams(NamedTuple):
   noise_stddev: float
   learning_rate: float
   momentum: float
+  patient_unit: bool = False
 
 
 class LocalParams(NamedTuple):
@@ -64,17 +68,17 @@ class LocalParams(NamedTuple):
   momentum: float
   dp_noise_multiplier: float | None = None
   l2_norm_clip: float = 1.0
+  patient_unit: bool = False  # FPDP: sample batches of patients, clip each patient's sum
 
 
 def weight_specs(weights) -> list[tf.TensorSpec]:
   return [tf.TensorSpec(np.shape(w), tf.float32) for w in weights]
 
 
-def data_spec(image_shape) -> tuple[tf.TensorSpec, tf.TensorSpec]:
-  return (
-    tf.TensorSpec([None, *image_shape], tf.float32),
-    tf.TensorSpec([None], tf.int32),
-  )
+def data_spec(image_shape, with_groups: bool = False) -> tuple:
+  """(images, labels) or, for the patient privacy unit, (images, labels, patient ids)."""
+  spec = (tf.TensorSpec([None, *image_shape], tf.float32), tf.TensorSpec([None], tf.int32))
+  return (*spec, tf.TensorSpec([None], tf.int32)) if with_groups else spec
 
 
 def initial_state(initial_weights, with_velocity: bool) -> ServerState:
@@ -83,15 +87,16 @@ def initial_state(initial_weights, with_velocity: bool) -> ServerState:
   return ServerState(weights, velocity, tf.constant(0, tf.int32))
 
 
-def all_examples(dataset):
-  """The hospital's whole local set as one (x, y) pair of tensors."""
-  return dataset.unbatch().batch(2**30).get_single_element()
+def all_examples(dataset, with_groups: bool = False):
+  """The hospital's whole local set as (x, y, groups); groups is None per example."""
+  parts = dataset.unbatch().batch(2**30).get_single_element()
+  return parts[0], parts[1], (parts[2] if with_groups else None)
 
 
 def dp_client_update(model, weights, dataset, seed, params: DpSgdParams):
   """A hospital's Dopamine step: (noisy clipped-gradient sum, number of examples)."""
   dp_sgd.assign_weights(model, weights)
-  x, y = all_examples(dataset)
+  x, y, groups = all_examples(dataset, params.patient_unit)
   result = dp_sgd.noisy_clipped_sum(
     model,
     x,
@@ -100,6 +105,7 @@ def dp_client_update(model, weights, dataset, seed, params: DpSgdParams):
     l2_norm_clip=params.l2_norm_clip,
     noise_stddev=params.noise_stddev,
     seed=seed,
+    groups=groups,
   )
   return result.noisy_sum, tf.shape(y)[0]
 
@@ -126,7 +132,7 @@ def dp_server_update(state: ServerState, noisy_sum, num_examples, params: DpSgdP
   return ServerState(weights, velocity, state.round_num + 1)
 
 
-def _local_gradient(model, x, y, n, step, seed, batches_per_epoch, params: LocalParams):
+def _local_gradient(model, x, y, groups, n, step, seed, batches_per_epoch, params: LocalParams):
   batch = params.batch_size
   if params.dp_noise_multiplier is None:
     epoch = step // batches_per_epoch
@@ -137,6 +143,7 @@ def _local_gradient(model, x, y, n, step, seed, batches_per_epoch, params: Local
     with tf.GradientTape() as tape:
       loss = tf.reduce_mean(dp_sgd.loss_per_example(model(xb, training=True), yb))
     return tape.gradient(loss, model.trainable_variables)
+  # q = B / (examples, or patients for the patient unit); n is in the same unit.
   q = tf.minimum(1.0, batch / tf.cast(n, tf.float32))
   result = dp_sgd.noisy_clipped_sum(
     model,
@@ -146,8 +153,9 @@ def _local_gradient(model, x, y, n, step, seed, batches_per_epoch, params: Local
     l2_norm_clip=params.l2_norm_clip,
     noise_stddev=params.dp_noise_multiplier * params.l2_norm_clip,
     seed=seeds.stream(seed, seeds.Purpose.LOCAL_STEP, step),
+    groups=groups,
   )
-  expected = q * tf.cast(n, tf.float32)
+  expected = q * tf.cast(tf.shape(y)[0], tf.float32)  # expected images in the batch
   return [g / expected for g in result.noisy_sum]
 
 
@@ -158,19 +166,20 @@ def fedavg_client_update(model, weights, dataset, seed, params: LocalParams):
     (weights delta, number of local examples as float32).
   """
   dp_sgd.assign_weights(model, weights)
-  x, y = all_examples(dataset)
-  n = tf.shape(y)[0]
+  x, y, groups = all_examples(dataset, params.patient_unit)
+  # Sampling units: examples, or patients for FPDP's patient privacy unit.
+  n = tf.shape(y)[0] if groups is None else tf.reduce_max(groups) + 1
   batches_per_epoch = tf.cast(tf.math.ceil(n / params.batch_size), tf.int32)
   velocity = [tf.zeros_like(w) for w in weights]
   for step in tf.range(params.local_epochs * batches_per_epoch):
-    grad = _local_gradient(model, x, y, n, step, seed, batches_per_epoch, params)
+    grad = _local_gradient(model, x, y, groups, n, step, seed, batches_per_epoch, params)
     current = [tf.identity(v) for v in model.trainable_variables]
     new_w, velocity = dp_sgd.momentum_step(
       current, velocity, grad, learning_rate=params.learning_rate, momentum=params.momentum
     )
     dp_sgd.assign_weights(model, new_w)
   delta = [v - w for v, w in zip(model.trainable_variables, weights)]
-  return delta, tf.cast(n, tf.float32)
+  return delta, tf.cast(tf.shape(y)[0], tf.float32)
 
 
 def fedavg_server_update(state: ServerState, weighted_delta_sum, total_weight):

@@ -143,6 +143,13 @@ _COLLUDERS = flags.DEFINE_integer(
 _PROVISION_COLLUDERS = flags.DEFINE_bool(
   "provision_for_colluders", False, "Size noise shares so the honest hospitals alone meet sigma."
 )
+_PRIVACY_UNIT = flags.DEFINE_enum(
+  "privacy_unit",
+  "example",
+  ["example", "patient"],
+  "What epsilon protects: one image, or all images of one patient (sampled together, "
+  "their summed gradient clipped to C; needs patient ids).",
+)
 _AUDIT = flags.DEFINE_bool("audit", False, "Run membership-inference attacks on the final model.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer(
   "checkpoint_every", 10, "Checkpoint every N rounds (0: never)."
@@ -222,6 +229,7 @@ def _configs():
     secagg_unmask_dropout_prob=_SECAGG_UNMASK_DROPOUT.value,
     assumed_colluders=_COLLUDERS.value,
     provision_for_colluders=_PROVISION_COLLUDERS.value,
+    privacy_unit=_PRIVACY_UNIT.value,
   )
   rt = runtime.RuntimeConfig(
     max_concurrent_computation_calls=_MAX_CALLS.value,
