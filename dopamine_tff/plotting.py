@@ -3,7 +3,15 @@
 A results root holds ``<setting>/seed_<n>/`` run directories written by the
 training loop (metrics.csv, summary.json). The figures are the paper's
 Figure 1 panels: test accuracy against epochs, epsilon against epochs (private
-settings), and test accuracy against epsilon.
+settings), and test accuracy against epsilon, each as PNG and PDF.
+
+Figure rules: every setting has one colour, marker and line style in every
+figure and run (STYLES; Okabe-Ito colours, readable in grey and by colour-blind
+readers); curves that coincide stay visible (CDP dashed over FSCDP's wider
+solid line); the band is the standard deviation over seeds with ddof=1, the
+same as the tables, and the legend says so with n; the accuracy panels draw
+the test set's majority-class rate; the accuracy-against-epsilon panel marks
+the paper's published points (PAPER_POINTS) for reference.
 """
 
 from __future__ import annotations
@@ -23,6 +31,26 @@ LABELS = {
   "fpdp": "FPDP (parallel local DP)",
   "fscdp": "FSCDP (Dopamine)",
 }
+
+
+# setting -> (colour, marker, line style, line width, z-order)
+STYLES = {
+  "c": ("#000000", "o", "-", 1.6, 3),
+  "cdp": ("#0072B2", "s", "--", 1.6, 5),
+  "f": ("#009E73", "^", ":", 1.8, 3),
+  "fpdp": ("#E69F00", "v", "-.", 1.6, 3),
+  "fscdp": ("#D55E00", "D", "-", 3.0, 4),
+}
+# Figure 1 of Malekzadeh et al. (read off the plots; ../shared/DOPAMINE.md):
+# setting -> (epsilon at 100 epochs, test accuracy), APTOS at 224x224.
+PAPER_POINTS = {"cdp": (9.1, 0.744), "fpdp": (19.0, 0.734), "fscdp": (10.8, 0.7425)}
+PAPER_NON_PRIVATE = {"c": 0.775, "f": 0.785}
+
+
+def style(setting: str) -> dict:
+  """Matplotlib keyword arguments of a setting's line (fixed across figures)."""
+  colour, marker, line, width, z = STYLES.get(setting, ("#CC79A7", "x", "-", 1.5, 2))
+  return dict(color=colour, marker=marker, linestyle=line, linewidth=width, zorder=z)
 
 
 def _float(v: str) -> float:
@@ -72,6 +100,15 @@ def _mean_std(values) -> tuple[float, float]:
   return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
 
 
+def ci95_halfwidth(std: float, n: int) -> float:
+  """Half-width of the two-sided 95 % Student-t interval of a mean of n values."""
+  if n < 2 or math.isnan(std):
+    return math.nan
+  from scipy import stats
+
+  return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
 def table_rows(runs: dict[str, list[dict]]) -> list[dict]:
   """One row per setting: mean and std over seeds."""
   rows = []
@@ -84,6 +121,10 @@ def table_rows(runs: dict[str, list[dict]]) -> list[dict]:
         "runs": len(group),
         "accuracy_mean": acc[0],
         "accuracy_std": acc[1],
+        "accuracy_ci95": ci95_halfwidth(acc[1], len(group)),
+        "majority_class": _mean_std([r["summary"].get("majority_class_accuracy") for r in group])[
+          0
+        ],
         "epsilon_mean": eps[0],
         "epsilon_std": eps[1],
         "delta": group[0]["summary"]["delta"],
@@ -103,10 +144,16 @@ def table_rows(runs: dict[str, list[dict]]) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
   audited = any(not math.isnan(r["audit_auc"]) for r in rows)
-  head = "| setting | runs | test accuracy (mean ± std) | epsilon (mean ± std) | delta | epochs | rounds | time per run |"
+  head = (
+    "| setting | runs | test accuracy (mean ± std) | 95 % interval | epsilon (mean ± std) "
+    "| delta | epochs | rounds | time per run |"
+  )
+  majority = [
+    r["majority_class"] for r in rows if not math.isnan(r.get("majority_class", math.nan))
+  ]
   lines = [
     head + (" MIA AUC | empirical epsilon LB |" if audited else ""),
-    "|---|---|---|---|---|---|---|---|" + ("---|---|" if audited else ""),
+    "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if audited else ""),
   ]
   for r in rows:
     eps = (
@@ -114,13 +161,30 @@ def markdown(rows: list[dict]) -> str:
       if math.isnan(r["epsilon_mean"])
       else f"{r['epsilon_mean']:.3f} ± {r['epsilon_std']:.3f}"
     )
+    ci = r.get("accuracy_ci95", math.nan)
+    interval = (
+      "-"
+      if math.isnan(ci)
+      else f"[{100 * (r['accuracy_mean'] - ci):.2f}, {100 * (r['accuracy_mean'] + ci):.2f}] %"
+    )
     lines.append(
       f"| {LABELS.get(r['setting'], r['setting'])} | {r['runs']} | "
-      f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} % | {eps} | "
+      f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} % | {interval} | {eps} | "
       f"{r['delta'] if r['delta'] is not None else '-'} | {r['epochs']:.2f} | {r['rounds']:.0f} | "
       f"{r['wall_time_s']:.0f} s |"
       + (f" {r['audit_auc']:.3f} | {r['audit_epsilon_lb']:.3f} |" if audited else "")
     )
+  n = max((r["runs"] for r in rows), default=0)
+  lines.append("")
+  lines.append(
+    f"Mean ± standard deviation (ddof=1) over the runs of each setting (up to n={n} seeds); "
+    "the 95 % interval is the Student-t interval of the mean."
+    + (
+      f" Majority-class rate of the test set: {100 * float(np.mean(majority)):.2f} %."
+      if majority
+      else ""
+    )
+  )
   return "\n".join(lines)
 
 
@@ -134,7 +198,7 @@ def write_table(rows: list[dict], csv_path: str, md_path: str) -> None:
 
 
 def _curves(group: list[dict], x_key: str, y_key: str):
-  """Mean and std of y over seeds at the x values where y was evaluated."""
+  """x, mean and std (ddof=1; 0 for one run) of y over seeds where y was evaluated."""
   series = []
   for run in group:
     m = run["metrics"]
@@ -145,24 +209,44 @@ def _curves(group: list[dict], x_key: str, y_key: str):
     return None
   x = np.mean([s[0][:n] for s in series], axis=0)
   ys = np.array([s[1][:n] for s in series])
-  return x, ys.mean(axis=0), ys.std(axis=0)
+  std = ys.std(axis=0, ddof=1) if len(ys) > 1 else np.zeros(n)
+  return x, ys.mean(axis=0), std
+
+
+PANELS = (
+  ("accuracy_vs_epochs", "epochs", "test_accuracy", "epochs", "test accuracy", False),
+  ("epsilon_vs_epochs", "epochs", "epsilon", "epochs", "epsilon", True),
+  ("accuracy_vs_epsilon", "epsilon", "test_accuracy", "epsilon", "test accuracy", True),
+)
+
+
+def _band_note(runs) -> str:
+  counts = sorted({len(g) for g in runs.values()})
+  if counts == [1]:
+    seeds = sorted({g[0]["summary"].get("seed", 0) for g in runs.values()})
+    return "one run per setting (no band)" + (f", seed {seeds[0]}" if len(seeds) == 1 else "")
+  n = counts[0] if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+  return f"lines: mean over n={n} seeds; bands: ± 1 std (ddof=1)"
 
 
 def draw_figures(runs: dict[str, list[dict]], out_dir: str, title: str = "") -> list[str]:
-  """Draws the three Figure-1 panels as PNGs; returns their paths."""
+  """Draws the three Figure-1 panels as PNG and PDF; returns the paths."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  panels = [
-    ("accuracy_vs_epochs.png", "epochs", "test_accuracy", "epochs", "test accuracy", False),
-    ("epsilon_vs_epochs.png", "epochs", "epsilon", "epochs", "epsilon", True),
-    ("accuracy_vs_epsilon.png", "epsilon", "test_accuracy", "epsilon", "test accuracy", True),
-  ]
+  title = title or "dopamine_tff"
+  note = _band_note(runs)
+  majority = [r["summary"].get("majority_class_accuracy") for g in runs.values() for r in g]
+  majority = [m for m in majority if m is not None]
+  deltas = {r["summary"].get("delta") for g in runs.values() for r in g} - {None}
+  eps_label = f"epsilon (delta = {deltas.pop():g})" if len(deltas) == 1 else "epsilon"
   paths = []
-  for name, x_key, y_key, x_label, y_label, private_only in panels:
-    fig, ax = plt.subplots(figsize=(6, 4))
+  for name, x_key, y_key, x_label, y_label, private_only in PANELS:
+    x_label = eps_label if x_key == "epsilon" else x_label
+    y_label = eps_label if y_key == "epsilon" else y_label
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for setting, group in runs.items():
       if private_only and group[0]["summary"]["epsilon"] is None:
         continue
@@ -170,16 +254,50 @@ def draw_figures(runs: dict[str, list[dict]], out_dir: str, title: str = "") -> 
       if curve is None:
         continue
       x, mean, std = curve
-      ax.plot(x, mean, label=LABELS.get(setting, setting))
-      ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+      kw = style(setting)
+      every = max(1, len(x) // 8)
+      offset = (ORDER.index(setting) if setting in ORDER else 0) * every // len(ORDER)
+      ax.plot(
+        x,
+        mean,
+        label=f"{LABELS.get(setting, setting)} (n={len(group)})",
+        markevery=(offset, every),  # staggered: coinciding curves keep their own markers
+        markersize=5,
+        **kw,
+      )
+      if len(group) > 1:
+        ax.fill_between(x, mean - std, mean + std, color=kw["color"], alpha=0.15, linewidth=0)
+    if y_key == "test_accuracy" and majority:
+      ax.axhline(
+        float(np.mean(majority)),
+        color="#777777",
+        linestyle=(0, (1, 3)),
+        linewidth=1.2,
+        label=f"majority class ({100 * float(np.mean(majority)):.1f} %)",
+      )
+    if name == "accuracy_vs_epsilon":
+      for setting, (eps, acc) in PAPER_POINTS.items():
+        kw = style(setting)
+        ax.plot(
+          [eps],
+          [acc],
+          linestyle="none",
+          marker=kw["marker"],
+          markersize=9,
+          markerfacecolor="none",
+          markeredgecolor=kw["color"],
+          markeredgewidth=1.8,
+          label=f"paper: {setting.upper()} (APTOS, 100 epochs)",
+        )
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, title=note, title_fontsize=7)
     fig.tight_layout()
-    path = os.path.join(out_dir, name)
-    fig.savefig(path, dpi=110)
+    for ext in ("png", "pdf"):
+      path = os.path.join(out_dir, f"{name}.{ext}")
+      fig.savefig(path, dpi=120)
+      paths.append(path)
     plt.close(fig)
-    paths.append(path)
   return paths

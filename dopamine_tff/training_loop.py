@@ -535,6 +535,8 @@ def _finish(
   epsilon = _worst_epsilon(ledgers, cfg.private)
   summary = {
     "setting": cfg.setting,
+    "seed": cfg.seed,
+    "privacy_unit": cfg.privacy_unit if cfg.private else None,
     "dataset": data.name,
     "rounds_run": rounds_run,
     "rounds_requested": cfg.rounds,
