@@ -22,6 +22,7 @@ ACCOUNTANT_CHOICES = ("rdp", "pld", "both")
 SECURE_AGGREGATION = ("none", "secagg", "secagg_plus")
 SECAGG_PRGS = ("chacha20", "philox_insecure")
 PRIVACY_UNITS = ("example", "patient")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +81,11 @@ class TrainConfig:
       images: patients are Poisson-sampled and each patient's summed gradient
       is clipped to C; needs patient ids in the data). The accounting is the
       same in form; the guarantee is per unit.
+    ema_decay: exponential moving average of the released global weights
+      (post-processing: no privacy cost); evaluation and the final model use
+      it. The decay ramps up as min(d, (1 + t) / (10 + t)). 0: off.
+    lr_schedule: 'constant' or 'cosine' (decay to 0 over `rounds` server
+      steps; for FedAvg settings it scales the server's mean delta).
   """
 
   setting: str = "fscdp"
@@ -112,6 +118,8 @@ class TrainConfig:
   assumed_colluders: int = 0
   provision_for_colluders: bool = False
   privacy_unit: str = "example"
+  ema_decay: float = 0.0
+  lr_schedule: str = "constant"
 
   def __post_init__(self):
     def bad(name, why):
@@ -169,6 +177,12 @@ class TrainConfig:
       bad("assumed_colluders", "must be >= 0")
     if (self.assumed_colluders or self.provision_for_colluders) and self.setting != "fscdp":
       bad("assumed_colluders", "applies to fscdp only")
+    if not 0.0 <= self.ema_decay < 1.0:
+      bad("ema_decay", "must be in [0, 1)")
+    if self.lr_schedule not in LR_SCHEDULES:
+      bad("lr_schedule", f"must be one of {LR_SCHEDULES}")
+    if self.lr_schedule != "constant" and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
+      bad("lr_schedule", "is not available with --cdp_impl=tf_privacy")
     if self.privacy_unit not in PRIVACY_UNITS:
       bad("privacy_unit", f"must be one of {PRIVACY_UNITS}")
     if self.privacy_unit == "patient" and self.setting == "cdp" and self.cdp_impl == "tf_privacy":

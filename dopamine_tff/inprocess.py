@@ -100,7 +100,11 @@ class InProcessFedAvg:
       return [d * size for d in delta], size
 
     self._client = tf.function(client)
-    self._server = tf.function(tf_rounds.fedavg_server_update)
+    self._server = tf.function(
+      lambda state, delta_sum, total: tf_rounds.fedavg_server_update(
+        state, delta_sum, total, params.lr_schedule, params.total_rounds
+      )
+    )
 
   def initialize(self) -> tf_rounds.ServerState:
     return _numpy_state(tf_rounds.initial_state(self._initial, with_velocity=False))

@@ -216,7 +216,14 @@ class DpSgdTrainer(TffTrainer):
       dim=dim,
     )
     params = process.DpSgdParams(
-      cfg.sampling_prob, cfg.l2_norm_clip, share, cfg.learning_rate, cfg.momentum, self.patient_unit
+      cfg.sampling_prob,
+      cfg.l2_norm_clip,
+      share,
+      cfg.learning_rate,
+      cfg.momentum,
+      self.patient_unit,
+      cfg.lr_schedule,
+      cfg.rounds,
     )
     self.dither_graph = {i: tuple(j for j in range(k) if j != i) for i in range(k)}
     self._dither = tf.function(quantization.dither)

@@ -45,6 +45,8 @@ class DpSgdParams(NamedTuple):
     patient_unit: the privacy unit is the patient: the data carries a patient
       id per example; patients are sampled with probability q and each
       patient's summed gradient is clipped to C.
+    lr_schedule, total_rounds: 'constant', or 'cosine' (the learning rate
+      decays as 0.5 (1 + cos(pi t / T)) over T = total_rounds server steps).
   """
 
   sampling_prob: float
@@ -53,6 +55,8 @@ class DpSgdParams(NamedTuple):
   learning_rate: float
   momentum: float
   patient_unit: bool = False
+  lr_schedule: str = "constant"
+  total_rounds: int = 0
 
 
 class LocalParams(NamedTuple):
@@ -69,6 +73,8 @@ class LocalParams(NamedTuple):
   dp_noise_multiplier: float | None = None
   l2_norm_clip: float = 1.0
   patient_unit: bool = False  # FPDP: sample batches of patients, clip each patient's sum
+  lr_schedule: str = "constant"  # the server's step on the mean delta follows it
+  total_rounds: int = 0
 
 
 def weight_specs(weights) -> list[tf.TensorSpec]:
@@ -110,6 +116,19 @@ def dp_client_update(model, weights, dataset, seed, params: DpSgdParams):
   return result.noisy_sum, tf.shape(y)[0]
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(round_num, schedule: str, total_rounds: int):
+  """Multiplier of the learning rate at 0-based server step `round_num`."""
+  if schedule == "constant" or total_rounds <= 0:
+    return tf.constant(1.0)
+  if schedule != "cosine":
+    raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+  t = tf.minimum(tf.cast(round_num, tf.float32) / float(total_rounds), 1.0)
+  return 0.5 * (1.0 + tf.cos(np.pi * t))
+
+
 def dp_server_update(state: ServerState, noisy_sum, num_examples, params: DpSgdParams):
   """Divides by the expected batch size q*N and takes a momentum-SGD step.
 
@@ -119,11 +138,12 @@ def dp_server_update(state: ServerState, noisy_sum, num_examples, params: DpSgdP
   expected_batch = params.sampling_prob * tf.cast(num_examples, tf.float32)
   safe = tf.maximum(expected_batch, 1e-30)
   grad = [g / safe for g in noisy_sum]
+  lr = params.learning_rate * lr_factor(state.round_num, params.lr_schedule, params.total_rounds)
   weights, velocity = dp_sgd.momentum_step(
     state.weights,
     state.velocity,
     grad,
-    learning_rate=params.learning_rate,
+    learning_rate=lr,
     momentum=params.momentum,
   )
   apply = num_examples > 0
@@ -182,11 +202,19 @@ def fedavg_client_update(model, weights, dataset, seed, params: LocalParams):
   return delta, tf.cast(tf.shape(y)[0], tf.float32)
 
 
-def fedavg_server_update(state: ServerState, weighted_delta_sum, total_weight):
-  """Adds the example-weighted mean of the deltas (skips when nobody delivered)."""
+def fedavg_server_update(
+  state: ServerState, weighted_delta_sum, total_weight, lr_schedule="constant", total_rounds=0
+):
+  """Adds the example-weighted mean of the deltas (skips when nobody delivered).
+
+  With a learning-rate schedule the mean delta is scaled by its factor (a
+  server learning rate that decays).
+  """
   safe = tf.maximum(total_weight, 1e-30)
+  scale = lr_factor(state.round_num, lr_schedule, total_rounds)
   weights = [
-    w + tf.where(total_weight > 0, d / safe, 0.0) for w, d in zip(state.weights, weighted_delta_sum)
+    w + tf.where(total_weight > 0, scale * d / safe, 0.0)
+    for w, d in zip(state.weights, weighted_delta_sum)
   ]
   return ServerState(weights, state.velocity, state.round_num + 1)
 

@@ -154,8 +154,13 @@ def write_json(path: str, blob: dict) -> None:
 
 
 def run_identity(cfg: configs.TrainConfig, data: loaders.FederatedData) -> dict:
-  """What a checkpoint belongs to: every field that changes past rounds."""
-  ident = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUMABLE_CHANGES}
+  """What a checkpoint belongs to: every field that changes past rounds.
+
+  With a learning-rate schedule the round count shapes every step, so it must
+  not change on resume.
+  """
+  free = [k for k in RESUMABLE_CHANGES if not (k == "rounds" and cfg.lr_schedule != "constant")]
+  ident = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
   ident.update(
     data=data.name,
     image_shape=list(data.image_shape),
@@ -274,7 +279,9 @@ def _restore(trainer, ledgers, ckpt_dir, cfg, data):
     )
   for party, blob in meta["ledgers"].items():
     ledgers[party] = accounting.PrivacyLedger.from_json(blob)
-  return trainer.state_from_arrays(arrays), meta["round"], meta.get("wall_time_s", 0.0)
+  ema = arrays.pop("ema", None)
+  state = trainer.state_from_arrays(arrays)
+  return state, meta["round"], meta.get("wall_time_s", 0.0), ema
 
 
 def check_run(cfg: configs.TrainConfig, data: loaders.FederatedData) -> None:
@@ -345,9 +352,9 @@ def _run(cfg, data, output_dir, scratch, hparams, options, log) -> dict:
       )
     # A fresh start replaces whatever a previous run left (checked in run()).
     remove_run_files(output_dir)
-    state, start_round, wall_offset = trainer.initial_state(), 0, 0.0
+    state, start_round, wall_offset, ema = trainer.initial_state(), 0, 0.0, None
   else:
-    state, start_round, wall_offset = restored
+    state, start_round, wall_offset, ema = restored
   os.makedirs(output_dir, exist_ok=True)
   write_json(os.path.join(output_dir, "hparams.json"), hparams)
   log(trainer.describe())
@@ -362,6 +369,7 @@ def _run(cfg, data, output_dir, scratch, hparams, options, log) -> dict:
   evaluator = _Evaluator(cfg, data)
   ident = (fingerprint(cfg, data), run_identity(cfg, data))
   loop = _Loop(cfg, trainer, ledgers, evaluator, metrics, writer, log, wall_offset)
+  loop.ema = ema
   try:
     with _StopOnSigint() as stop:
       loop.stop = stop
@@ -380,7 +388,7 @@ def _run(cfg, data, output_dir, scratch, hparams, options, log) -> dict:
   if options.audit:
     summary["audit"] = audit.membership_audit(
       evaluator.model,
-      trainer.weights(state),
+      loop.model_weights(state),
       (evaluator.pooled.images, evaluator.pooled.labels),
       evaluator.test,
       seed=cfg.seed,
@@ -430,6 +438,26 @@ class _Loop:
     self.start = time.monotonic() - wall_offset
     self.last_eval: dict = {}
     self.stop: _StopOnSigint | None = None
+    self.ema: list | None = None  # EMA of the released weights (cfg.ema_decay > 0)
+    self.ema_steps = 0
+
+  def update_ema(self, state, rounds_run):
+    """Averages the released weights: post-processing, no privacy cost."""
+    d = self.cfg.ema_decay
+    if d <= 0:
+      return
+    weights = self.trainer.weights(state)
+    if self.ema is None:
+      self.ema = [np.array(w, np.float32) for w in weights]
+      return
+    decay = min(d, (1 + rounds_run) / (10 + rounds_run))
+    self.ema = [decay * e + (1 - decay) * np.asarray(w) for e, w in zip(self.ema, weights)]
+
+  def model_weights(self, state):
+    """The weights evaluated and saved: the EMA when enabled, else the state's."""
+    if self.cfg.ema_decay > 0 and self.ema is not None:
+      return self.ema
+    return self.trainer.weights(state)
 
   def wall(self) -> float:
     return time.monotonic() - self.start
@@ -462,6 +490,8 @@ class _Loop:
       for party, step in plan.steps.items():
         self.ledgers[party].record(step)
       rounds_run = r + 1
+      if not plan.skipped:
+        self.update_ema(state, rounds_run)
       row = self._row(state, plan, measurements, rounds_run, time.monotonic() - t0)
       self.metrics.write(row)
       self._tensorboard(row)
@@ -499,7 +529,7 @@ class _Loop:
       if self.cfg.reports(kind) and (evaluate or kind == self.cfg.budget_accountant):
         row[f"epsilon_{kind}"] = _worst_epsilon(self.ledgers, self.cfg.private, kind)
     if evaluate:
-      row.update(self.evaluator(self.trainer.weights(state)))
+      row.update(self.evaluator(self.model_weights(state)))
       self.last_eval = dict(row)
     return row
 
@@ -519,13 +549,16 @@ class _Loop:
       "ledgers": {p: lg.to_json() for p, lg in self.ledgers.items()},
       "wall_time_s": self.wall(),
     }
-    checkpoint.save(ckpt_dir, rounds_run, self.trainer.state_arrays(state), meta)
+    arrays = dict(self.trainer.state_arrays(state))
+    if self.ema is not None:
+      arrays["ema"] = self.ema
+    checkpoint.save(ckpt_dir, rounds_run, arrays, meta)
 
 
 def _finish(
   cfg, data, output_dir, trainer, ledgers, evaluator, state, rounds_run, stop_reason, loop
 ):
-  weights = trainer.weights(state)
+  weights = loop.model_weights(state)
   last = loop.last_eval
   if last.get("round") != rounds_run:
     last = dict(evaluator(weights, with_train=False), round=rounds_run)

@@ -77,6 +77,17 @@ _ACCOUNTANT = flags.DEFINE_enum(
 _CDP_IMPL = flags.DEFINE_enum("cdp_impl", "ours", ["ours", "tf_privacy"], "CDP implementation.")
 _LR = flags.DEFINE_float("learning_rate", 0.002, "Learning rate.")
 _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "Momentum.")
+_LR_SCHEDULE = flags.DEFINE_enum(
+  "lr_schedule",
+  "constant",
+  ["constant", "cosine"],
+  "Learning-rate schedule over --rounds (cosine: decays to 0; FedAvg settings: the server step).",
+)
+_EMA = flags.DEFINE_float(
+  "ema_decay",
+  0.0,
+  "EMA of the global weights for evaluation and the final model (post-processing, free; 0: off).",
+)
 _BOUND = flags.DEFINE_float(
   "secure_sum_bound", None, "Secure-sum range [-b, b] (default: derived)."
 )
@@ -230,6 +241,8 @@ def _configs():
     assumed_colluders=_COLLUDERS.value,
     provision_for_colluders=_PROVISION_COLLUDERS.value,
     privacy_unit=_PRIVACY_UNIT.value,
+    ema_decay=_EMA.value,
+    lr_schedule=_LR_SCHEDULE.value,
   )
   rt = runtime.RuntimeConfig(
     max_concurrent_computation_calls=_MAX_CALLS.value,

@@ -158,7 +158,7 @@ def test_paper_length_fpdp_run_feeds_pairwise_distinct_seeds():
   # ceil(293/50) = 6 batches: 30 local DP-SGD steps per hospital and round.
   cfg = configs.TrainConfig(setting="fpdp", rounds=100, client_fraction=0.5, seed=0)
   trainer = settings.FedAvgTrainer.__new__(settings.FedAvgTrainer)
-  trainer.cfg, trainer.sizes = cfg, [293] * 10
+  trainer.cfg, trainer.sizes, trainer.units = cfg, [293] * 10, [293] * 10
   trainer.local = tf_rounds.LocalParams(5, 50, 0.002, 0.9, 2.0, 2.0)
   keys = [settings.client_seed(0, r, h) for r in range(100) for h in trainer.plan(r).clients]
   assert len(keys) == 500
