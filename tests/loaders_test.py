@@ -1,5 +1,6 @@
 """Loaders: every source, and every bad input named in the error."""
 
+import dataclasses
 import os
 import pathlib
 
@@ -249,3 +250,19 @@ def test_eyepacs_through_tfds_mock(tmp_path):
 def test_bad_config(kwargs, message):
   with pytest.raises(ValueError, match=message):
     loaders.DataConfig(**kwargs)
+
+
+def test_validation_split_comes_from_training_data_and_never_the_test_set():
+  base = loaders.DataConfig(dataset="digits", num_hospitals=3)
+  full = loaders.load(base)
+  tuned = loaders.load(dataclasses.replace(base, validation_fraction=0.25))
+  assert tuned.name == "digits (validation split)"
+
+  def rows(images):
+    return {im.tobytes() for im in images}
+
+  test, train = rows(full.test.images), rows(full.pooled().images)
+  val = rows(tuned.test.images)
+  assert val <= train and not (val & test)  # validation is training data, test untouched
+  assert not (rows(tuned.pooled().images) & (val | test))
+  assert abs(len(val) / len(train) - 0.25) < 0.03

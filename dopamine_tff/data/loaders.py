@@ -102,6 +102,9 @@ class DataConfig:
     hospital_dirs: aptos only: one APTOS-format folder per hospital (K is
       their number; each hospital keeps its own images). Exclusive with
       data_dir.
+    validation_fraction: > 0 for tuning: that share of every hospital's
+      training data (stratified) becomes the evaluation set and the test set
+      is not loaded into the result at all, so choices never see it.
   """
 
   dataset: str = "synthetic"
@@ -114,6 +117,7 @@ class DataConfig:
   num_examples: int = 0
   seed: int = 0
   hospital_dirs: tuple = ()
+  validation_fraction: float = 0.0
 
   def __post_init__(self):
     if self.dataset not in DATASETS:
@@ -126,6 +130,8 @@ class DataConfig:
       raise ValueError(f"partition must be one of {partition_lib.SCHEMES}, got {self.partition!r}")
     if not 0.0 < self.test_fraction < 1.0:
       raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+    if not 0.0 <= self.validation_fraction < 1.0:
+      raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
     if self.num_examples < 0:
       raise ValueError(f"num_examples must be >= 0, got {self.num_examples}")
     if self.hospital_dirs:
@@ -462,8 +468,23 @@ def load(config: DataConfig) -> FederatedData:
   def subset(idx):
     return ImageSet(images[idx], labels[idx], None if patients is None else patients[idx])
 
+  name = config.dataset
+  if config.validation_fraction > 0:
+    # Tuning: carve the evaluation set out of every hospital's training data.
+    kept, held = [], []
+    for k, p in enumerate(parts):
+      tr, va = _split_test(
+        labels[p],
+        config.validation_fraction,
+        config.seed + 104729 + k,
+        None if patients is None else patients[p],
+      )
+      kept.append(p[tr])
+      held.append(p[va])
+    parts, test = kept, np.sort(np.concatenate(held))
+    name = f"{config.dataset} (validation split)"
   return FederatedData(
-    name=config.dataset,
+    name=name,
     hospitals=tuple(subset(p) for p in parts),
     test=subset(test),
     num_classes=raw.num_classes,

@@ -1,0 +1,306 @@
+r"""Tunes every setting with the same budget on a validation split (never the test set).
+
+  python -m experiments.tune --preset=cpu --trials=4 --output_dir=results/tune_cpu
+
+For each setting, `--trials` configurations are drawn at random (seeded, so a
+rerun draws the same ones) from the documented grid SEARCH_SPACE below; every
+setting gets the same number. Each trial trains for the preset's epochs on
+the hospitals' training data minus a stratified validation share
+(`--validation_fraction` of every hospital's data) and is scored by its final
+validation accuracy; the test set is not loaded. Private settings are tuned
+at one fixed target (`--target_epsilon`, the preset's delta): for each trial
+sigma is calibrated so that the planned steps meet the target (RDP), and the
+run also stops at the budget. Trials already finished are reused (the search
+resumes); `--force` reruns them.
+
+Writes <output_dir>/<setting>/trial_<i>/ (run files), search.csv and
+search.md (every trial, best per setting marked) and chosen.json (the
+winners' hyper-parameters, which dopamine_tff/presets.py copies).
+
+Tuning on the private data is itself a use of it: the epsilon a final run
+prints does not include the cost of choosing its hyper-parameters (see
+README, "Tuning costs privacy").
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
+from dopamine_tff import accounting
+from dopamine_tff import configs
+from dopamine_tff import presets
+from dopamine_tff import runtime
+from dopamine_tff import seeds
+from dopamine_tff import training_loop
+from dopamine_tff.data import loaders
+
+_PRESET = flags.DEFINE_enum("preset", "cpu", list(presets.PRESETS), "Preset to tune.")
+_SETTINGS = flags.DEFINE_list("settings", list(configs.SETTINGS), "Settings to tune.")
+_TRIALS = flags.DEFINE_integer("trials", 4, "Configurations per setting (the same for all).")
+_VAL = flags.DEFINE_float("validation_fraction", 0.2, "Share of training data used to score.")
+_TARGET = flags.DEFINE_float("target_epsilon", 10.4, "Epsilon every private setting is tuned at.")
+_SEARCH_SEED = flags.DEFINE_integer("search_seed", 0, "Seed of the random draw of trials.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of data, weights and noise of the trials.")
+_OUTPUT_DIR = flags.DEFINE_string(
+  "output_dir", None, "Where trials and the search table go (default: runs/tune/<preset>)."
+)
+_RUNTIME = flags.DEFINE_enum("runtime", "in_process", ["tff", "in_process"], "Runtime.")
+_FORCE = flags.DEFINE_bool("force", False, "Rerun finished trials.")
+
+# The grid each setting's trials are drawn from. Epochs are fixed (the
+# preset's); q for DP-SGD settings is the expected batch over N; sigma is not
+# searched: it follows from q, the steps and the target epsilon.
+SEARCH_SPACE = {
+  "c": {
+    "learning_rate": [0.01, 0.02, 0.05],
+    "batch_size": [16, 32, 64],
+    "lr_schedule": ["constant", "cosine"],
+    "ema_decay": [0.0, 0.5],
+  },
+  "f": {
+    "learning_rate": [0.01, 0.02, 0.05],
+    "batch_size": [16, 32],
+    "local_epochs": [1, 2],
+    "lr_schedule": ["constant", "cosine"],
+    "ema_decay": [0.0, 0.5],
+  },
+  "cdp": {
+    "learning_rate": [0.05, 0.1, 0.2],
+    "l2_norm_clip": [0.5, 1.0, 2.0],
+    "sampling_prob": [0.05, 0.1],
+    "lr_schedule": ["constant", "cosine"],
+    "ema_decay": [0.0, 0.95],
+  },
+  "fpdp": {
+    "learning_rate": [0.02, 0.05, 0.1],
+    "l2_norm_clip": [0.5, 1.0, 2.0],
+    "batch_size": [16, 32, 64],
+    "lr_schedule": ["constant", "cosine"],
+    "ema_decay": [0.0, 0.5],
+  },
+}
+SEARCH_SPACE["fscdp"] = SEARCH_SPACE["cdp"]  # Dopamine gets exactly central DP-SGD's grid
+
+
+def draw_trials(setting: str, trials: int, search_seed: int) -> list[dict]:
+  """`trials` distinct configurations of the setting's grid, seeded."""
+  space = SEARCH_SPACE[setting]
+  names = sorted(space)
+  grid = [dict(zip(names, combo)) for combo in _product([space[n] for n in names])]
+  # FSCDP draws central DP-SGD's trials: the two differ only in who adds the noise.
+  which = "cdp" if setting == "fscdp" else setting
+  rng = seeds.host_rng(search_seed, configs.SETTINGS.index(which), seeds.Purpose.SELECTION)
+  order = rng.permutation(len(grid))[: min(trials, len(grid))]
+  return [grid[i] for i in order]
+
+
+def _product(lists):
+  out = [[]]
+  for values in lists:
+    out = [prev + [v] for prev in out for v in values]
+  return out
+
+
+def trial_config(
+  base: configs.TrainConfig, params: dict, data, target: float
+) -> configs.TrainConfig:
+  """The preset's config with the trial's choices, sized to the same epochs and epsilon."""
+  cfg = dataclasses.replace(base, **params)
+  epochs = base_epochs(base)
+  if cfg.setting in ("cdp", "fscdp"):
+    rounds = math.ceil(epochs / cfg.sampling_prob)
+    sigma = accounting.noise_multiplier_for(
+      target, sampling_prob=cfg.sampling_prob, steps=rounds, delta=cfg.delta
+    )
+    cfg = dataclasses.replace(
+      cfg,
+      rounds=rounds,
+      noise_multiplier=sigma,
+      target_epsilon=target,
+      eval_every=max(1, rounds // 20),
+    )
+  elif cfg.setting == "fpdp":
+    rounds = math.ceil(epochs / (cfg.local_epochs * cfg.client_fraction))
+    sigma = fpdp_sigma(cfg, data, rounds, target)
+    cfg = dataclasses.replace(
+      cfg, rounds=rounds, noise_multiplier=sigma, target_epsilon=target, eval_every=2
+    )
+  elif cfg.setting == "f":
+    cfg = dataclasses.replace(
+      cfg, rounds=math.ceil(epochs / (cfg.local_epochs * cfg.client_fraction))
+    )
+  return cfg
+
+
+def base_epochs(cfg: configs.TrainConfig) -> float:
+  """Epochs of a preset config (what every trial keeps)."""
+  if cfg.setting in ("cdp", "fscdp"):
+    return cfg.rounds * cfg.sampling_prob
+  if cfg.setting == "c":
+    return float(cfg.rounds)
+  return cfg.rounds * cfg.local_epochs * cfg.client_fraction
+
+
+def fpdp_sigma(cfg, data, rounds: int, target: float) -> float:
+  """Sigma for FPDP's busiest hospital over seeds 0-4 to stay within the target.
+
+  A hospital takes E * ceil(n_k / B) steps at q = B / n_k in each round it is
+  selected; the selection is seeded, so the busiest hospital's count is known.
+  """
+  k = len(data.hospitals)
+  m = max(1, int(round(cfg.client_fraction * k)))
+  worst = 0
+  for seed in range(5):
+    counts = np.zeros(k, int)
+    for r in range(rounds):
+      rng = seeds.host_rng(seed, r, seeds.Purpose.SELECTION)
+      counts[rng.choice(k, size=m, replace=False)] += 1
+    worst = max(worst, int(counts.max()))
+  n = min(len(h) for h in data.hospitals)
+  q = min(1.0, cfg.batch_size / n)
+  steps = worst * cfg.local_epochs * math.ceil(n / cfg.batch_size)
+  return accounting.noise_multiplier_for(target, sampling_prob=q, steps=steps, delta=cfg.delta)
+
+
+def _row(setting, i, params, cfg, summary) -> dict:
+  return {
+    "setting": setting,
+    "trial": i,
+    **{f"param_{k}": v for k, v in sorted(params.items())},
+    "rounds": cfg.rounds,
+    "noise_multiplier": round(cfg.noise_multiplier, 4) if cfg.private else "",
+    "epsilon": summary["epsilon"],
+    "validation_accuracy": summary["final_test_accuracy"],
+    "stop_reason": summary["stop_reason"],
+  }
+
+
+def _markdown(rows, best) -> str:
+  lines = [
+    "| setting | trial | choices | rounds | sigma | epsilon | validation accuracy | best |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    choices = ", ".join(
+      f"{k[len('param_') :]}={v}" for k, v in r.items() if k.startswith("param_") and v != ""
+    )
+    eps = "-" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+    mark = "**best**" if best.get(r["setting"]) == r["trial"] else ""
+    lines.append(
+      f"| {r['setting'].upper()} | {r['trial']} | {choices} | {r['rounds']} | "
+      f"{r['noise_multiplier'] or '-'} | {eps} | {100 * r['validation_accuracy']:.2f} % | {mark} |"
+    )
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  try:
+    preset = presets.get(_PRESET.value)
+    unknown = set(_SETTINGS.value) - set(preset.settings)
+    if unknown:
+      raise ValueError(f"unknown settings {sorted(unknown)}")
+    if _TRIALS.value < 1:
+      raise ValueError(f"--trials must be >= 1, got {_TRIALS.value}")
+    if not 0 < _VAL.value < 1:
+      raise ValueError(f"--validation_fraction must be in (0, 1), got {_VAL.value}")
+    if not _TARGET.value > 0:
+      raise ValueError(f"--target_epsilon must be > 0, got {_TARGET.value}")
+    data_cfg = dataclasses.replace(preset.data, seed=_SEED.value, validation_fraction=_VAL.value)
+  except ValueError as e:
+    print(f"tune: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  root = _OUTPUT_DIR.value or os.path.join("runs", "tune", preset.name)
+  data = loaders.load(data_cfg)
+  rows, best, chosen = [], {}, {}
+  if _RUNTIME.value == "tff":
+    runtime.start()
+  try:
+    for setting in _SETTINGS.value:
+      base = dataclasses.replace(preset.settings[setting], seed=_SEED.value, runtime=_RUNTIME.value)
+      for i, params in enumerate(draw_trials(setting, _TRIALS.value, _SEARCH_SEED.value)):
+        cfg = trial_config(base, params, data, _TARGET.value)
+        run_dir = os.path.join(root, setting, f"trial_{i}")
+        summary_path = os.path.join(run_dir, "summary.json")
+        hparams = json.loads(
+          json.dumps(
+            dict(dataclasses.asdict(cfg), trial=i, search=params), sort_keys=True, default=str
+          )
+        )
+        reuse = not _FORCE.value and os.path.isfile(summary_path)
+        if reuse:
+          with open(os.path.join(run_dir, "hparams.json")) as f:
+            reuse = {k: v for k, v in json.load(f).items() if k in hparams} == hparams
+        if reuse:
+          with open(summary_path) as f:
+            summary = json.load(f)
+          logging.info("reusing %s", run_dir)
+        else:
+          summary = training_loop.run(
+            cfg,
+            data,
+            run_dir,
+            hparams=hparams,
+            data_config=data_cfg,
+            options=training_loop.LoopOptions(
+              checkpoint_every=50, overwrite=True, tensorboard=False
+            ),
+            log=logging.info,
+          )
+        rows.append(_row(setting, i, params, cfg, summary))
+        print(
+          f"{setting} trial {i}: {params} -> validation accuracy "
+          f"{summary['final_test_accuracy']:.4f}, epsilon {summary['epsilon']}",
+          flush=True,
+        )
+      mine = [r for r in rows if r["setting"] == setting]
+      top = max(mine, key=lambda r: r["validation_accuracy"])
+      best[setting] = top["trial"]
+      chosen[setting] = {
+        **{k[len("param_") :]: v for k, v in top.items() if k.startswith("param_")},
+        "validation_accuracy": top["validation_accuracy"],
+        "noise_multiplier_at_tuning": top["noise_multiplier"],
+      }
+  except KeyboardInterrupt:
+    print("tune: interrupted; run it again to resume the search", file=sys.stderr)
+    sys.exit(130)
+  finally:
+    runtime.shutdown()
+  fields = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith("s"), k))
+  with open(os.path.join(root, "search.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+  text = _markdown(rows, best)
+  with open(os.path.join(root, "search.md"), "w") as f:
+    f.write(text + "\n")
+  with open(os.path.join(root, "chosen.json"), "w") as f:
+    json.dump(
+      {
+        "preset": preset.name,
+        "trials_per_setting": _TRIALS.value,
+        "validation_fraction": _VAL.value,
+        "target_epsilon": _TARGET.value,
+        "search_seed": _SEARCH_SEED.value,
+        "chosen": chosen,
+      },
+      f,
+      indent=2,
+      sort_keys=True,
+    )
+  print(text)
+
+
+if __name__ == "__main__":
+  app.run(main)
