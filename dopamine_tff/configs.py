@@ -86,6 +86,10 @@ class TrainConfig:
       it. The decay ramps up as min(d, (1 + t) / (10 + t)). 0: off.
     lr_schedule: 'constant' or 'cosine' (decay to 0 over `rounds` server
       steps; for FedAvg settings it scales the server's mean delta).
+    augmentations: augmentation multiplicity m: each example of a step is
+      seen as m random flips/shifts; DP settings average their gradients
+      before clipping (sensitivity still C), C and F average their losses.
+      0: off. Costs m times the compute of a step.
   """
 
   setting: str = "fscdp"
@@ -120,6 +124,7 @@ class TrainConfig:
   privacy_unit: str = "example"
   ema_decay: float = 0.0
   lr_schedule: str = "constant"
+  augmentations: int = 0
 
   def __post_init__(self):
     def bad(name, why):
@@ -183,6 +188,10 @@ class TrainConfig:
       bad("lr_schedule", f"must be one of {LR_SCHEDULES}")
     if self.lr_schedule != "constant" and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
       bad("lr_schedule", "is not available with --cdp_impl=tf_privacy")
+    if self.augmentations < 0:
+      bad("augmentations", "must be >= 0")
+    if self.augmentations and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
+      bad("augmentations", "is not available with --cdp_impl=tf_privacy")
     if self.privacy_unit not in PRIVACY_UNITS:
       bad("privacy_unit", f"must be one of {PRIVACY_UNITS}")
     if self.privacy_unit == "patient" and self.setting == "cdp" and self.cdp_impl == "tf_privacy":

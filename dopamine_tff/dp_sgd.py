@@ -80,6 +80,35 @@ def group_poisson_mask(groups, sampling_prob, seed):
   return tf.gather(chosen, groups)
 
 
+def augment(x, seed):
+  """Random flips (both axes) and shifts of up to 1/16 of the side; stateless, per image.
+
+  Fundus photographs have no preferred orientation, so flips keep the label.
+  """
+  n, h, w, c = tf.shape(x)[0], x.shape[1], x.shape[2], x.shape[3]
+  s1 = seeds.stream(seed, seeds.Purpose.AUGMENT, 0)
+  s2 = seeds.stream(seed, seeds.Purpose.AUGMENT, 1)
+  u = tf.random.stateless_uniform([n, 2], s1)
+  x = tf.where((u[:, 0] < 0.5)[:, None, None, None], tf.reverse(x, [2]), x)
+  x = tf.where((u[:, 1] < 0.5)[:, None, None, None], tf.reverse(x, [1]), x)
+  pad = max(1, h // 16)
+  padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+  offsets = tf.random.stateless_uniform([n, 2], s2, maxval=2 * pad + 1, dtype=tf.int32)
+
+  def crop(args):
+    image, off = args
+    return tf.slice(image, [off[0], off[1], 0], [h, w, c])
+
+  return tf.map_fn(crop, (padded, offsets), fn_output_signature=tf.TensorSpec([h, w, c], x.dtype))
+
+
+def augmented_copies(x, y, copies: int, seed):
+  """`copies` augmented versions of each example, with the example's index as group."""
+  n = tf.shape(y)[0]
+  xs = augment(tf.tile(x, [copies, 1, 1, 1]), seed)
+  return xs, tf.tile(y, [copies]), tf.tile(tf.range(n), [copies])
+
+
 def clipped_group_sum(model, x, y, groups, l2_norm_clip):
   """Sum over groups of each group's summed gradient clipped to C.
 
@@ -141,7 +170,7 @@ class NoisySum(NamedTuple):
 
 
 def noisy_clipped_sum(
-  model, x, y, *, sampling_prob, l2_norm_clip, noise_stddev, seed, groups=None
+  model, x, y, *, sampling_prob, l2_norm_clip, noise_stddev, seed, groups=None, augmentations=0
 ) -> NoisySum:
   """Poisson-samples (x, y), clips per-example gradients and adds noise.
 
@@ -149,6 +178,12 @@ def noisy_clipped_sum(
   privacy unit is the group: groups are Poisson-sampled with probability q,
   all their examples together, and each group's summed gradient is clipped
   to C, so adding or removing one patient changes the sum by at most C.
+
+  With ``augmentations`` = m > 0 (augmentation multiplicity, De et al. 2022)
+  every sampled example is replaced by the mean gradient of m random
+  augmentations of it before clipping (with ``groups``, the patient's images'
+  augmentations are averaged per image and summed per patient): a unit still
+  contributes at most C, so the sensitivity and the accounting are unchanged.
 
   Args:
     model: Keras model whose trainable variables hold the current weights.
@@ -168,6 +203,14 @@ def noisy_clipped_sum(
   xb, yb = tf.boolean_mask(x, mask), tf.boolean_mask(y, mask)
 
   def clipped_sum():
+    if augmentations:
+      xa, ya, index = augmented_copies(
+        xb, yb, augmentations, seeds.stream(seed, seeds.Purpose.AUGMENT)
+      )
+      unit = index if groups is None else tf.gather(tf.boolean_mask(groups, mask), index)
+      # Sum of the unit's m copies clipped to m*C, divided by m: its mean clipped to C.
+      summed, _ = clipped_group_sum(model, xa, ya, unit, augmentations * l2_norm_clip)
+      return [g / augmentations for g in summed]
     if groups is not None:
       return clipped_group_sum(model, xb, yb, tf.boolean_mask(groups, mask), l2_norm_clip)[0]
     if fast_clip.supports(model):

@@ -57,6 +57,7 @@ class Purpose(enum.IntEnum):
   SECAGG_GRAPH = 8  # the server's public SecAgg+ neighbour order (host side)
   UNMASK_DROPOUT = 9  # which hospitals miss the unmasking (host side)
   DITHER = 10  # a pair's zero-sum dither of the secure-sum encoding (host side)
+  AUGMENT = 11  # random flips and shifts of augmentation multiplicity (in-graph)
 
 
 def _digest(seed: int, round_num: int, hospital: int, purpose: Purpose) -> bytes:

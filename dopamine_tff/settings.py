@@ -224,6 +224,7 @@ class DpSgdTrainer(TffTrainer):
       self.patient_unit,
       cfg.lr_schedule,
       cfg.rounds,
+      cfg.augmentations,
     )
     self.dither_graph = {i: tuple(j for j in range(k) if j != i) for i in range(k)}
     self._dither = tf.function(quantization.dither)
@@ -392,6 +393,9 @@ class FedAvgTrainer(TffTrainer):
       dp,
       cfg.l2_norm_clip,
       self.patient_unit,
+      cfg.lr_schedule,
+      cfg.rounds,
+      cfg.augmentations,
     )
     self.local = params
     builder = (

@@ -57,6 +57,7 @@ class DpSgdParams(NamedTuple):
   patient_unit: bool = False
   lr_schedule: str = "constant"
   total_rounds: int = 0
+  augmentations: int = 0  # augmentation multiplicity m (0: off)
 
 
 class LocalParams(NamedTuple):
@@ -75,6 +76,7 @@ class LocalParams(NamedTuple):
   patient_unit: bool = False  # FPDP: sample batches of patients, clip each patient's sum
   lr_schedule: str = "constant"  # the server's step on the mean delta follows it
   total_rounds: int = 0
+  augmentations: int = 0  # m augmented copies per example (DP: averaged before clipping)
 
 
 def weight_specs(weights) -> list[tf.TensorSpec]:
@@ -112,6 +114,7 @@ def dp_client_update(model, weights, dataset, seed, params: DpSgdParams):
     noise_stddev=params.noise_stddev,
     seed=seed,
     groups=groups,
+    augmentations=params.augmentations,
   )
   return result.noisy_sum, tf.shape(y)[0]
 
@@ -160,6 +163,9 @@ def _local_gradient(model, x, y, groups, n, step, seed, batches_per_epoch, param
     order = tf.argsort(tf.random.stateless_uniform([n], epoch_seed))
     idx = order[(step % batches_per_epoch) * batch :][:batch]
     xb, yb = tf.gather(x, idx), tf.gather(y, idx)
+    if params.augmentations:
+      aug_seed = seeds.stream(seed, seeds.Purpose.AUGMENT, step)
+      xb, yb, _ = dp_sgd.augmented_copies(xb, yb, params.augmentations, aug_seed)
     with tf.GradientTape() as tape:
       loss = tf.reduce_mean(dp_sgd.loss_per_example(model(xb, training=True), yb))
     return tape.gradient(loss, model.trainable_variables)
@@ -174,6 +180,7 @@ def _local_gradient(model, x, y, groups, n, step, seed, batches_per_epoch, param
     noise_stddev=params.dp_noise_multiplier * params.l2_norm_clip,
     seed=seeds.stream(seed, seeds.Purpose.LOCAL_STEP, step),
     groups=groups,
+    augmentations=params.augmentations,
   )
   expected = q * tf.cast(tf.shape(y)[0], tf.float32)  # expected images in the batch
   return [g / expected for g in result.noisy_sum]

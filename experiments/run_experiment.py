@@ -83,6 +83,12 @@ _LR_SCHEDULE = flags.DEFINE_enum(
   ["constant", "cosine"],
   "Learning-rate schedule over --rounds (cosine: decays to 0; FedAvg settings: the server step).",
 )
+_AUGMENTATIONS = flags.DEFINE_integer(
+  "augmentations",
+  0,
+  "Augmentation multiplicity m: m random flips/shifts per example, averaged before clipping "
+  "(DP sensitivity unchanged; m times the compute; 0: off).",
+)
 _EMA = flags.DEFINE_float(
   "ema_decay",
   0.0,
@@ -243,6 +249,7 @@ def _configs():
     privacy_unit=_PRIVACY_UNIT.value,
     ema_decay=_EMA.value,
     lr_schedule=_LR_SCHEDULE.value,
+    augmentations=_AUGMENTATIONS.value,
   )
   rt = runtime.RuntimeConfig(
     max_concurrent_computation_calls=_MAX_CALLS.value,

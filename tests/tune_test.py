@@ -1,0 +1,74 @@
+"""The tuning driver: equal budgets, seeded draws, sigma at the target, resumable."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dopamine_tff import accounting
+from dopamine_tff import presets
+from dopamine_tff.data import loaders
+from experiments import tune
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_setting_gets_the_same_number_of_seeded_trials():
+  for setting in tune.SEARCH_SPACE:
+    a = tune.draw_trials(setting, 4, 0)
+    assert len(a) == 4 and a == tune.draw_trials(setting, 4, 0)
+    assert len({json.dumps(t, sort_keys=True) for t in a}) == 4  # distinct
+    assert all(t[k] in tune.SEARCH_SPACE[setting][k] for t in a for k in t)
+  assert tune.draw_trials("fscdp", 4, 0) == tune.draw_trials("cdp", 4, 0)
+  assert tune.draw_trials("c", 4, 0) != tune.draw_trials("c", 4, 1)
+
+
+@pytest.mark.parametrize("setting", ["cdp", "fscdp", "fpdp"])
+def test_private_trials_are_calibrated_to_the_target_at_the_same_epochs(setting):
+  preset = presets.get("cpu")
+  data = loaders.load(
+    loaders.DataConfig(
+      dataset="synthetic",
+      num_examples=3000,
+      image_size=16,
+      num_hospitals=10,
+      validation_fraction=0.2,
+    )
+  )
+  base = preset.settings[setting]
+  for params in tune.draw_trials(setting, 3, 0):
+    cfg = tune.trial_config(base, params, data, 10.4)
+    assert tune.base_epochs(cfg) == pytest.approx(tune.base_epochs(base), rel=0.01)
+    assert cfg.target_epsilon == 10.4
+    if setting != "fpdp":
+      spec = accounting.StepSpec(cfg.sampling_prob, cfg.noise_multiplier, cfg.rounds)
+      assert accounting.epsilon_of([spec], cfg.delta) == pytest.approx(10.4, abs=0.01)
+
+
+def test_binary_tunes_the_smoke_preset_and_resumes(tmp_path):
+  args = [
+    sys.executable,
+    "-m",
+    "experiments.tune",
+    "--preset=smoke",
+    "--settings=c,fscdp",
+    "--trials=2",
+    f"--output_dir={tmp_path}",
+  ]
+  first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert first.returncode == 0, first.stderr[-3000:]
+  chosen = json.loads((tmp_path / "chosen.json").read_text())
+  assert set(chosen["chosen"]) == {"c", "fscdp"} and chosen["trials_per_setting"] == 2
+  table = (tmp_path / "search.md").read_text()
+  assert table.count("**best**") == 2 and table.count("| FSCDP |") == 2
+  hparams = json.loads((tmp_path / "fscdp" / "trial_0" / "hparams.json").read_text())
+  assert hparams["data"]["validation_fraction"] == 0.2  # scored on validation, not test
+  summary = json.loads((tmp_path / "fscdp" / "trial_0" / "summary.json").read_text())
+  assert summary["dataset"] == "synthetic (validation split)"
+  before = (tmp_path / "fscdp" / "trial_0" / "summary.json").stat().st_mtime_ns
+  again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert (tmp_path / "fscdp" / "trial_0" / "summary.json").stat().st_mtime_ns == before
+  assert (tmp_path / "search.md").read_text() == table
