@@ -3,7 +3,6 @@
 import math
 import tempfile
 
-import numpy as np
 import pytest
 
 from dopamine_tff import configs
@@ -65,13 +64,24 @@ def test_summary_reports_both_epsilons_and_budgets_the_worse(data, tmp_path):
   assert colluded["epsilon"] == colluded["epsilon_colluders"]
   assert colluded["assumed_colluders"] == 2
   assert "epsilon_colluders" not in plain
-  # The budget stops on the colluders' epsilon.
-  target = (plain["epsilon"] + colluded["epsilon_colluders"]) / 2
+  # The budget stops on the colluders' epsilon: a target between their epsilon
+  # after 2 and 3 rounds, above the no-collusion epsilon of all 4 rounds.
+  from dopamine_tff import accounting
+  from dopamine_tff import settings
+
+  step = colluded["ledgers"][settings.COLLUDERS]["steps"][0]
+
+  def colluders_eps(k):
+    spec = accounting.StepSpec(step["sampling_prob"], step["noise_multiplier"], k)
+    return accounting.epsilon_of([spec], 1e-4)
+
+  target = (colluders_eps(2) + colluders_eps(3)) / 2
+  assert target > plain["epsilon"]  # without collusion all 4 rounds would fit
   stopped = training_loop.run(
     _cfg(assumed_colluders=2, target_epsilon=target), data, str(tmp_path / "budget"), **quiet
   )
-  assert stopped["stop_reason"].startswith("budget") and stopped["epsilon"] <= target
-  assert np.isfinite(stopped["epsilon"])
+  assert stopped["stop_reason"].startswith("budget") and stopped["rounds_run"] == 2
+  assert stopped["epsilon"] == pytest.approx(colluders_eps(2)) and stopped["epsilon"] <= target
 
 
 def test_colluders_apply_to_fscdp_only():
