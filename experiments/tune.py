@@ -57,6 +57,13 @@ _OUTPUT_DIR = flags.DEFINE_string(
 )
 _RUNTIME = flags.DEFINE_enum("runtime", "in_process", ["tff", "in_process"], "Runtime.")
 _FORCE = flags.DEFINE_bool("force", False, "Rerun finished trials.")
+_ABLATE = flags.DEFINE_string(
+  "ablate",
+  None,
+  "Instead of searching: take this setting's chosen configuration from <output_dir>/"
+  "chosen.json and toggle one free technique at a time (EMA, schedule, expected batch, "
+  "augmentation multiplicity), scored the same way; writes ablation_<setting>.md.",
+)
 
 # The grid each setting's trials are drawn from. Epochs are fixed (the
 # preset's); q for DP-SGD settings is the expected batch over N; sigma is not
@@ -173,6 +180,73 @@ def fpdp_sigma(cfg, data, rounds: int, target: float) -> float:
   return accounting.noise_multiplier_for(target, sampling_prob=q, steps=steps, delta=cfg.delta)
 
 
+def ablation_variants(setting: str, chosen: dict) -> list[tuple[str, dict]]:
+  """(name, params) pairs: the chosen configuration and one change at a time."""
+  params = {k: v for k, v in chosen.items() if k in SEARCH_SPACE[setting]}
+  out = [("chosen", dict(params))]
+  if "ema_decay" in params:
+    other = 0.0 if params["ema_decay"] > 0 else max(SEARCH_SPACE[setting]["ema_decay"])
+    out.append((f"ema_decay={other}", dict(params, ema_decay=other)))
+  flip = "constant" if params.get("lr_schedule") == "cosine" else "cosine"
+  out.append((f"lr_schedule={flip}", dict(params, lr_schedule=flip)))
+  if "sampling_prob" in params:
+    other = 0.05 if params["sampling_prob"] == 0.1 else 0.1
+    out.append((f"sampling_prob={other} (expected batch)", dict(params, sampling_prob=other)))
+  if "batch_size" in params:
+    other = 64 if params["batch_size"] != 64 else 32
+    out.append((f"batch_size={other}", dict(params, batch_size=other)))
+  out.append(("augmentations=2", dict(params, augmentations=2)))
+  return out
+
+
+def _run_trial(cfg, data, data_cfg, run_dir, hparams):
+  """Runs a trial, or reuses its finished run when the hyper-parameters match."""
+  summary_path = os.path.join(run_dir, "summary.json")
+  reuse = not _FORCE.value and os.path.isfile(summary_path)
+  if reuse:
+    with open(os.path.join(run_dir, "hparams.json")) as f:
+      reuse = {k: v for k, v in json.load(f).items() if k in hparams} == hparams
+  if reuse:
+    logging.info("reusing %s", run_dir)
+    with open(summary_path) as f:
+      return json.load(f)
+  return training_loop.run(
+    cfg,
+    data,
+    run_dir,
+    hparams=hparams,
+    data_config=data_cfg,
+    options=training_loop.LoopOptions(checkpoint_every=50, overwrite=True, tensorboard=False),
+    log=logging.info,
+  )
+
+
+def _ablate(setting, preset, data, data_cfg, root) -> None:
+  with open(os.path.join(root, "chosen.json")) as f:
+    chosen = json.load(f)["chosen"][setting]
+  base = dataclasses.replace(preset.settings[setting], seed=_SEED.value, runtime=_RUNTIME.value)
+  lines = [
+    f"| {setting.upper()} variant | validation accuracy | epsilon | rounds | sigma |",
+    "|---|---|---|---|---|",
+  ]
+  for i, (name, params) in enumerate(ablation_variants(setting, chosen)):
+    cfg = trial_config(base, params, data, _TARGET.value)
+    hparams = json.loads(
+      json.dumps(dict(dataclasses.asdict(cfg), variant=name), sort_keys=True, default=str)
+    )
+    run_dir = os.path.join(root, f"ablation_{setting}", f"variant_{i}")
+    summary = _run_trial(cfg, data, data_cfg, run_dir, hparams)
+    eps = "-" if summary["epsilon"] is None else f"{summary['epsilon']:.2f}"
+    sigma = f"{cfg.noise_multiplier:.4f}" if cfg.private else "-"
+    lines.append(
+      f"| {name} | {100 * summary['final_test_accuracy']:.2f} % | {eps} | {cfg.rounds} | {sigma} |"
+    )
+    print(lines[-1], flush=True)
+  with open(os.path.join(root, f"ablation_{setting}.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
 def _row(setting, i, params, cfg, summary) -> dict:
   return {
     "setting": setting,
@@ -223,6 +297,20 @@ def main(argv):
     sys.exit(2)
   root = _OUTPUT_DIR.value or os.path.join("runs", "tune", preset.name)
   data = loaders.load(data_cfg)
+  if _ABLATE.value:
+    if _ABLATE.value not in SEARCH_SPACE:
+      print(f"tune: error: --ablate={_ABLATE.value!r} is not a setting", file=sys.stderr)
+      sys.exit(2)
+    if not os.path.isfile(os.path.join(root, "chosen.json")):
+      print(f"tune: error: no chosen.json in {root}; run the search first", file=sys.stderr)
+      sys.exit(2)
+    if _RUNTIME.value == "tff":
+      runtime.start()
+    try:
+      _ablate(_ABLATE.value, preset, data, data_cfg, root)
+    finally:
+      runtime.shutdown()
+    return
   rows, best, chosen = [], {}, {}
   if _RUNTIME.value == "tff":
     runtime.start()
@@ -232,32 +320,12 @@ def main(argv):
       for i, params in enumerate(draw_trials(setting, _TRIALS.value, _SEARCH_SEED.value)):
         cfg = trial_config(base, params, data, _TARGET.value)
         run_dir = os.path.join(root, setting, f"trial_{i}")
-        summary_path = os.path.join(run_dir, "summary.json")
         hparams = json.loads(
           json.dumps(
             dict(dataclasses.asdict(cfg), trial=i, search=params), sort_keys=True, default=str
           )
         )
-        reuse = not _FORCE.value and os.path.isfile(summary_path)
-        if reuse:
-          with open(os.path.join(run_dir, "hparams.json")) as f:
-            reuse = {k: v for k, v in json.load(f).items() if k in hparams} == hparams
-        if reuse:
-          with open(summary_path) as f:
-            summary = json.load(f)
-          logging.info("reusing %s", run_dir)
-        else:
-          summary = training_loop.run(
-            cfg,
-            data,
-            run_dir,
-            hparams=hparams,
-            data_config=data_cfg,
-            options=training_loop.LoopOptions(
-              checkpoint_every=50, overwrite=True, tensorboard=False
-            ),
-            log=logging.info,
-          )
+        summary = _run_trial(cfg, data, data_cfg, run_dir, hparams)
         rows.append(_row(setting, i, params, cfg, summary))
         print(
           f"{setting} trial {i}: {params} -> validation accuracy "

@@ -72,3 +72,28 @@ def test_binary_tunes_the_smoke_preset_and_resumes(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert (tmp_path / "fscdp" / "trial_0" / "summary.json").stat().st_mtime_ns == before
   assert (tmp_path / "search.md").read_text() == table
+  ablate = subprocess.run(
+    [*args, "--ablate=fscdp"], cwd=ROOT, capture_output=True, text=True, timeout=900
+  )
+  assert ablate.returncode == 0, ablate.stderr[-3000:]
+  lines = (tmp_path / "ablation_fscdp.md").read_text().splitlines()
+  assert lines[2].startswith("| chosen |") and len(lines) == 2 + 5
+
+
+def test_ablation_toggles_one_technique_at_a_time():
+  chosen = {
+    "ema_decay": 0.95,
+    "l2_norm_clip": 1.0,
+    "learning_rate": 0.1,
+    "lr_schedule": "cosine",
+    "sampling_prob": 0.1,
+    "validation_accuracy": 0.7,
+  }
+  variants = dict(tune.ablation_variants("fscdp", chosen))
+  base = variants["chosen"]
+  assert "validation_accuracy" not in base
+  for name, params in variants.items():
+    changed = {k for k in set(base) | set(params) if base.get(k) != params.get(k)}
+    assert len(changed) == (0 if name == "chosen" else 1), name
+  assert variants["ema_decay=0.0"]["ema_decay"] == 0.0
+  assert variants["augmentations=2"]["augmentations"] == 2
