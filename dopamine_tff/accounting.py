@@ -210,3 +210,18 @@ def noise_multiplier_for(
       tol=1e-4,
     )
   )
+
+
+def plan_dp_sgd(n, target_epsilon, delta, batch, epochs, kind="rdp") -> dict:
+  """q = batch / n, steps = ceil(epochs / q) and the smallest sigma meeting the target.
+
+  Returns {batch, epochs, q, steps, sigma}; ValueError for impossible inputs.
+  """
+  if not 0 < batch <= n:
+    raise ValueError(f"expected_batch={batch} must be in (0, num_examples={n}]")
+  if epochs <= 0:
+    raise ValueError(f"epochs={epochs} must be > 0")
+  q = batch / n
+  steps = math.ceil(epochs / q)
+  sigma = noise_multiplier_for(target_epsilon, sampling_prob=q, steps=steps, delta=delta, kind=kind)
+  return {"batch": batch, "epochs": epochs, "q": q, "steps": steps, "sigma": sigma}

@@ -32,20 +32,6 @@ _K = flags.DEFINE_integer("num_hospitals", 10, "K: Dopamine's per-hospital share
 _KIND = flags.DEFINE_enum("accountant", "rdp", ["rdp", "pld"], "Accountant to calibrate with.")
 
 
-def plan(n, target_epsilon, delta, batch, epochs, kind="rdp") -> dict:
-  """One row: q, steps and the calibrated sigma. ValueError for impossible inputs."""
-  if not 0 < batch <= n:
-    raise ValueError(f"expected_batch={batch} must be in (0, num_examples={n}]")
-  if epochs <= 0:
-    raise ValueError(f"epochs={epochs} must be > 0")
-  q = batch / n
-  steps = math.ceil(epochs / q)
-  sigma = accounting.noise_multiplier_for(
-    target_epsilon, sampling_prob=q, steps=steps, delta=delta, kind=kind
-  )
-  return {"batch": batch, "epochs": epochs, "q": q, "steps": steps, "sigma": sigma}
-
-
 def main(argv):
   del argv
   try:
@@ -59,7 +45,7 @@ def main(argv):
     if not 0 < delta < 1:
       raise ValueError(f"--delta={delta} must be in (0, 1)")
     rows = [
-      plan(_N.value, _EPS.value, delta, float(b), float(e), _KIND.value)
+      accounting.plan_dp_sgd(_N.value, _EPS.value, delta, float(b), float(e), _KIND.value)
       for b in _BATCH.value
       for e in _EPOCHS.value
     ]

@@ -3,7 +3,7 @@ r"""Tunes every setting with the same budget on a validation split (never the te
   python -m experiments.tune --preset=cpu --trials=4 --output_dir=results/tune_cpu
 
 For each setting, `--trials` configurations are drawn at random (seeded, so a
-rerun draws the same ones) from the documented grid SEARCH_SPACE below; every
+rerun draws the same ones) from the documented grid SEARCH_SPACE of dopamine_tff/tuning.py; every
 setting gets the same number. Each trial trains for the preset's epochs on
 the hospitals' training data minus a stratified validation share
 (`--validation_fraction` of every hospital's data) and is scored by its final
@@ -27,22 +27,19 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import os
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
-from dopamine_tff import accounting
 from dopamine_tff import configs
 from dopamine_tff import presets
 from dopamine_tff import runtime
-from dopamine_tff import seeds
 from dopamine_tff import training_loop
+from dopamine_tff import tuning
 from dopamine_tff.data import loaders
 
 _PRESET = flags.DEFINE_enum("preset", "cpu", list(presets.PRESETS), "Preset to tune.")
@@ -64,139 +61,6 @@ _ABLATE = flags.DEFINE_string(
   "chosen.json and toggle one free technique at a time (EMA, schedule, expected batch, "
   "augmentation multiplicity), scored the same way; writes ablation_<setting>.md.",
 )
-
-# The grid each setting's trials are drawn from. Epochs are fixed (the
-# preset's); q for DP-SGD settings is the expected batch over N; sigma is not
-# searched: it follows from q, the steps and the target epsilon.
-SEARCH_SPACE = {
-  "c": {
-    "learning_rate": [0.01, 0.02, 0.05],
-    "batch_size": [16, 32, 64],
-    "lr_schedule": ["constant", "cosine"],
-    "ema_decay": [0.0, 0.5],
-  },
-  "f": {
-    "learning_rate": [0.01, 0.02, 0.05],
-    "batch_size": [16, 32],
-    "local_epochs": [1, 2],
-    "lr_schedule": ["constant", "cosine"],
-    "ema_decay": [0.0, 0.5],
-  },
-  "cdp": {
-    "learning_rate": [0.05, 0.1, 0.2],
-    "l2_norm_clip": [0.5, 1.0, 2.0],
-    "sampling_prob": [0.05, 0.1],
-    "lr_schedule": ["constant", "cosine"],
-    "ema_decay": [0.0, 0.95],
-  },
-  "fpdp": {
-    "learning_rate": [0.02, 0.05, 0.1],
-    "l2_norm_clip": [0.5, 1.0, 2.0],
-    "batch_size": [16, 32, 64],
-    "lr_schedule": ["constant", "cosine"],
-    "ema_decay": [0.0, 0.5],
-  },
-}
-SEARCH_SPACE["fscdp"] = SEARCH_SPACE["cdp"]  # Dopamine gets exactly central DP-SGD's grid
-
-
-def draw_trials(setting: str, trials: int, search_seed: int) -> list[dict]:
-  """`trials` distinct configurations of the setting's grid, seeded."""
-  space = SEARCH_SPACE[setting]
-  names = sorted(space)
-  grid = [dict(zip(names, combo)) for combo in _product([space[n] for n in names])]
-  # FSCDP draws central DP-SGD's trials: the two differ only in who adds the noise.
-  which = "cdp" if setting == "fscdp" else setting
-  rng = seeds.host_rng(search_seed, configs.SETTINGS.index(which), seeds.Purpose.SELECTION)
-  order = rng.permutation(len(grid))[: min(trials, len(grid))]
-  return [grid[i] for i in order]
-
-
-def _product(lists):
-  out = [[]]
-  for values in lists:
-    out = [prev + [v] for prev in out for v in values]
-  return out
-
-
-def trial_config(
-  base: configs.TrainConfig, params: dict, data, target: float
-) -> configs.TrainConfig:
-  """The preset's config with the trial's choices, sized to the same epochs and epsilon."""
-  cfg = dataclasses.replace(base, **params)
-  epochs = base_epochs(base)
-  if cfg.setting in ("cdp", "fscdp"):
-    rounds = math.ceil(epochs / cfg.sampling_prob)
-    sigma = accounting.noise_multiplier_for(
-      target, sampling_prob=cfg.sampling_prob, steps=rounds, delta=cfg.delta
-    )
-    cfg = dataclasses.replace(
-      cfg,
-      rounds=rounds,
-      noise_multiplier=sigma,
-      target_epsilon=target,
-      eval_every=max(1, rounds // 20),
-    )
-  elif cfg.setting == "fpdp":
-    rounds = math.ceil(epochs / (cfg.local_epochs * cfg.client_fraction))
-    sigma = fpdp_sigma(cfg, data, rounds, target)
-    cfg = dataclasses.replace(
-      cfg, rounds=rounds, noise_multiplier=sigma, target_epsilon=target, eval_every=2
-    )
-  elif cfg.setting == "f":
-    cfg = dataclasses.replace(
-      cfg, rounds=math.ceil(epochs / (cfg.local_epochs * cfg.client_fraction))
-    )
-  return cfg
-
-
-def base_epochs(cfg: configs.TrainConfig) -> float:
-  """Epochs of a preset config (what every trial keeps)."""
-  if cfg.setting in ("cdp", "fscdp"):
-    return cfg.rounds * cfg.sampling_prob
-  if cfg.setting == "c":
-    return float(cfg.rounds)
-  return cfg.rounds * cfg.local_epochs * cfg.client_fraction
-
-
-def fpdp_sigma(cfg, data, rounds: int, target: float) -> float:
-  """Sigma for FPDP's busiest hospital over seeds 0-4 to stay within the target.
-
-  A hospital takes E * ceil(n_k / B) steps at q = B / n_k in each round it is
-  selected; the selection is seeded, so the busiest hospital's count is known.
-  """
-  k = len(data.hospitals)
-  m = max(1, int(round(cfg.client_fraction * k)))
-  worst = 0
-  for seed in range(5):
-    counts = np.zeros(k, int)
-    for r in range(rounds):
-      rng = seeds.host_rng(seed, r, seeds.Purpose.SELECTION)
-      counts[rng.choice(k, size=m, replace=False)] += 1
-    worst = max(worst, int(counts.max()))
-  n = min(len(h) for h in data.hospitals)
-  q = min(1.0, cfg.batch_size / n)
-  steps = worst * cfg.local_epochs * math.ceil(n / cfg.batch_size)
-  return accounting.noise_multiplier_for(target, sampling_prob=q, steps=steps, delta=cfg.delta)
-
-
-def ablation_variants(setting: str, chosen: dict) -> list[tuple[str, dict]]:
-  """(name, params) pairs: the chosen configuration and one change at a time."""
-  params = {k: v for k, v in chosen.items() if k in SEARCH_SPACE[setting]}
-  out = [("chosen", dict(params))]
-  if "ema_decay" in params:
-    other = 0.0 if params["ema_decay"] > 0 else max(SEARCH_SPACE[setting]["ema_decay"])
-    out.append((f"ema_decay={other}", dict(params, ema_decay=other)))
-  flip = "constant" if params.get("lr_schedule") == "cosine" else "cosine"
-  out.append((f"lr_schedule={flip}", dict(params, lr_schedule=flip)))
-  if "sampling_prob" in params:
-    other = 0.05 if params["sampling_prob"] == 0.1 else 0.1
-    out.append((f"sampling_prob={other} (expected batch)", dict(params, sampling_prob=other)))
-  if "batch_size" in params:
-    other = 64 if params["batch_size"] != 64 else 32
-    out.append((f"batch_size={other}", dict(params, batch_size=other)))
-  out.append(("augmentations=2", dict(params, augmentations=2)))
-  return out
 
 
 def _run_trial(cfg, data, data_cfg, run_dir, hparams):
@@ -229,8 +93,8 @@ def _ablate(setting, preset, data, data_cfg, root) -> None:
     f"| {setting.upper()} variant | validation accuracy | epsilon | rounds | sigma |",
     "|---|---|---|---|---|",
   ]
-  for i, (name, params) in enumerate(ablation_variants(setting, chosen)):
-    cfg = trial_config(base, params, data, _TARGET.value)
+  for i, (name, params) in enumerate(tuning.ablation_variants(setting, chosen)):
+    cfg = tuning.trial_config(base, params, data, _TARGET.value)
     hparams = json.loads(
       json.dumps(dict(dataclasses.asdict(cfg), variant=name), sort_keys=True, default=str)
     )
@@ -298,7 +162,7 @@ def main(argv):
   root = _OUTPUT_DIR.value or os.path.join("runs", "tune", preset.name)
   data = loaders.load(data_cfg)
   if _ABLATE.value:
-    if _ABLATE.value not in SEARCH_SPACE:
+    if _ABLATE.value not in tuning.SEARCH_SPACE:
       print(f"tune: error: --ablate={_ABLATE.value!r} is not a setting", file=sys.stderr)
       sys.exit(2)
     if not os.path.isfile(os.path.join(root, "chosen.json")):
@@ -317,8 +181,8 @@ def main(argv):
   try:
     for setting in _SETTINGS.value:
       base = dataclasses.replace(preset.settings[setting], seed=_SEED.value, runtime=_RUNTIME.value)
-      for i, params in enumerate(draw_trials(setting, _TRIALS.value, _SEARCH_SEED.value)):
-        cfg = trial_config(base, params, data, _TARGET.value)
+      for i, params in enumerate(tuning.draw_trials(setting, _TRIALS.value, _SEARCH_SEED.value)):
+        cfg = tuning.trial_config(base, params, data, _TARGET.value)
         run_dir = os.path.join(root, setting, f"trial_{i}")
         hparams = json.loads(
           json.dumps(

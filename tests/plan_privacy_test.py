@@ -7,14 +7,13 @@ import sys
 import pytest
 
 from dopamine_tff import accounting
-from experiments import plan_privacy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("batch,epochs", [(50, 20), (200, 5)])
 def test_planned_sigma_meets_the_target_and_no_less_noise_would(batch, epochs):
-  row = plan_privacy.plan(2931, 8.0, 1e-4, batch, epochs)
+  row = accounting.plan_dp_sgd(2931, 8.0, 1e-4, batch, epochs)
   assert row["q"] == pytest.approx(batch / 2931)
   assert row["steps"] == -(-epochs * 2931 // batch)  # ceil(epochs / q)
   spec = accounting.StepSpec(row["q"], row["sigma"], row["steps"])

@@ -9,20 +9,20 @@ import pytest
 
 from dopamine_tff import accounting
 from dopamine_tff import presets
+from dopamine_tff import tuning
 from dopamine_tff.data import loaders
-from experiments import tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_setting_gets_the_same_number_of_seeded_trials():
-  for setting in tune.SEARCH_SPACE:
-    a = tune.draw_trials(setting, 4, 0)
-    assert len(a) == 4 and a == tune.draw_trials(setting, 4, 0)
+  for setting in tuning.SEARCH_SPACE:
+    a = tuning.draw_trials(setting, 4, 0)
+    assert len(a) == 4 and a == tuning.draw_trials(setting, 4, 0)
     assert len({json.dumps(t, sort_keys=True) for t in a}) == 4  # distinct
-    assert all(t[k] in tune.SEARCH_SPACE[setting][k] for t in a for k in t)
-  assert tune.draw_trials("fscdp", 4, 0) == tune.draw_trials("cdp", 4, 0)
-  assert tune.draw_trials("c", 4, 0) != tune.draw_trials("c", 4, 1)
+    assert all(t[k] in tuning.SEARCH_SPACE[setting][k] for t in a for k in t)
+  assert tuning.draw_trials("fscdp", 4, 0) == tuning.draw_trials("cdp", 4, 0)
+  assert tuning.draw_trials("c", 4, 0) != tuning.draw_trials("c", 4, 1)
 
 
 @pytest.mark.parametrize("setting", ["cdp", "fscdp", "fpdp"])
@@ -38,9 +38,9 @@ def test_private_trials_are_calibrated_to_the_target_at_the_same_epochs(setting)
     )
   )
   base = preset.settings[setting]
-  for params in tune.draw_trials(setting, 3, 0):
-    cfg = tune.trial_config(base, params, data, 10.4)
-    assert tune.base_epochs(cfg) == pytest.approx(tune.base_epochs(base), rel=0.01)
+  for params in tuning.draw_trials(setting, 3, 0):
+    cfg = tuning.trial_config(base, params, data, 10.4)
+    assert tuning.base_epochs(cfg) == pytest.approx(tuning.base_epochs(base), rel=0.01)
     assert cfg.target_epsilon == 10.4
     if setting != "fpdp":
       spec = accounting.StepSpec(cfg.sampling_prob, cfg.noise_multiplier, cfg.rounds)
@@ -89,7 +89,7 @@ def test_ablation_toggles_one_technique_at_a_time():
     "sampling_prob": 0.1,
     "validation_accuracy": 0.7,
   }
-  variants = dict(tune.ablation_variants("fscdp", chosen))
+  variants = dict(tuning.ablation_variants("fscdp", chosen))
   base = variants["chosen"]
   assert "validation_accuracy" not in base
   for name, params in variants.items():

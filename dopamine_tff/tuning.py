@@ -1,0 +1,151 @@
+"""Hyper-parameter search for the five settings: the grid, the draws, the trial configs.
+
+Pure functions used by experiments/tune.py (the binary runs the trials). Every
+setting gets the same number of seeded draws from its documented grid; a
+private trial keeps the preset's epochs and is calibrated to a fixed target
+epsilon (sigma follows from q, the steps and the target).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from dopamine_tff import accounting
+from dopamine_tff import configs
+from dopamine_tff import seeds
+
+# The grid each setting's trials are drawn from. Epochs are fixed (the
+# preset's); q for DP-SGD settings is the expected batch over N; sigma is not
+# searched: it follows from q, the steps and the target epsilon.
+SEARCH_SPACE = {
+  "c": {
+    "learning_rate": [0.01, 0.02, 0.05],
+    "batch_size": [16, 32, 64],
+    "lr_schedule": ["constant", "cosine"],
+    "ema_decay": [0.0, 0.5],
+  },
+  "f": {
+    "learning_rate": [0.01, 0.02, 0.05],
+    "batch_size": [16, 32],
+    "local_epochs": [1, 2],
+    "lr_schedule": ["constant", "cosine"],
+    "ema_decay": [0.0, 0.5],
+  },
+  "cdp": {
+    "learning_rate": [0.05, 0.1, 0.2],
+    "l2_norm_clip": [0.5, 1.0, 2.0],
+    "sampling_prob": [0.05, 0.1],
+    "lr_schedule": ["constant", "cosine"],
+    "ema_decay": [0.0, 0.95],
+  },
+  "fpdp": {
+    "learning_rate": [0.02, 0.05, 0.1],
+    "l2_norm_clip": [0.5, 1.0, 2.0],
+    "batch_size": [16, 32, 64],
+    "lr_schedule": ["constant", "cosine"],
+    "ema_decay": [0.0, 0.5],
+  },
+}
+SEARCH_SPACE["fscdp"] = SEARCH_SPACE["cdp"]  # Dopamine gets exactly central DP-SGD's grid
+
+
+def draw_trials(setting: str, trials: int, search_seed: int) -> list[dict]:
+  """`trials` distinct configurations of the setting's grid, seeded."""
+  space = SEARCH_SPACE[setting]
+  names = sorted(space)
+  grid = [dict(zip(names, combo)) for combo in _product([space[n] for n in names])]
+  # FSCDP draws central DP-SGD's trials: the two differ only in who adds the noise.
+  which = "cdp" if setting == "fscdp" else setting
+  rng = seeds.host_rng(search_seed, configs.SETTINGS.index(which), seeds.Purpose.SELECTION)
+  order = rng.permutation(len(grid))[: min(trials, len(grid))]
+  return [grid[i] for i in order]
+
+
+def _product(lists):
+  out = [[]]
+  for values in lists:
+    out = [prev + [v] for prev in out for v in values]
+  return out
+
+
+def trial_config(
+  base: configs.TrainConfig, params: dict, data, target: float
+) -> configs.TrainConfig:
+  """The preset's config with the trial's choices, sized to the same epochs and epsilon."""
+  cfg = dataclasses.replace(base, **params)
+  epochs = base_epochs(base)
+  if cfg.setting in ("cdp", "fscdp"):
+    rounds = math.ceil(epochs / cfg.sampling_prob)
+    sigma = accounting.noise_multiplier_for(
+      target, sampling_prob=cfg.sampling_prob, steps=rounds, delta=cfg.delta
+    )
+    cfg = dataclasses.replace(
+      cfg,
+      rounds=rounds,
+      noise_multiplier=sigma,
+      target_epsilon=target,
+      eval_every=max(1, rounds // 20),
+    )
+  elif cfg.setting == "fpdp":
+    rounds = math.ceil(epochs / (cfg.local_epochs * cfg.client_fraction))
+    sigma = fpdp_sigma(cfg, data, rounds, target)
+    cfg = dataclasses.replace(
+      cfg, rounds=rounds, noise_multiplier=sigma, target_epsilon=target, eval_every=2
+    )
+  elif cfg.setting == "f":
+    cfg = dataclasses.replace(
+      cfg, rounds=math.ceil(epochs / (cfg.local_epochs * cfg.client_fraction))
+    )
+  return cfg
+
+
+def base_epochs(cfg: configs.TrainConfig) -> float:
+  """Epochs of a preset config (what every trial keeps)."""
+  if cfg.setting in ("cdp", "fscdp"):
+    return cfg.rounds * cfg.sampling_prob
+  if cfg.setting == "c":
+    return float(cfg.rounds)
+  return cfg.rounds * cfg.local_epochs * cfg.client_fraction
+
+
+def fpdp_sigma(cfg, data, rounds: int, target: float) -> float:
+  """Sigma for FPDP's busiest hospital over seeds 0-4 to stay within the target.
+
+  A hospital takes E * ceil(n_k / B) steps at q = B / n_k in each round it is
+  selected; the selection is seeded, so the busiest hospital's count is known.
+  """
+  k = len(data.hospitals)
+  m = max(1, int(round(cfg.client_fraction * k)))
+  worst = 0
+  for seed in range(5):
+    counts = np.zeros(k, int)
+    for r in range(rounds):
+      rng = seeds.host_rng(seed, r, seeds.Purpose.SELECTION)
+      counts[rng.choice(k, size=m, replace=False)] += 1
+    worst = max(worst, int(counts.max()))
+  n = min(len(h) for h in data.hospitals)
+  q = min(1.0, cfg.batch_size / n)
+  steps = worst * cfg.local_epochs * math.ceil(n / cfg.batch_size)
+  return accounting.noise_multiplier_for(target, sampling_prob=q, steps=steps, delta=cfg.delta)
+
+
+def ablation_variants(setting: str, chosen: dict) -> list[tuple[str, dict]]:
+  """(name, params) pairs: the chosen configuration and one change at a time."""
+  params = {k: v for k, v in chosen.items() if k in SEARCH_SPACE[setting]}
+  out = [("chosen", dict(params))]
+  if "ema_decay" in params:
+    other = 0.0 if params["ema_decay"] > 0 else max(SEARCH_SPACE[setting]["ema_decay"])
+    out.append((f"ema_decay={other}", dict(params, ema_decay=other)))
+  flip = "constant" if params.get("lr_schedule") == "cosine" else "cosine"
+  out.append((f"lr_schedule={flip}", dict(params, lr_schedule=flip)))
+  if "sampling_prob" in params:
+    other = 0.05 if params["sampling_prob"] == 0.1 else 0.1
+    out.append((f"sampling_prob={other} (expected batch)", dict(params, sampling_prob=other)))
+  if "batch_size" in params:
+    other = 64 if params["batch_size"] != 64 else 32
+    out.append((f"batch_size={other}", dict(params, batch_size=other)))
+  out.append(("augmentations=2", dict(params, augmentations=2)))
+  return out
