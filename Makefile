@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m experiments.run_experiment --setting=fscdp --dataset=synthetic \
 	  --num_examples=3000 --image_size=32 --num_hospitals=10 --rounds=400 \
 	  --sampling_prob=0.05 --noise_multiplier=0.8 --l2_norm_clip=1.0 \
-	  --learning_rate=0.1 --eval_every=50 --output_dir=runs/demo
+	  --learning_rate=0.1 --eval_every=50 --output_dir=runs/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
