@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATIOS = (
   "dp_over_plain_small_cnn",
@@ -59,3 +61,18 @@ def test_quick_secure_aggregation_benchmark_writes_ratios(tmp_path):
   assert he["expansion"] > 1  # ciphertexts are larger than the codes
   rows = result["secure_aggregation"]["scaling"]["rows"]
   assert {(r["k"], r["mode"]) for r in rows} >= {(10, "secagg"), (100, "secagg_plus")}
+
+
+@pytest.mark.parametrize(
+  "binary,default",
+  [("benchmark", "runs/benchmark.json"), ("secagg_benchmark", "runs/benchmark_secagg.json")],
+)
+def test_default_output_is_outside_the_committed_results(binary, default):
+  proc = subprocess.run(
+    [sys.executable, "-m", f"experiments.{binary}", "--helpshort"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert f"(default: '{default}')" in proc.stdout, proc.stdout[-2000:]
