@@ -220,7 +220,7 @@ def test_table_mean_and_std(tmp_path):
 
 @pytest.mark.slow
 def test_cpu_preset_reproduces_the_papers_ordering(tmp_path):
-  """One seed of the cpu preset (about 5 minutes): Figure 1's ordering holds."""
+  """One seed of the cpu preset (about 8 minutes): Figure 1's ordering holds."""
   proc = subprocess.run(
     [
       sys.executable,
@@ -241,5 +241,7 @@ def test_cpu_preset_reproduces_the_papers_ordering(tmp_path):
   acc = {s: float(r["accuracy_mean"]) for s, r in rows.items()}
   eps = {s: float(r["epsilon_mean"]) for s, r in rows.items() if r["epsilon_mean"] != "nan"}
   assert min(acc["c"], acc["f"]) > max(acc["cdp"], acc["fscdp"], acc["fpdp"])
-  assert acc["fscdp"] > acc["fpdp"] and eps["fscdp"] < eps["fpdp"]
+  # Every private setting is held to the same budget; Dopamine learns, FPDP less.
+  assert all(e <= 10.4 for e in eps.values())
+  assert acc["fscdp"] > acc["fpdp"]
   assert eps["fscdp"] == pytest.approx(eps["cdp"])
