@@ -160,3 +160,15 @@ def test_patient_unit_without_patient_ids_is_one_line(tmp_path):
     ["--setting=cdp", "--cdp_impl=tf_privacy", "--dataset=digits", *TINY[2:]], tmp_path
   )
   assert refused.returncode == 2 and "not available with --cdp_impl=tf_privacy" in refused.stderr
+
+
+def test_patient_unit_is_the_same_in_both_runtimes(tmp_path):
+  data = _aptos_with_patients(str(tmp_path / "aptos"))
+  finals = {}
+  for rt in ("tff", "in_process"):
+    out = tmp_path / rt
+    proc = _run(["--setting=fscdp", f"--data_dir={data}", *TINY, f"--runtime={rt}"], out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    finals[rt] = np.load(out / "final_weights.npz")
+  for key in finals["tff"].files:
+    np.testing.assert_allclose(finals["tff"][key], finals["in_process"][key], atol=1e-5)
