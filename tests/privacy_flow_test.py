@@ -129,3 +129,44 @@ def test_a_masked_vector_is_uniform_mod_2_32_whatever_its_input():
       assert abs(np.corrcoef(codes, masked)[0, 1]) < 0.03
       # The same test rejects the unmasked codes: it can fail.
       assert _chi_square_p(codes) < 1e-12
+
+
+def test_many_hospitals_dither_on_a_connected_ring_with_the_same_release(monkeypatch, tmp_path):
+  """Above DENSE_DITHER_MAX the pair dithers follow a ring of ~log2 K neighbours.
+
+  The release must still be the noised total up to rounding: the weights match
+  the complete graph's to float precision, and the ring is symmetric and connected.
+  """
+  import numpy as np
+
+  from dopamine_tff import configs
+  from dopamine_tff import settings
+  from dopamine_tff import training_loop
+  from dopamine_tff.data import loaders
+
+  assert settings.dither_graph(10, 0) == {
+    i: tuple(j for j in range(10) if j != i) for i in range(10)
+  }
+  ring = settings.dither_graph(40, 0)
+  assert {len(v) for v in ring.values()} == {6}
+  assert all(i in ring[j] for i in ring for j in ring[i])
+  settings._check_connected(ring, set(range(40)))  # raises when disconnected
+  data = loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=40, num_examples=1200))
+  cfg = configs.TrainConfig(
+    setting="fscdp",
+    rounds=2,
+    sampling_prob=0.2,
+    noise_multiplier=1.0,
+    l2_norm_clip=1.0,
+    learning_rate=0.05,
+    runtime="in_process",
+    eval_every=2,
+  )
+  opts = dict(options=training_loop.LoopOptions(tensorboard=False), log=lambda _: None)
+  training_loop.run(cfg, data, str(tmp_path / "ring"), **opts)
+  monkeypatch.setattr(settings, "DENSE_DITHER_MAX", 1000)
+  training_loop.run(cfg, data, str(tmp_path / "complete"), **opts)
+  a = np.load(tmp_path / "ring" / "final_weights.npz")
+  b = np.load(tmp_path / "complete" / "final_weights.npz")
+  for key in a.files:
+    np.testing.assert_allclose(a[key], b[key], atol=1e-5)
