@@ -1,37 +1,66 @@
 """Per-example gradient norms and clipped sums for conv nets without a per-example loop.
 
 For a layer z = W x + b (Dense) or z = conv(x, W) + b (Conv2D), the gradient of
-example i's loss is an outer product of the layer's input and dL_i/dz_i:
-
-* Dense: dW_i = x_i^T g_i, db_i = g_i.
-* Conv2D: with the input's k x k patches P_i (``tf.image.extract_patches``,
-  the kernel's (row, column, channel) order), dW_i = sum_hw P_ihw (x) g_ihw,
-  db_i = sum_hw g_ihw: one einsum per layer.
+example i's loss is a sum over the layer's T output positions of outer products:
+dW_i = sum_t P_it (x) g_it and db_i = sum_t g_it, where P_it is the input (the
+k x k patch of the input for a convolution, p = kh*kw*Cin values) feeding
+position t and g_it = dL_i/dz_it (d = Cout values). Dense on a flat input has
+T = 1.
 
 One forward pass records every layer's input x and pre-activation output z; one
-backward pass of the summed loss gives every g_i = dL/dz_i (examples do not
-interact: the models have no batch normalisation). Per-example norms follow,
-then the clipped sum is one more einsum per layer with each example's clip
-factor folded into g. This replaces ``tf.vectorized_map``, whose Conv2D filter
-gradient falls back to a while loop over examples (TF Privacy's own fast
-clipping covers Dense and Embedding only).
+backward pass of the summed loss gives every g_i (examples do not interact: the
+models have no batch normalisation). Then, per layer, one of two ways gives the
+per-example squared norm ||dW_i||^2 (mixed ghost clipping, Bu et al. 2022):
+
+* **explicit**: build dW_i, [B, p, d]. For a convolution, one batched matmul
+  per kernel offset (the strided input slices, never the concatenated patch
+  tensor, which cost more than the matmuls on CPU). O(B T p d) time, B p d
+  memory.
+* **ghost**: ||dW_i||^2 = sum_{t,t'} (P_i P_i^T)_{tt'} (g_i g_i^T)_{tt'}, two
+  Grams of size T x T. O(B T^2 (p + d)) time, 2 B T^2 memory; nothing per
+  example of the weights' size is built. For T = 1 it is ||x_i||^2 ||g_i||^2.
+
+``choose`` takes ghost when 2 T^2 < p d (the rule of mixed ghost clipping: the
+smaller per-example intermediate), else explicit. The clipped sum then needs no
+second backward pass (book-keeping, Bu et al. 2023): with each example's clip
+factor c_i, an explicit layer sums sum_i c_i dW_i from the dW_i it already has,
+and a ghost layer computes the weight gradient once with g_i scaled by c_i
+(Conv2DBackpropFilter, the op a plain step runs, or one matmul).
+
+A privacy unit of several examples (``groups``: a patient) needs the norm of the
+unit's summed gradient, cross terms included; that path builds dW_i explicitly
+for every layer and sums them per unit.
 
 Supported: functional Keras models whose trainable layers are Conv2D (groups 1,
 dilation 1, activation None) and Dense (activation None), each with kernel and
 bias, each called once. ``supports(model)`` tells; dp_sgd falls back to the
-vectorised path otherwise. Tests compare with a per-example loop.
+vectorised path otherwise. Tests compare both branches of every layer type with
+a per-example loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import weakref
 
 import tensorflow as tf
 
+AUTO, GHOST, EXPLICIT, LOOP = "auto", "ghost", "explicit", "loop"
+STRATEGIES = (AUTO, GHOST, EXPLICIT, LOOP)
+
+# Calibrated on the 2-core AMD EPYC CI machine from per-layer timings of the
+# small CNN and SqueezeNet at 64x64 and 224x224 (experiments/profile_dp_step.py):
+# the ghost norm wins when its Grams cost less than GHOST_FACTOR per-example
+# weight gradients' worth of memory traffic, and one weight-gradient op per
+# example beats batched matmuls for strided convolutions and large per-example
+# products.
+GHOST_FACTOR = 16
+LOOP_MIN_MACS = 2**23
+
 
 def _taps(model: tf.keras.Model):
-  layers = [layer for layer in model.layers if layer.trainable_weights]
-  return layers
+  return [layer for layer in model.layers if layer.trainable_weights]
 
 
 def supports(model: tf.keras.Model) -> bool:
@@ -54,6 +83,77 @@ def supports(model: tf.keras.Model) -> bool:
   # The variables must come from these layers only, kernel then bias.
   expected = [v.ref() for layer in _taps(model) for v in (layer.kernel, layer.bias)]
   return [v.ref() for v in model.trainable_variables] == expected
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+  """How one layer's per-example norms are computed, and why."""
+
+  name: str
+  kind: str  # "conv" or "dense"
+  positions: int  # T: output positions per example
+  fan_in: int  # p: inputs per position (kh*kw*Cin for a convolution)
+  fan_out: int  # d: outputs per position
+  strategy: str  # GHOST or EXPLICIT
+
+  @property
+  def ghost_cost(self) -> int:
+    """Per-example memory of the ghost norm's two Grams (floats)."""
+    return 2 * self.positions**2
+
+  @property
+  def explicit_cost(self) -> int:
+    """Per-example memory of the explicit weight gradient (floats)."""
+    return self.fan_in * self.fan_out
+
+
+def choose(positions: int, fan_in: int, fan_out: int, *, strided: bool = False) -> str:
+  """The cheaper way to a layer's per-example norms on CPU, from its shapes.
+
+  GHOST when the Grams' work T^2 (p + d) is below GHOST_FACTOR * p d (the per-
+  example gradients' size: explicit gradients are written once and read twice,
+  in skinny products); else LOOP for a strided convolution or one whose
+  per-example product T p d reaches LOOP_MIN_MACS; else EXPLICIT.
+  Mixed ghost clipping (Bu et al. 2022) compares 2 T^2 with p d (memory); the
+  factor here was measured (README, "DP step cost").
+  """
+  if positions * positions * (fan_in + fan_out) < GHOST_FACTOR * fan_in * fan_out:
+    return GHOST
+  if strided or positions * fan_in * fan_out >= LOOP_MIN_MACS:
+    return LOOP
+  return EXPLICIT
+
+
+def _loopable(layer) -> bool:
+  return isinstance(layer, tf.keras.layers.Conv2D) and not _is_pointwise(layer)
+
+
+def _shape_of(layer) -> tuple[str, int, int, int]:
+  out = layer.output.shape
+  positions = math.prod(int(s) for s in out[1:-1]) if len(out) > 2 else 1
+  fan_out = int(out[-1])
+  if isinstance(layer, tf.keras.layers.Conv2D):
+    kh, kw, cin, _ = layer.kernel.shape
+    return "conv", positions, int(kh * kw * cin), fan_out
+  return "dense", positions, int(layer.kernel.shape[0]), fan_out
+
+
+def plan(model: tf.keras.Model, strategy: str = AUTO) -> list[LayerPlan]:
+  """Each trainable layer's strategy; ``strategy`` other than AUTO forces one for all."""
+  if strategy not in STRATEGIES:
+    raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+  out = []
+  for layer in _taps(model):
+    kind, t, p, d = _shape_of(layer)
+    if strategy == AUTO:
+      strided = _loopable(layer) and tuple(layer.strides) != (1, 1)
+      chosen = choose(t, p, d, strided=strided)
+    else:
+      chosen = strategy
+    if chosen == LOOP and not _loopable(layer):
+      chosen = EXPLICIT  # a matmul per example is what EXPLICIT already does
+    out.append(LayerPlan(layer.name, kind, t, p, d, chosen))
+  return out
 
 
 # Tap models by the model they tap. Kept outside the model: an attribute on a
@@ -81,12 +181,15 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
-def _patches(layer, x):
-  """The k x k input patches of every output position, [B, H', W', kh*kw*Cin].
+def _is_pointwise(layer) -> bool:
+  return tuple(layer.kernel_size) == (1, 1) and tuple(layer.strides) == (1, 1)
 
-  Built from kh*kw strided slices of the padded input (in the kernel's
-  (row, column, channel) order): much faster on CPU than
-  tf.image.extract_patches for inputs with few channels.
+
+def _offset_slices(layer, x):
+  """For each kernel offset (row, column), the input values it meets: [B, H', W', Cin] each.
+
+  Strided slices of the padded input, in the kernel's (row, column) order; the
+  k x k patches are their concatenation along channels.
   """
   kh, kw = layer.kernel_size
   sh, sw = layer.strides
@@ -97,71 +200,132 @@ def _patches(layer, x):
   else:
     out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
   if kh == kw == 1 and sh == sw == 1:
-    return x
-  slices = [
+    return [x]
+  return [
     x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
     for i in range(kh)
     for j in range(kw)
   ]
-  return tf.concat(slices, axis=-1)
 
 
-def _grouped(per_w, per_b, groups, num_groups):
-  """Squared norms [G] of the per-group sums of per-example gradients."""
-  gw = tf.math.unsorted_segment_sum(per_w, groups, num_groups)
-  gb = tf.math.unsorted_segment_sum(per_b, groups, num_groups)
-  return tf.reduce_sum(tf.square(gw), [1, 2]) + tf.reduce_sum(tf.square(gb), 1)
+def _patches(layer, x):
+  """The k x k input patches of every output position, [B, H', W', kh*kw*Cin]."""
+  slices = _offset_slices(layer, x)
+  return slices[0] if len(slices) == 1 else tf.concat(slices, axis=-1)
 
 
-def _layer_terms(layer, x, g, groups=None, num_groups=None):
-  """(squared norm per example [B] or per group [G], function: weights [B] -> (dW, db) sums).
+def _rows(t):
+  """[B, ..., c] -> [B, T, c]."""
+  return tf.reshape(t, [tf.shape(t)[0], -1, t.shape[-1]])
 
-  With ``groups`` (a group id per example, e.g. its patient) the norms are those
-  of each group's summed gradient, and the per-example gradients are built
-  explicitly (no ghost norm: the cross terms between a group's examples count).
+
+def _per_example(layer, x, g, loop=False):
+  """Explicit per-example gradients, flat: ([B, p*d] kernel, [B, d] bias).
+
+  ``loop``: one Conv2DBackpropFilter per example (tf.map_fn), for convolutions.
   """
-  if isinstance(layer, tf.keras.layers.Dense) and groups is not None:
-    if len(x.shape) != 2:
-      x = tf.reshape(x, [tf.shape(x)[0], -1, x.shape[-1]])
-      g = tf.reshape(g, [tf.shape(g)[0], -1, g.shape[-1]])
-      per_w, per_b = tf.einsum("bti,bto->bio", x, g), tf.reduce_sum(g, axis=1)
-    else:
-      per_w, per_b = tf.einsum("bi,bo->bio", x, g), g
-    sq = _grouped(per_w, per_b, groups, num_groups)
-    return sq, lambda c: (tf.einsum("b,bio->io", c, per_w), tf.einsum("b,bo->o", c, per_b))
+  batch = tf.shape(g)[0]
+  rows_g = _rows(g)
+  if loop:
+
+    def one(pair):
+      xi, gi = pair
+      return tf.raw_ops.Conv2DBackpropFilter(
+        input=xi[None],
+        filter_sizes=layer.kernel.shape,
+        out_backprop=gi[None],
+        strides=[1, *layer.strides, 1],
+        padding=layer.padding.upper(),
+      )
+
+    per_w = tf.map_fn(one, (x, g), fn_output_signature=tf.float32, parallel_iterations=4)
+    return tf.reshape(per_w, [batch, -1]), tf.reduce_sum(rows_g, axis=1)
+  if isinstance(layer, tf.keras.layers.Dense) and len(x.shape) == 2:
+    per_w = x[:, :, None] * g[:, None, :]
+    return tf.reshape(per_w, [batch, -1]), g
   if isinstance(layer, tf.keras.layers.Dense):
-    if len(x.shape) != 2:
-      x = tf.reshape(x, [tf.shape(x)[0], -1, x.shape[-1]])
-      g = tf.reshape(g, [tf.shape(g)[0], -1, g.shape[-1]])
-      per_w = tf.einsum("bti,bto->bio", x, g)
-      per_b = tf.reduce_sum(g, axis=1)
-      sq = tf.reduce_sum(tf.square(per_w), [1, 2]) + tf.reduce_sum(tf.square(per_b), 1)
-      return sq, lambda c: (tf.einsum("b,bio->io", c, per_w), tf.einsum("b,bo->o", c, per_b))
-    # Ghost norm: ||x_b^T g_b||^2 = ||x_b||^2 ||g_b||^2, nothing per example is built.
-    sq = tf.reduce_sum(tf.square(x), 1) * tf.reduce_sum(tf.square(g), 1) + tf.reduce_sum(
-      tf.square(g), 1
-    )
-    return sq, lambda c: (tf.einsum("bi,bo->io", x, g * c[:, None]), tf.einsum("b,bo->o", c, g))
-  patches = _patches(layer, x)
-  per_w = tf.einsum("bhwi,bhwo->bio", patches, g)
-  per_b = tf.reduce_sum(g, axis=[1, 2])
-  if groups is None:
-    sq = tf.reduce_sum(tf.square(per_w), [1, 2]) + tf.reduce_sum(tf.square(per_b), 1)
+    per_w = tf.matmul(_rows(x), rows_g, transpose_a=True)
   else:
-    sq = _grouped(per_w, per_b, groups, num_groups)
-  shape = layer.kernel.shape
-
-  def weighted(c):
-    return tf.reshape(tf.einsum("b,bio->io", c, per_w), shape), tf.einsum("b,bo->o", c, per_b)
-
-  return sq, weighted
+    per_w = tf.stack(
+      [tf.matmul(_rows(s), rows_g, transpose_a=True) for s in _offset_slices(layer, x)], axis=1
+    )
+  return tf.reshape(per_w, [batch, -1]), tf.reduce_sum(rows_g, axis=1)
 
 
-def clipped_sum(model: tf.keras.Model, x, y, l2_norm_clip, loss_fn, groups=None, num_groups=None):
+def _sq(t):
+  """Row-wise squared norms of [B, n]."""
+  return tf.einsum("bn,bn->b", t, t)
+
+
+def _ghost_sq(layer, x, g):
+  """Per-example ||dW_i||^2 + ||db_i||^2 from Grams, without building dW_i."""
+  if isinstance(layer, tf.keras.layers.Dense) and len(x.shape) == 2:
+    sq_g = _sq(g)
+    return _sq(x) * sq_g + sq_g
+  rows_x = _rows(x) if isinstance(layer, tf.keras.layers.Dense) else _rows(_patches(layer, x))
+  rows_g = _rows(g)
+  gram_x = tf.matmul(rows_x, rows_x, transpose_b=True)
+  gram_g = tf.matmul(rows_g, rows_g, transpose_b=True)
+  return tf.einsum("btu,btu->b", gram_x, gram_g) + _sq(tf.reduce_sum(rows_g, axis=1))
+
+
+def _weighted_backward(layer, x, g, c):
+  """sum_i c_i dW_i, sum_i c_i db_i as one weight-gradient op with g_i scaled by c_i."""
+  gc = g * tf.reshape(c, [-1] + [1] * (len(g.shape) - 1))
+  if isinstance(layer, tf.keras.layers.Conv2D) and not _is_pointwise(layer):
+    dw = tf.raw_ops.Conv2DBackpropFilter(
+      input=x,
+      filter_sizes=layer.kernel.shape,
+      out_backprop=gc,
+      strides=[1, *layer.strides, 1],
+      padding=layer.padding.upper(),
+    )
+  else:
+    cin = layer.kernel.shape[-2]
+    flat_x = tf.reshape(x, [-1, cin])
+    dw = tf.reshape(
+      tf.matmul(flat_x, tf.reshape(gc, [-1, gc.shape[-1]]), transpose_a=True), layer.kernel.shape
+    )
+  return dw, tf.reduce_sum(tf.reshape(gc, [-1, gc.shape[-1]]), axis=0)
+
+
+def _layer_terms(layer, strategy, x, g, groups=None, num_groups=None):
+  """(squared norm per example [B] or per group [G], function: factors [B] -> (dW, db) sums)."""
+  if groups is not None or strategy != GHOST:
+    per_w, per_b = _per_example(layer, x, g, loop=strategy == LOOP)
+    if groups is None:
+      sq = _sq(per_w) + _sq(per_b)
+    else:
+      sq = _sq(tf.math.unsorted_segment_sum(per_w, groups, num_groups)) + _sq(
+        tf.math.unsorted_segment_sum(per_b, groups, num_groups)
+      )
+    shape = layer.kernel.shape
+
+    def weighted(c):
+      return tf.reshape(tf.linalg.matvec(per_w, c, transpose_a=True), shape), tf.linalg.matvec(
+        per_b, c, transpose_a=True
+      )
+
+    return sq, weighted
+  return _ghost_sq(layer, x, g), lambda c: _weighted_backward(layer, x, g, c)
+
+
+def clipped_sum(
+  model: tf.keras.Model,
+  x,
+  y,
+  l2_norm_clip,
+  loss_fn,
+  groups=None,
+  num_groups=None,
+  strategy: str = AUTO,
+):
   """Sum over the batch of per-example gradients clipped to L2 norm C.
 
   With ``groups`` (int32 [B], ids in [0, num_groups)), each group's summed
-  gradient is clipped to C instead: the privacy unit is the group (a patient).
+  gradient is clipped to C instead: the privacy unit is the group (a patient);
+  every layer then takes the explicit path. ``strategy`` forces GHOST or
+  EXPLICIT for every layer (tests, benchmarks); AUTO chooses per layer.
 
   Returns:
     (list of summed clipped gradients in model.trainable_variables order,
@@ -174,8 +338,8 @@ def clipped_sum(model: tf.keras.Model, x, y, l2_norm_clip, loss_fn, groups=None,
     loss = tf.reduce_sum(loss_fn(logits, y))
   grads_z = tape.gradient(loss, outputs)
   terms = [
-    _layer_terms(layer, xi, gi, groups, num_groups)
-    for layer, xi, gi in zip(_taps(model), inputs, grads_z)
+    _layer_terms(layer, lp.strategy, xi, gi, groups, num_groups)
+    for layer, lp, xi, gi in zip(_taps(model), plan(model, strategy), inputs, grads_z)
   ]
   norms = tf.sqrt(tf.add_n([sq for sq, _ in terms]))
   factor = tf.minimum(1.0, l2_norm_clip / tf.maximum(norms, 1e-12))

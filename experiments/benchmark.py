@@ -5,10 +5,16 @@
 
 Every figure is the median of --repeats timed calls after --warmup untimed
 ones, in one process on one machine, so ratios compare like with like. The
-JSON has the raw figures and a top-level "ratios" object. Peak memory is the
-growth of this process's peak resident set size during a measurement (CPU
-TensorFlow has no per-op memory counters); resident memory of the TFF worker is
-read from /proc.
+client steps of one configuration (plain SGD, our DP step, ...) are timed
+round-robin, one call of each in turn, so a drift of the machine's speed hits
+them alike. The JSON has the raw figures and a top-level "ratios" object.
+
+Peak memory of a client step is measured exactly, in a child process whose
+TensorFlow runs the BFC allocator on the CPU (TF_CPU_ALLOCATOR_USE_BFC=true),
+which keeps allocation statistics: the peak bytes in use during one step minus
+the bytes in use before it (inputs and weights excluded). Elsewhere memory is
+the growth of this process's peak resident set size; resident memory of the
+TFF worker is read from /proc.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +51,17 @@ _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes and one repeat (a smoke r
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed warm-up calls.")
 _SQUEEZENET_224 = flags.DEFINE_bool("squeezenet_224", True, "Include SqueezeNet at 224x224.")
+_XLA = flags.DEFINE_bool(
+  "xla", True, "Also time plain and DP steps compiled with XLA (jit_compile) at 64x64."
+)
+_SECTIONS = flags.DEFINE_list(
+  "sections",
+  "scaling,rounds,workers,secure_sum,client_steps",
+  "Which sections to run (ratios of sections left out are null).",
+)
+_MEMORY_PROBE = flags.DEFINE_string(
+  "memory_probe", None, "Internal: model:size:batch; print the client steps' peak memory as JSON."
+)
 
 
 def _rss_kb(pid: int | None = None) -> int:
@@ -71,11 +89,25 @@ def _time(fn, repeats, warmup) -> dict:
   }
 
 
-def _step_fns(model, x, y, clip, noise_std, lr):
+def _interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, dict]:
+  """Median times of several functions called round-robin (one call of each in turn)."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  times: dict[str, list[float]] = {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - t0)
+  return {k: {"median_s": statistics.median(t), "times_s": t} for k, t in times.items()}
+
+
+def _step_fns(model, x, y, clip, noise_std, lr, jit_compile=False):
   seed = tf.constant([1, 2], tf.int64)
   variables = model.trainable_variables
 
-  @tf.function
+  @tf.function(jit_compile=jit_compile)
   def plain():
     with tf.GradientTape() as tape:
       loss = tf.reduce_mean(dp_sgd.loss_per_example(model(x), y))
@@ -83,7 +115,7 @@ def _step_fns(model, x, y, clip, noise_std, lr):
       v.assign_sub(lr * g)
 
   def dp_with(summer):
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def step():
       summed = summer()
       query = dp_sgd.SeededGaussianSumQuery(clip, noise_std, seed)
@@ -100,7 +132,49 @@ def _step_fns(model, x, y, clip, noise_std, lr):
     clipped, _ = dp_sgd.clip_per_example(grads, clip)
     return [tf.reduce_sum(g, 0) for g in clipped]
 
+  if jit_compile:
+    return {"plain_sgd_xla": plain, "ours_fast_xla": fast}
   return {"plain_sgd": plain, "ours_fast": fast, "ours_vectorized_map": dp_with(vectorized_sum)}
+
+
+def _case_inputs(name, size, batch):
+  tf.keras.utils.set_random_seed(0)
+  shape = (size, size, 3)
+  x = tf.random.normal([batch, *shape])
+  y = tf.random.uniform([batch], 0, 5, tf.int32)
+  return shape, x, y
+
+
+def memory_probe(spec: str) -> dict[str, float]:
+  """Peak MiB in use during one plain and one DP step (run under the BFC allocator)."""
+  name, size, batch = spec.split(":")
+  shape, x, y = _case_inputs(name, int(size), int(batch))
+  fns = _step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01)
+  out = {}
+  for impl in ("plain_sgd", "ours_fast"):
+    fns[impl]()  # trace and run once
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    fns[impl]()
+    out[impl] = (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20
+  return out
+
+
+def _peak_memory(name, size, batch) -> dict[str, float] | None:
+  """memory_probe in a child process with the BFC allocator, or None if it failed."""
+  env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.benchmark", f"--memory_probe={name}:{size}:{batch}"],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+  if proc.returncode != 0 or not lines:
+    print(f"  memory probe {name} {size}px b{batch} failed: {proc.stderr[-300:]}", flush=True)
+    return None
+  return json.loads(lines[-1])
 
 
 def _tfp_fn(name, shape, classes, x, y, clip, sigma, lr, vectorized):
@@ -134,13 +208,16 @@ def client_steps(quick, repeats, warmup) -> list[dict]:
     cases = [("small_cnn", 16, 8), ("squeezenet", 32, 8)]
   out = []
   for name, size, batch in cases:
-    tf.keras.utils.set_random_seed(0)
-    shape = (size, size, 3)
-    x = tf.random.normal([batch, *shape])
-    y = tf.random.uniform([batch], 0, 5, tf.int32)
+    shape, x, y = _case_inputs(name, size, batch)
     fns = _step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01)
+    ours = _interleaved(fns, repeats, warmup)
+    if _XLA.value and size <= 64:
+      xla = _step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, jit_compile=True)
+      ours.update(_interleaved(xla, repeats, warmup))
+    memory = {} if quick and name != "small_cnn" else (_peak_memory(name, size, batch) or {})
+    slow = {}
     if size * size * batch <= 224 * 224 * 32:
-      fns["tf_privacy_vectorized"] = _tfp_fn(name, shape, 5, x, y, 1.0, 1.0, 0.01, True)
+      slow["tf_privacy_vectorized"] = _tfp_fn(name, shape, 5, x, y, 1.0, 1.0, 0.01, True)
     else:
       # Seen here: it asked for > 24 GiB and the kernel's OOM killer ended the run.
       out.append(
@@ -153,23 +230,26 @@ def client_steps(quick, repeats, warmup) -> list[dict]:
         )
       )
     if name == "small_cnn" or quick:
-      fns["tf_privacy_microbatch_loop"] = _tfp_fn(name, shape, 5, x, y, 1.0, 1.0, 0.01, False)
-    for impl, fn in fns.items():
-      slow = impl in ("ours_vectorized_map", "tf_privacy_vectorized", "tf_privacy_microbatch_loop")
+      slow["tf_privacy_microbatch_loop"] = _tfp_fn(name, shape, 5, x, y, 1.0, 1.0, 0.01, False)
+    results = dict(ours)
+    for impl, fn in slow.items():
       try:
-        r = _time(fn, 1 if (slow and size == 224) else repeats, 1 if slow else warmup)
+        results[impl] = _time(fn, 1 if size == 224 else repeats, 1)
       except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as e:
         # Seen: TF Privacy's vectorized optimizer at 224x224, batch 100, needs > 20 GB.
         first = str(e).splitlines()[0][:200]
         print(f"  {name:10s} {size:3d}px b{batch:<3d} {impl:28s} failed: {first}", flush=True)
         out.append(dict(model=name, image_size=size, batch=batch, impl=impl, error=first))
-        continue
+    for impl, r in results.items():
       r.update(
         model=name, image_size=size, batch=batch, impl=impl, examples_per_s=batch / r["median_s"]
       )
+      if impl in memory:
+        r["peak_memory_mb"] = memory[impl]
       out.append(r)
+      mem = f"  peak {memory[impl]:8.1f} MiB" if impl in memory else ""
       print(
-        f"  {name:10s} {size:3d}px b{batch:<3d} {impl:28s} {r['median_s'] * 1e3:9.1f} ms  {r['examples_per_s']:8.1f} ex/s",
+        f"  {name:10s} {size:3d}px b{batch:<3d} {impl:28s} {r['median_s'] * 1e3:9.1f} ms  {r['examples_per_s']:8.1f} ex/s{mem}",
         flush=True,
       )
   return out
@@ -311,60 +391,99 @@ def workers(quick, repeats, warmup) -> dict:
   return out
 
 
-def _ratio(steps, model, impl, base="plain_sgd"):
+def _ratio(steps, model, impl, base="plain_sgd", key="median_s"):
+  """The worst (largest) impl/base ratio of `key` over a model's configurations."""
   vals = []
   for batch in sorted({s["batch"] for s in steps if s["model"] == model}):
     for size in sorted({s["image_size"] for s in steps if s["model"] == model}):
       pick = {
-        s["impl"]: s["median_s"]
+        s["impl"]: s[key]
         for s in steps
-        if (s["model"], s["batch"], s["image_size"]) == (model, batch, size) and "median_s" in s
+        if (s["model"], s["batch"], s["image_size"]) == (model, batch, size) and key in s
       }
       if impl in pick and base in pick:
         vals.append(pick[impl] / pick[base])
   return max(vals) if vals else None
 
 
+def _worst(*values):
+  present = [v for v in values if v is not None]
+  return max(present) if present else None
+
+
 def main(argv):
   del argv
+  if _MEMORY_PROBE.value:
+    print(json.dumps(memory_probe(_MEMORY_PROBE.value)), flush=True)
+    return
   quick, repeats, warmup = (
     _QUICK.value,
     (1 if _QUICK.value else _REPEATS.value),
     (1 if _QUICK.value else _WARMUP.value),
   )
+  sections = set(_SECTIONS.value)
+  unknown = sections - {"scaling", "rounds", "workers", "secure_sum", "client_steps"}
+  if unknown:
+    raise app.UsageError(f"--sections: unknown {sorted(unknown)}")
+  scale = rounds = scale_out = secure = None
+  steps = []
   runtime.start()
   try:
     # Scaling (with the 50-round memory series) first: later sections grow
     # the process (TF Privacy at 224x224 alone takes ~20 GB), which would hide
     # any growth behind an inflated base.
-    print("scaling:", flush=True)
-    scale = scaling(quick, repeats, warmup)
-    print("rounds:", flush=True)
-    rounds = rounds_tff_vs_in_process(quick, repeats, warmup)
-    print("workers:", flush=True)
-    scale_out = workers(quick, repeats, warmup)
-    print("secure sum:", flush=True)
-    secure = secure_sum_path(quick, repeats, warmup)
-    print("client steps:", flush=True)
-    steps = client_steps(quick, repeats, warmup)
+    if "scaling" in sections:
+      print("scaling:", flush=True)
+      scale = scaling(quick, repeats, warmup)
+    if "rounds" in sections:
+      print("rounds:", flush=True)
+      rounds = rounds_tff_vs_in_process(quick, repeats, warmup)
+    if "workers" in sections:
+      print("workers:", flush=True)
+      scale_out = workers(quick, repeats, warmup)
+    if "secure_sum" in sections:
+      print("secure sum:", flush=True)
+      secure = secure_sum_path(quick, repeats, warmup)
+    if "client_steps" in sections:
+      print("client steps:", flush=True)
+      steps = client_steps(quick, repeats, warmup)
   finally:
     runtime.shutdown()
+  models_run = ("small_cnn", "squeezenet")
   ratios = {
     "dp_over_plain_small_cnn": _ratio(steps, "small_cnn", "ours_fast"),
     "dp_over_plain_squeezenet": _ratio(steps, "squeezenet", "ours_fast"),
+    "dp_peak_memory_over_plain": _worst(
+      *(_ratio(steps, m, "ours_fast", key="peak_memory_mb") for m in models_run)
+    ),
+    "xla_dp_over_graph_dp": _worst(
+      *(_ratio(steps, m, "ours_fast_xla", base="ours_fast") for m in models_run)
+    ),
+    "xla_plain_over_graph_plain": _worst(
+      *(_ratio(steps, m, "plain_sgd_xla", base="plain_sgd") for m in models_run)
+    ),
     "vectorized_map_over_plain_squeezenet": _ratio(steps, "squeezenet", "ours_vectorized_map"),
     "tf_privacy_over_ours": min(
-      r
-      for r in (
-        _ratio(steps, m, "tf_privacy_vectorized", base="ours_fast")
-        for m in ("small_cnn", "squeezenet")
-      )
-      if r is not None
+      (
+        r
+        for r in (
+          _ratio(steps, m, "tf_privacy_vectorized", base="ours_fast")
+          for m in ("small_cnn", "squeezenet")
+        )
+        if r is not None
+      ),
+      default=None,
     ),
-    "tff_over_in_process": rounds["tff"]["median_s"] / rounds["in_process"]["median_s"],
-    "memory_growth_50_rounds": scale["memory_growth_after_first_round"],
-    "secure_over_plain_sum": secure["secure"]["median_s"] / secure["plain"]["median_s"],
-    "two_workers_over_one": scale_out["workers_2"]["median_s"] / scale_out["workers_1"]["median_s"],
+    "tff_over_in_process": rounds["tff"]["median_s"] / rounds["in_process"]["median_s"]
+    if rounds
+    else None,
+    "memory_growth_50_rounds": scale["memory_growth_after_first_round"] if scale else None,
+    "secure_over_plain_sum": secure["secure"]["median_s"] / secure["plain"]["median_s"]
+    if secure
+    else None,
+    "two_workers_over_one": scale_out["workers_2"]["median_s"] / scale_out["workers_1"]["median_s"]
+    if scale_out
+    else None,
   }
   result = {
     "machine": {

@@ -1,4 +1,4 @@
-"""The einsum path equals a per-example loop: norms and clipped sums."""
+"""Every branch of the fast path equals a per-example loop: norms and clipped sums."""
 
 import numpy as np
 import pytest
@@ -22,6 +22,23 @@ def _reference(model, x, y, clip):
   return np.array(norms), total
 
 
+def _mixed_model(shape=(11, 11, 2)):
+  """Every layer form fast_clip supports: 3x3 same and valid, strided, 1x1, 2-D and 3-D Dense."""
+  inputs = tf.keras.Input(shape)
+  x = tf.keras.layers.Conv2D(4, 3, strides=2, padding="same")(inputs)
+  x = tf.keras.layers.Activation("tanh")(x)
+  x = tf.keras.layers.Conv2D(5, 3, strides=2, padding="valid")(x)
+  x = tf.keras.layers.Activation("relu")(x)
+  x = tf.keras.layers.Conv2D(6, 1)(x)
+  x = tf.keras.layers.Activation("tanh")(x)
+  x = tf.keras.layers.Conv2D(3, 2, padding="valid")(x)
+  x = tf.keras.layers.Reshape((-1, 3))(x)
+  x = tf.keras.layers.Dense(7)(x)  # on a sequence: T > 1 positions
+  x = tf.keras.layers.Activation("tanh")(tf.keras.layers.Flatten()(x))
+  return tf.keras.Model(inputs, tf.keras.layers.Dense(5)(x))
+
+
+@pytest.mark.parametrize("strategy", ["auto", "ghost", "explicit", "loop"])
 @pytest.mark.parametrize(
   "name,shape,clip",
   [
@@ -29,15 +46,18 @@ def _reference(model, x, y, clip):
     ("small_cnn", (8, 8, 1), 100.0),
     ("squeezenet", (33, 33, 3), 0.05),
     ("squeezenet", (32, 32, 3), 1e-3),
+    ("mixed", (11, 11, 2), 0.1),
   ],
 )
-def test_norms_and_clipped_sum_equal_a_loop(name, shape, clip):
+def test_norms_and_clipped_sum_equal_a_loop(name, shape, clip, strategy):
   tf.keras.utils.set_random_seed(3)
-  model = models.build(name, shape, 5)
+  model = _mixed_model(shape) if name == "mixed" else models.build(name, shape, 5)
   assert fast_clip.supports(model)
   x = tf.random.normal([6, *shape])
   y = tf.constant([0, 1, 2, 3, 4, 0], tf.int32)
-  summed, norms = fast_clip.clipped_sum(model, x, y, clip, dp_sgd.loss_per_example)
+  summed, norms = fast_clip.clipped_sum(
+    model, x, y, clip, dp_sgd.loss_per_example, strategy=strategy
+  )
   ref_norms, ref_sum = _reference(model, x, y, clip)
   np.testing.assert_allclose(norms.numpy(), ref_norms, rtol=1e-4)
   assert len(summed) == len(model.trainable_variables)
@@ -111,3 +131,63 @@ def test_supports_is_stable_and_a_second_trace_takes_the_einsum_path(name, monke
   # The cached tap model is not tracked by the model.
   assert [v.ref() for v in model.trainable_variables] == variables
   assert len(model.layers) == len(models.build(name, shape, 5).layers)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "ghost", "explicit", "loop"])
+def test_group_norms_and_sums_equal_a_per_group_loop(strategy):
+  tf.keras.utils.set_random_seed(4)
+  model = _mixed_model()
+  x = tf.random.normal([7, 11, 11, 2])
+  y = tf.constant([0, 1, 2, 3, 4, 0, 1], tf.int32)
+  groups = tf.constant([0, 2, 0, 1, 2, 2, 3], tf.int32)
+  clip = 0.05
+  summed, norms = fast_clip.clipped_sum(
+    model, x, y, clip, dp_sgd.loss_per_example, groups, 4, strategy=strategy
+  )
+  ref_total = None
+  for gid in range(4):
+    idx = tf.where(groups == gid)[:, 0]
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(dp_sgd.loss_per_example(model(tf.gather(x, idx)), tf.gather(y, idx)))
+    g = tape.gradient(loss, model.trainable_variables)
+    n = float(tf.linalg.global_norm(g))
+    np.testing.assert_allclose(float(norms[gid]), n, rtol=1e-4)
+    scaled = [t * min(1.0, clip / n) for t in g]
+    ref_total = scaled if ref_total is None else [a + b for a, b in zip(ref_total, scaled)]
+  for got, ref in zip(summed, ref_total):
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=2e-4, atol=1e-7)
+
+
+def test_choose_takes_each_branch_where_it_is_cheaper():
+  # The benchmark models at their benchmark sizes: per-layer choices.
+  plans = {
+    (name, size): {lp.name: lp for lp in fast_clip.plan(models.build(name, (size, size, 3), 5))}
+    for name, size in [("small_cnn", 64), ("squeezenet", 64), ("squeezenet", 224)]
+  }
+  small = plans[("small_cnn", 64)]
+  assert small["dense"].strategy == "ghost"  # T = 1: ||x||^2 ||g||^2
+  assert small["conv0"].strategy == "explicit"  # T = 4096, p d = 432: Grams would be huge
+  sq64, sq224 = plans[("squeezenet", 64)], plans[("squeezenet", 224)]
+  assert sq64["fire9_e3x3"].strategy == "ghost"  # T = 16, p d = 147456
+  assert sq64["conv1"].strategy == "loop"  # strided
+  assert sq64["fire2_e3x3"].strategy == "explicit"
+  assert sq224["fire9_e3x3"].strategy == "loop"  # T = 196: T p d = 2^24.8
+  assert sq224["fire9_squeeze"].strategy == "explicit"  # 1x1: a matmul per example
+  # The rule itself, at its edges.
+  t, p, d = 16, 576, 256
+  assert fast_clip.choose(t, p, d) == "ghost"
+  assert t * t * (p + d) < fast_clip.GHOST_FACTOR * p * d
+  assert fast_clip.choose(64, 288, 128) == "explicit"
+  assert fast_clip.choose(64, 288, 128, strided=True) == "loop"
+  # A forced strategy applies everywhere it can; a 1x1 or Dense layer has no loop form.
+  forced = fast_clip.plan(_mixed_model(), "loop")
+  assert [lp.strategy for lp in forced] == [
+    "loop",
+    "loop",
+    "explicit",
+    "loop",
+    "explicit",
+    "explicit",
+  ]
+  with pytest.raises(ValueError, match="strategy must be one of"):
+    fast_clip.plan(_mixed_model(), "fastest")
