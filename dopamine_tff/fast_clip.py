@@ -188,8 +188,10 @@ def _is_pointwise(layer) -> bool:
 def _offset_slices(layer, x):
   """For each kernel offset (row, column), the input values it meets: [B, H', W', Cin] each.
 
-  Strided slices of the padded input, in the kernel's (row, column) order; the
-  k x k patches are their concatenation along channels.
+  A generator of strided slices of the padded input, in the kernel's (row,
+  column) order (the k x k patches are their concatenation along channels);
+  each slice is made when the caller asks for it, so the caller can order its
+  creation after other ops (see _per_example).
   """
   kh, kw = layer.kernel_size
   sh, sw = layer.strides
@@ -200,17 +202,16 @@ def _offset_slices(layer, x):
   else:
     out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
   if kh == kw == 1 and sh == sw == 1:
-    return [x]
-  return [
-    x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
-    for i in range(kh)
-    for j in range(kw)
-  ]
+    yield x
+    return
+  for i in range(kh):
+    for j in range(kw):
+      yield x[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
 
 
 def _patches(layer, x):
   """The k x k input patches of every output position, [B, H', W', kh*kw*Cin]."""
-  slices = _offset_slices(layer, x)
+  slices = list(_offset_slices(layer, x))
   return slices[0] if len(slices) == 1 else tf.concat(slices, axis=-1)
 
 
@@ -246,9 +247,16 @@ def _per_example(layer, x, g, loop=False):
   if isinstance(layer, tf.keras.layers.Dense):
     per_w = tf.matmul(_rows(x), rows_g, transpose_a=True)
   else:
-    per_w = tf.stack(
-      [tf.matmul(_rows(s), rows_g, transpose_a=True) for s in _offset_slices(layer, x)], axis=1
-    )
+    # One slice alive at a time: each is made after the previous product, so the
+    # step holds one input-sized slice, not k*k of them (a patch tensor's worth).
+    parts, slices = [], _offset_slices(layer, x)
+    while True:
+      with tf.control_dependencies(parts[-1:]):
+        piece = next(slices, None)
+      if piece is None:
+        break
+      parts.append(tf.matmul(_rows(piece), rows_g, transpose_a=True))
+    per_w = tf.stack(parts, axis=1)
   return tf.reshape(per_w, [batch, -1]), tf.reduce_sum(rows_g, axis=1)
 
 

@@ -36,9 +36,8 @@ import tensorflow as tf
 
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
 from dopamine_tff import configs
-from dopamine_tff import dp_sgd
-from dopamine_tff import fast_clip
 from dopamine_tff import models
+from dopamine_tff import profiling
 from dopamine_tff import quantization
 from dopamine_tff import runtime
 from dopamine_tff import settings
@@ -103,40 +102,6 @@ def _interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, dict]:
   return {k: {"median_s": statistics.median(t), "times_s": t} for k, t in times.items()}
 
 
-def _step_fns(model, x, y, clip, noise_std, lr, jit_compile=False):
-  seed = tf.constant([1, 2], tf.int64)
-  variables = model.trainable_variables
-
-  @tf.function(jit_compile=jit_compile)
-  def plain():
-    with tf.GradientTape() as tape:
-      loss = tf.reduce_mean(dp_sgd.loss_per_example(model(x), y))
-    for v, g in zip(variables, tape.gradient(loss, variables)):
-      v.assign_sub(lr * g)
-
-  def dp_with(summer):
-    @tf.function(jit_compile=jit_compile)
-    def step():
-      summed = summer()
-      query = dp_sgd.SeededGaussianSumQuery(clip, noise_std, seed)
-      noised, _, _ = query.get_noised_result(summed, query.initial_global_state())
-      for v, g in zip(variables, noised):
-        v.assign_sub(lr * g / x.shape[0])
-
-    return step
-
-  fast = dp_with(lambda: fast_clip.clipped_sum(model, x, y, clip, dp_sgd.loss_per_example)[0])
-
-  def vectorized_sum():
-    grads = dp_sgd.per_example_gradients(model, x, y)
-    clipped, _ = dp_sgd.clip_per_example(grads, clip)
-    return [tf.reduce_sum(g, 0) for g in clipped]
-
-  if jit_compile:
-    return {"plain_sgd_xla": plain, "ours_fast_xla": fast}
-  return {"plain_sgd": plain, "ours_fast": fast, "ours_vectorized_map": dp_with(vectorized_sum)}
-
-
 def _case_inputs(name, size, batch):
   tf.keras.utils.set_random_seed(0)
   shape = (size, size, 3)
@@ -149,7 +114,7 @@ def memory_probe(spec: str) -> dict[str, float]:
   """Peak MiB in use during one plain and one DP step (run under the BFC allocator)."""
   name, size, batch = spec.split(":")
   shape, x, y = _case_inputs(name, int(size), int(batch))
-  fns = _step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01)
+  fns = profiling.step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01)
   out = {}
   for impl in ("plain_sgd", "ours_fast"):
     fns[impl]()  # trace and run once
@@ -209,10 +174,10 @@ def client_steps(quick, repeats, warmup) -> list[dict]:
   out = []
   for name, size, batch in cases:
     shape, x, y = _case_inputs(name, size, batch)
-    fns = _step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01)
+    fns = profiling.step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01)
     ours = _interleaved(fns, repeats, warmup)
     if _XLA.value and size <= 64:
-      xla = _step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, jit_compile=True)
+      xla = profiling.step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, jit_compile=True)
       ours.update(_interleaved(xla, repeats, warmup))
     memory = {} if quick and name != "small_cnn" else (_peak_memory(name, size, batch) or {})
     slow = {}
