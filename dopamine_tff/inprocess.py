@@ -21,6 +21,11 @@ from dopamine_tff import aggregation
 from dopamine_tff import tf_rounds
 
 
+def _tensors(arrays) -> list[tf.Tensor]:
+  """The round's weights as tensors once, not once per hospital's call."""
+  return [tf.constant(a) for a in arrays]
+
+
 def _numpy_state(state) -> tf_rounds.ServerState:
   return tf_rounds.ServerState(
     [w.numpy() for w in state.weights],
@@ -77,8 +82,9 @@ class InProcessDpSgd(_EncodedServer):
 
   def next(self, state, correction, datasets, seeds, dither_keys, dither_signs):
     codes, examples, changed = [], 0, 0
+    weights = _tensors(state.weights)
     for dataset, *arrays in zip(datasets, seeds, dither_keys, dither_signs):
-      c, n, ch = self._client(state.weights, dataset, *[tf.constant(a) for a in arrays])
+      c, n, ch = self._client(weights, dataset, *[tf.constant(a) for a in arrays])
       codes.append(c.numpy())
       examples += int(n)
       changed += int(ch)
@@ -111,8 +117,9 @@ class InProcessFedAvg:
 
   def next(self, state, datasets, seeds):
     weighted_sum, total = None, None
+    weights = _tensors(state.weights)
     for dataset, seed in zip(datasets, seeds):
-      weighted, size = self._client(state.weights, dataset, tf.constant(seed))
+      weighted, size = self._client(weights, dataset, tf.constant(seed))
       if weighted_sum is None:
         weighted_sum, total = list(weighted), size
       else:
@@ -143,8 +150,9 @@ class InProcessMaskedDpSgd(_EncodedServer):
 
   def masked_round(self, state, datasets, *client_arrays):
     total, examples, changed = None, 0, 0
+    weights = _tensors(state.weights)
     for dataset, *arrays in zip(datasets, *client_arrays):
-      masked, n, c = self._client(state.weights, dataset, *[tf.constant(a) for a in arrays])
+      masked, n, c = self._client(weights, dataset, *[tf.constant(a) for a in arrays])
       total = masked.numpy() if total is None else total + masked.numpy()
       examples += int(n)
       changed += int(c)

@@ -21,7 +21,7 @@ def data():
   return loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
 
 
-def _weights_after(data, setting, runtime_kind, rounds=3):
+def _weights_after(data, setting, runtime_kind, rounds=3, trainers=None):
   cfg = configs.TrainConfig(
     setting=setting,
     rounds=rounds,
@@ -35,6 +35,8 @@ def _weights_after(data, setting, runtime_kind, rounds=3):
     seed=7,
   )
   trainer = settings.make_trainer(cfg, data, tempfile.mkdtemp())
+  if trainers is not None:
+    trainers.append(trainer)
   state = trainer.initial_state()
   out = []
   for r in range(rounds):
@@ -55,3 +57,13 @@ def test_same_weights_in_both_runtimes(setting, data, tff_runtime):
   # And training moved the weights, so the comparison is not vacuous.
   first, last = tff_out[0][0], tff_out[-1][0]
   assert any(not np.allclose(a, b) for a, b in zip(first, last))
+
+
+@pytest.mark.parametrize("setting", ["f", "fpdp", "fscdp"])
+def test_client_step_is_traced_once_over_rounds_and_hospitals(setting, data):
+  # Every hospital's data and every round's Poisson batch differ in size; the
+  # client computation must still be traced once (a retrace costs seconds).
+  trainers = []
+  _weights_after(data, setting, "in_process", rounds=3, trainers=trainers)
+  process = trainers[0].process
+  assert process._client.experimental_get_tracing_count() == 1  # noqa: SLF001
