@@ -17,8 +17,11 @@ import dataclasses
 import glob
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import types
 
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
@@ -27,12 +30,14 @@ from dopamine_tff import dp_sgd
 from dopamine_tff import fast_clip
 
 
-def step_fns(model, x, y, clip, noise_std, lr, jit_compile=False) -> dict:
+def step_fns(model, x, y, clip, noise_std, lr, jit_compile=False, baselines=None) -> dict:
   """One SGD step on (x, y) as tf.functions: plain, our DP step, the vectorized_map DP step.
 
   The DP steps clip to ``clip``, add Gaussian noise of std ``noise_std`` to the
   sum (SeededGaussianSumQuery, as the client step does) and divide by the
   batch. With ``jit_compile`` only plain and fast, named *_xla, compiled by XLA.
+  ``baselines`` maps a name to another fast_clip module (e.g. an earlier
+  revision's, see fast_clip_at): each adds a DP step "ours_fast_<name>".
   """
   seed = tf.constant([1, 2], tf.int64)
   variables = model.trainable_variables
@@ -64,7 +69,40 @@ def step_fns(model, x, y, clip, noise_std, lr, jit_compile=False) -> dict:
 
   if jit_compile:
     return {"plain_sgd_xla": plain, "ours_fast_xla": fast}
-  return {"plain_sgd": plain, "ours_fast": fast, "ours_vectorized_map": dp_with(vectorized_sum)}
+  out = {"plain_sgd": plain, "ours_fast": fast, "ours_vectorized_map": dp_with(vectorized_sum)}
+  for name, module in (baselines or {}).items():
+    out[f"ours_fast_{name}"] = dp_with(
+      lambda module=module: module.clipped_sum(model, x, y, clip, dp_sgd.loss_per_example)[0]
+    )
+  return out
+
+
+def fast_clip_at(revision: str, repo: str | None = None):
+  """dopamine_tff/fast_clip.py as it was at a git revision, loaded as a module.
+
+  For side-by-side timing of the current DP step against an earlier one in the
+  same process (experiments/benchmark.py --baseline_revision).
+
+  Raises:
+    ValueError: if git cannot show the file at that revision.
+  """
+  repo = repo or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+    ["git", "-C", repo, "show", f"{revision}:dopamine_tff/fast_clip.py"],
+    capture_output=True,
+    text=True,
+  )
+  if proc.returncode != 0:
+    raise ValueError(
+      f"no dopamine_tff/fast_clip.py at revision {revision!r}: {proc.stderr.strip()}"
+    )
+  module = types.ModuleType(f"fast_clip_at_{revision}")
+  module.__file__ = os.path.join(tempfile.mkdtemp(prefix="fast_clip_"), "fast_clip.py")
+  with open(module.__file__, "w") as f:  # autograph reads a function's source from its file
+    f.write(proc.stdout)
+  sys.modules[module.__name__] = module  # dataclasses look their module up there
+  exec(compile(proc.stdout, module.__file__, "exec"), module.__dict__)  # noqa: S102
+  return module
 
 
 def _median_ms(fn, repeats: int, warmup: int) -> float:

@@ -58,6 +58,12 @@ _SECTIONS = flags.DEFINE_list(
   "scaling,rounds,workers,secure_sum,client_steps",
   "Which sections to run (ratios of sections left out are null).",
 )
+_BASELINE = flags.DEFINE_string(
+  "baseline_revision",
+  None,
+  "Also time the DP step with dopamine_tff/fast_clip.py of this git revision, "
+  "round-robin with the current one (rows ours_fast_<rev>, ratio fast_over_baseline).",
+)
 _MEMORY_PROBE = flags.DEFINE_string(
   "memory_probe", None, "Internal: model:size:batch; print the client steps' peak memory as JSON."
 )
@@ -172,9 +178,14 @@ def client_steps(quick, repeats, warmup) -> list[dict]:
   if quick:
     cases = [("small_cnn", 16, 8), ("squeezenet", 32, 8)]
   out = []
+  baselines = {}
+  if _BASELINE.value:
+    baselines[_BASELINE.value] = profiling.fast_clip_at(_BASELINE.value)
   for name, size, batch in cases:
     shape, x, y = _case_inputs(name, size, batch)
-    fns = profiling.step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01)
+    fns = profiling.step_fns(
+      models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, baselines=baselines
+    )
     ours = _interleaved(fns, repeats, warmup)
     if _XLA.value and size <= 64:
       xla = profiling.step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, jit_compile=True)
@@ -426,6 +437,13 @@ def main(argv):
     ),
     "xla_plain_over_graph_plain": _worst(
       *(_ratio(steps, m, "plain_sgd_xla", base="plain_sgd") for m in models_run)
+    ),
+    "fast_over_baseline": _worst(
+      *(
+        _ratio(steps, m, "ours_fast", base=f"ours_fast_{_BASELINE.value}")
+        for m in models_run
+        if _BASELINE.value
+      )
     ),
     "vectorized_map_over_plain_squeezenet": _ratio(steps, "squeezenet", "ours_vectorized_map"),
     "tf_privacy_over_ours": min(

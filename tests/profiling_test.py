@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from dopamine_tff import dp_sgd
 from dopamine_tff import fast_clip
 from dopamine_tff import models
 from dopamine_tff import profiling
@@ -93,3 +95,20 @@ def test_profile_binary_writes_its_report(tmp_path):
     timeout=300,
   )
   assert bad.returncode != 0 and "--batch must be >= 1, got 0" in bad.stderr
+
+
+def test_fast_clip_at_a_revision_loads_that_file_as_a_module():
+  old = profiling.fast_clip_at("HEAD")
+  assert old is not fast_clip and old.__name__ == "fast_clip_at_HEAD"
+  tf.keras.utils.set_random_seed(2)
+  model = models.build("small_cnn", (8, 8, 3), 5)
+  x = tf.random.normal([3, 8, 8, 3])
+  y = tf.constant([0, 1, 2], tf.int32)
+  got, _ = old.clipped_sum(model, x, y, 0.1, dp_sgd.loss_per_example)
+  want, _ = fast_clip.clipped_sum(model, x, y, 0.1, dp_sgd.loss_per_example)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-7)
+  fns = profiling.step_fns(model, x, y, 1.0, 0.0, 0.1, baselines={"HEAD": old})
+  assert "ours_fast_HEAD" in fns
+  with pytest.raises(ValueError, match="no dopamine_tff/fast_clip.py at revision 'no-such-rev'"):
+    profiling.fast_clip_at("no-such-rev")
