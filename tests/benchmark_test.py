@@ -14,6 +14,8 @@ RATIOS = (
   "tf_privacy_over_ours",
   "tff_over_in_process",
   "memory_growth_50_rounds",
+  "dp_peak_memory_over_plain",
+  "xla_dp_over_graph_dp",
 )
 
 
@@ -33,6 +35,14 @@ def test_quick_benchmark_writes_ratios(tmp_path):
   impls = {s["impl"] for s in result["client_steps"]}
   assert {"plain_sgd", "ours_fast", "ours_vectorized_map", "tf_privacy_vectorized"} <= impls
   assert all(s["median_s"] > 0 and s["examples_per_s"] > 0 for s in result["client_steps"])
+  # Exact peak memory (BFC allocator in a child process) for the small CNN's steps.
+  small = {s["impl"]: s for s in result["client_steps"] if s["model"] == "small_cnn"}
+  for impl in ("plain_sgd", "ours_fast"):
+    assert small[impl]["peak_memory_mb"] > 0, impl
+  assert result["ratios"]["dp_peak_memory_over_plain"] == (
+    small["ours_fast"]["peak_memory_mb"] / small["plain_sgd"]["peak_memory_mb"]
+  )
+  assert {"plain_sgd_xla", "ours_fast_xla"} <= impls
   assert result["machine"]["cpus"] >= 1
   assert result["workers"]["identical_weights_after_3_rounds"] is True
   assert "client steps:" in proc.stdout and "tff_over_in_process" in proc.stdout
@@ -76,3 +86,15 @@ def test_default_output_is_outside_the_committed_results(binary, default):
     timeout=120,
   )
   assert f"(default: '{default}')" in proc.stdout, proc.stdout[-2000:]
+
+
+def test_unknown_section_is_refused_by_name():
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.benchmark", "--sections=client_steps,bogus"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode != 0
+  assert "--sections: unknown ['bogus']" in proc.stderr
