@@ -116,6 +116,9 @@ def _median_ms(fn, repeats: int, warmup: int) -> float:
   return statistics.median(times) * 1e3
 
 
+_NOT_OPS = frozenset({"Run", "Process"})
+
+
 def op_times(fn, calls: int = 5, logdir: str | None = None) -> dict[str, float]:
   """Milliseconds per call spent in each TensorFlow op type while ``fn`` runs.
 
@@ -142,9 +145,14 @@ def op_times(fn, calls: int = 5, logdir: str | None = None) -> dict[str, float]:
     for line in plane.lines:
       for event in line.events:
         name = plane.event_metadata[event.metadata_id].name
-        # Op events are named "<op name>:<op type>"; the rest are executor scopes.
-        if ":" in name and not name.startswith("__inference"):
-          totals[name.rsplit(":", 1)[1]] += event.duration_ps / 1e9 / calls
+        # Op events are named "<op name>:<op type>"; executor scopes ("...:Run",
+        # "...:Process") and whole-function events are not ops.
+        if ":" not in name:
+          continue
+        op_type = name.rsplit(":", 1)[1].strip()
+        if op_type in _NOT_OPS or op_type.startswith("__inference") or not op_type:
+          continue
+        totals[op_type] += event.duration_ps / 1e9 / calls
   return dict(totals.most_common())
 
 
