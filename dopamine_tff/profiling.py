@@ -105,15 +105,27 @@ def fast_clip_at(revision: str, repo: str | None = None):
   return module
 
 
-def _median_ms(fn, repeats: int, warmup: int) -> float:
-  for _ in range(warmup):
-    fn()
-  times = []
+def interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
+  """Seconds of each call of several functions called round-robin (one call of each in turn).
+
+  A drift of the machine's speed then hits them alike; one function is a plain
+  median timing.
+  """
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  times: dict[str, list[float]] = {k: [] for k in fns}
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times) * 1e3
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[k].append(time.perf_counter() - t0)
+  return times
+
+
+def median_seconds(fn, repeats: int, warmup: int) -> float:
+  """Median seconds of ``repeats`` calls after ``warmup`` untimed ones."""
+  return statistics.median(interleaved({"fn": fn}, repeats, warmup)["fn"])
 
 
 _NOT_OPS = frozenset({"Run", "Process"})
@@ -201,6 +213,8 @@ def layer_costs(model, x, y, *, repeats: int = 5, warmup: int = 2, max_gram_posi
         fast_clip.EXPLICIT: True,
         fast_clip.LOOP: fast_clip._loopable(layer),  # noqa: SLF001
       }[strategy]
-      ms[strategy] = _median_ms(strategy_fn(strategy), repeats, warmup) if applies else None
-    rows.append(LayerCost(lp, _median_ms(plain, repeats, warmup), ms))
+      ms[strategy] = (
+        1e3 * median_seconds(strategy_fn(strategy), repeats, warmup) if applies else None
+      )
+    rows.append(LayerCost(lp, 1e3 * median_seconds(plain, repeats, warmup), ms))
   return rows

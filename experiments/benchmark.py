@@ -95,16 +95,8 @@ def _time(fn, repeats, warmup) -> dict:
 
 
 def _interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, dict]:
-  """Median times of several functions called round-robin (one call of each in turn)."""
-  for fn in fns.values():
-    for _ in range(warmup):
-      fn()
-  times: dict[str, list[float]] = {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, fn in fns.items():
-      t0 = time.perf_counter()
-      fn()
-      times[k].append(time.perf_counter() - t0)
+  """Median times of several functions called round-robin (profiling.interleaved)."""
+  times = profiling.interleaved(fns, repeats, warmup)
   return {k: {"median_s": statistics.median(t), "times_s": t} for k, t in times.items()}
 
 

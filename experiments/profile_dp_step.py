@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -47,14 +46,7 @@ def report(
   model = models.build(model_name, shape, 5)
   fns = profiling.step_fns(model, x, y, 1.0, 1.0, 0.01)
   plain, dp = fns["plain_sgd"], fns["ours_fast"]
-  for fn in (plain, dp, plain, dp):
-    fn()
-  times = {"plain": [], "dp": []}
-  for _ in range(repeats):
-    for key, fn in (("plain", plain), ("dp", dp)):
-      t0 = time.perf_counter()
-      fn()
-      times[key].append(time.perf_counter() - t0)
+  times = profiling.interleaved({"plain": plain, "dp": dp}, repeats, 2)
   p_ms, d_ms = (statistics.median(times[k]) * 1e3 for k in ("plain", "dp"))
   lines = [
     f"# DP step vs plain step: {model_name} {size}x{size}, batch {batch}",

@@ -26,10 +26,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import statistics
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -41,6 +39,7 @@ import tensorflow as tf
 
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
 from dopamine_tff import configs
+from dopamine_tff import profiling
 from dopamine_tff import runtime
 from dopamine_tff import settings
 from dopamine_tff.data import loaders
@@ -60,14 +59,7 @@ SQUEEZENET_WORDS = 725_061
 
 
 def _median(fn, repeats, warmup=1) -> float:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return profiling.median_seconds(fn, repeats, warmup)
 
 
 def prg_throughput(words: int, repeats: int) -> dict:
