@@ -49,7 +49,12 @@ class TrainConfig:
     cdp_impl: 'ours' (our DP-SGD process with K=1) or 'tf_privacy' (TF
       Privacy's VectorizedDPKerasSGDOptimizer).
     secure_sum_bound: range of the secure sum (None: derived from q, C, sigma).
-    seed: seed of initial weights, sampling and noise.
+    seed: seed of what is not secret: the data split, initial weights,
+      simulated dropouts and FedAvg's client selection.
+    insecure_seeded_noise: derive every secret key (noise shares, Poisson
+      masks, dithers, SecAgg keys and graphs) from `seed` instead of the OS
+      CSPRNG, for exact replays. NOT PRIVATE against anyone who knows the
+      seed; summary.json says so (dopamine_tff/seeds.py).
     eval_every: evaluate every this many rounds (and at the last round).
     runtime: 'tff' (TFF's C++ worker) or 'in_process' (the same TF functions
       in this Python process; uses a GPU where TensorFlow sees one).
@@ -63,8 +68,14 @@ class TrainConfig:
     secure_aggregation: 'none' (a plain integer sum of the codes: TFF's
       runtime has no protocol), 'secagg' (masked sums, Bonawitz et al. 2017)
       or 'secagg_plus' (k neighbours, Bell et al. 2020); fscdp only.
-    secagg_threshold: Shamir threshold t (None: a majority of the holders).
-    secagg_neighbours: k of secagg_plus (None: about log2 K, even).
+    secagg_threshold: Shamir threshold t >= 2 (None: a majority of K for
+      secagg; derived for secagg_plus).
+    secagg_neighbours: k of secagg_plus, even (None: derived from K and the
+      two assumptions below for 2^-40 security, 2^-20 correctness).
+    secagg_adversarial_fraction: gamma, the share of hospitals SecAgg+'s
+      parameters assume corrupted.
+    secagg_dropout_rate: delta, the share of hospitals SecAgg+'s parameters
+      assume drop in a round.
     secagg_prg: 'chacha20', or 'philox_insecure' (fast, NOT cryptographic).
     secagg_unmask_dropout_prob: chance that a hospital which sent its masked
       vector is gone before it answers the unmasking (its input still counts).
@@ -109,6 +120,7 @@ class TrainConfig:
   cdp_impl: str = "ours"
   secure_sum_bound: float | None = None
   seed: int = 0
+  insecure_seeded_noise: bool = False
   eval_every: int = 1
   runtime: str = "tff"
   dropout_prob: float = 0.0
@@ -118,6 +130,8 @@ class TrainConfig:
   secagg_threshold: int | None = None
   secagg_neighbours: int | None = None
   secagg_prg: str = "chacha20"
+  secagg_adversarial_fraction: float = 0.05
+  secagg_dropout_rate: float = 0.33
   secagg_unmask_dropout_prob: float = 0.0
   assumed_colluders: int = 0
   provision_for_colluders: bool = False
@@ -176,6 +190,12 @@ class TrainConfig:
       bad("secure_aggregation", "applies to fscdp only (the other settings send no secure sum)")
     if self.secagg_prg not in SECAGG_PRGS:
       bad("secagg_prg", f"must be one of {SECAGG_PRGS}")
+    if self.secagg_threshold is not None and self.secagg_threshold < 2:
+      bad("secagg_threshold", "must be >= 2: with t = 1 any single holder recovers the keys")
+    if not 0.0 <= self.secagg_adversarial_fraction < 1.0:
+      bad("secagg_adversarial_fraction", "must be in [0, 1)")
+    if not 0.0 <= self.secagg_dropout_rate < 1.0:
+      bad("secagg_dropout_rate", "must be in [0, 1)")
     if not 0.0 <= self.secagg_unmask_dropout_prob < 1.0:
       bad("secagg_unmask_dropout_prob", "must be in [0, 1)")
     if self.assumed_colluders < 0:
@@ -227,3 +247,23 @@ class TrainConfig:
   @property
   def private(self) -> bool:
     return self.setting in PRIVATE_SETTINGS
+
+  @property
+  def randomness(self) -> seeds.Randomness:
+    """The source of the run's secret keys (a new one per call: no state to save)."""
+    return seeds.Randomness(self.seed, seeded=self.insecure_seeded_noise)
+
+  def secagg_config(self, num_hospitals: int):
+    """The run's SecAggConfig (ValueError for parameters it cannot cover)."""
+    from dopamine_tff.secagg import protocol
+
+    return protocol.SecAggConfig(
+      self.secure_aggregation,
+      num_hospitals,
+      threshold=self.secagg_threshold,
+      neighbours=self.secagg_neighbours,
+      prg=self.secagg_prg,
+      adversarial_fraction=self.secagg_adversarial_fraction,
+      dropout_rate=self.secagg_dropout_rate,
+      colluders=self.assumed_colluders,
+    )

@@ -28,7 +28,9 @@ for the survivors' sub-graph conditioned on what it was told. K = 1 is plain
 deterministic rounding of the noised total: post-processing too. This holds in
 exact arithmetic; the implementation computes in float64 (53-bit mantissa,
 codes below 2**32 plus dithers below K), so a floor can differ from the exact
-one only within about 2**-20 of an integer.
+one only within about 2**-50 of an integer: the code is computed as
+floor(y) + floor(frac(y) + r + 1/2), so the dither meets only the fraction
+(adding r to a y near 2**51 would round it to y's ulp and break the argument).
 
 Decoding: S = sum of codes mod 2**32 read as a signed 32-bit value, minus the
 correction for dropped hospitals' dithers, times s. The error is at most
@@ -140,7 +142,11 @@ def encode(values, dither_values, config: QuantizationConfig):
   y = flatten(values) / config.step
   bad = tf.logical_not(tf.abs(y) < _MAX_EXACT)  # also NaN
   y = tf.where(bad, tf.zeros_like(y), y)
-  code = tf.cast(tf.floor(y + dither_values + 0.5), tf.int64)
+  # floor(y) + floor(frac(y) + r + 1/2): the dither is added to the fraction
+  # only, so it keeps its full precision however large the share y is (adding
+  # r to y itself rounds r to y's ulp, 2**-1 near 2**51 steps).
+  whole = tf.floor(y)
+  code = tf.cast(whole, tf.int64) + tf.cast(tf.floor(y - whole + dither_values + 0.5), tf.int64)
   return tf.math.floormod(code, MODULUS), tf.reduce_sum(tf.cast(bad, tf.int32))
 
 
@@ -172,8 +178,17 @@ def overflow_probability(
   over all hospitals, Binomial(N, q)) plus Gaussian noise of std noise_std.
   For any b: P(wrap) <= P(B > b) + dim * 2 * Phi_bar((safe_bound - C b) /
   noise_std); the smallest such bound over b is returned. It holds for every
-  data set (it uses only N, q, C and the noise).
+  data set of N examples and, taken at N + 1 as well (the larger is
+  returned), for its neighbours with one more: the delta the overflow adds
+  must cover both sides of the DP inequality.
   """
+  return max(
+    _overflow_at(config, l2_norm_clip, n, sampling_prob, noise_std, dim)
+    for n in (num_examples, num_examples + 1)
+  )
+
+
+def _overflow_at(config, l2_norm_clip, num_examples, sampling_prob, noise_std, dim) -> float:
   b = np.arange(num_examples + 1)
   room = config.safe_bound - l2_norm_clip * b
   ok = room > 0
@@ -212,7 +227,7 @@ def default_bound(
   target: float = 1e-18,
 ) -> float:
   """A range whose per-round overflow probability is at most `target`."""
-  b = batch_quantile(num_examples, sampling_prob, target / 2)
+  b = batch_quantile(num_examples + 1, sampling_prob, target / 2)  # neighbours with N + 1
   z = float(stats.norm.isf(target / (4 * dim))) if noise_std > 0 else 0.0
   k = max_summands
   raw = l2_norm_clip * b + z * noise_std

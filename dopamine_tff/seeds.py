@@ -2,12 +2,14 @@
 
 Every random draw of a run (a hospital's Poisson mask and Gaussian noise share,
 FPDP's local DP-SGD steps, FedAvg's shuffles, dropouts, client selection, the
-TF Privacy baseline's per-epoch generator) is keyed by a seed derived here
-from (run seed, round, hospital, purpose, index), and only here.
+TF Privacy baseline's per-epoch generator) is keyed here, and only here: the
+secret ones by a :class:`Randomness` (OS CSPRNG by default), the public ones
+from (run seed, round, purpose).
 
 Two levels:
 
-1. Host side, :func:`client_key`: the hospital's key for a round is the first
+1. Host side, :func:`client_key` (the seeded mode; the secret mode draws the
+   same 128 bits from the CSPRNG): the hospital's key for a round is the first
    16 bytes of SHA-256 over a fixed-format record of (run seed, round,
    hospital), read as two int64 words: 128 bits. Distinct (round, hospital)
    pairs collide with probability about n^2 / 2^129 (n keys), i.e. never.
@@ -26,15 +28,32 @@ TF's stateless ops scramble the whole 128-bit seed into Philox's key and
 counter (a bijection), so distinct seeds give distinct, non-overlapping streams.
 tests/noise_freshness_test.py checks the seeds actually fed to the random ops.
 
-In a deployment each hospital would draw its key from its own entropy (the
-server never sees it); here one run seed makes runs reproducible and resumable:
-a stream depends on the round number, never on how many rounds this process ran.
+Two sources of the secret keys (:class:`Randomness`):
+
+* ``secret`` (the default): every secret key (a hospital's round key, so its
+  Poisson mask, noise share, FPDP steps and augmentations; the pair dithers of
+  the plain secure sum; the TF Privacy baseline's noise seed and batch order;
+  the SecAgg key pairs, self masks and graph) is 128 or 256 bits from the OS
+  CSPRNG (``secrets``), fresh per hospital and round, held in memory only and
+  never written to a file, a log or a checkpoint. Nothing the run writes
+  (``--seed`` included) lets anyone regenerate a noise share.
+* ``seeded`` (``--insecure_seeded_noise``): the keys are the SHA-256
+  derivations below from (run seed, round, hospital). Runs replay and resume
+  bit for bit, and ANYONE WHO KNOWS THE SEED CAN REGENERATE AND SUBTRACT EVERY
+  NOISE SHARE: the released model is then not differentially private. For
+  tests, debugging and paper replication only; summary.json says which mode
+  made a run.
+
+``--seed`` always chooses what is not secret: the data split, the initial
+weights, the simulated dropouts and FedAvg's client selection (host_rng and
+host_int below, which are public by design).
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import secrets
 import struct
 
 import numpy as np
@@ -54,10 +73,12 @@ class Purpose(enum.IntEnum):
   DROPOUT = 5  # which hospitals fail to deliver (host side)
   SELECTION = 6  # which hospitals FedAvg asks (host side)
   TFP_EPOCH = 7  # TF Privacy baseline: batch order and global seed of an epoch
-  SECAGG_GRAPH = 8  # the server's public SecAgg+ neighbour order (host side)
+  SECAGG_GRAPH = 8  # a round's SecAgg+ / dither neighbour order (host side)
   UNMASK_DROPOUT = 9  # which hospitals miss the unmasking (host side)
   DITHER = 10  # a pair's zero-sum dither of the secure-sum encoding (host side)
   AUGMENT = 11  # random flips and shifts of augmentation multiplicity (in-graph)
+  SECAGG_KEY = 12  # a hospital's X25519 private key of a round (host side)
+  SECAGG_SELF = 13  # a hospital's self-mask key of a round (host side)
 
 
 def _digest(seed: int, round_num: int, hospital: int, purpose: Purpose) -> bytes:
@@ -75,8 +96,9 @@ def client_key(seed: int, round_num: int, hospital: int) -> np.ndarray:
 def pair_key(seed: int, round_num: int, i: int, j: int) -> np.ndarray:
   """The 128-bit key of the dither shared by hospitals i and j in a round: int64[2].
 
-  In a deployment the pair would derive it from its X25519 agreement (HKDF,
-  info 'dither'); the simulation derives it from the run seed like the noise.
+  Seeded mode only (insecure). Under SecAgg the pair derives it from its
+  round's X25519 agreement (HKDF, info 'dither'); with the plain sum and secret
+  randomness it is 128 bits from the CSPRNG (Randomness.pair_keys).
   """
   lo, hi = min(i, j), max(i, j)
   record = _DOMAIN + struct.pack(">qqqqq", int(seed), int(round_num), lo, hi, int(Purpose.DITHER))
@@ -107,3 +129,81 @@ def stream(key, purpose: Purpose, index=0):
   fold = tf.random.experimental.stateless_fold_in
   parent = fold(key, tf.constant(int(purpose), tf.int64))
   return fold(parent, tf.cast(index, tf.int64))
+
+
+SECRET = "secret"
+SEEDED = "seeded"
+# What summary.json says beside epsilon.
+DESCRIPTIONS = {
+  SECRET: "secret: OS CSPRNG, fresh per hospital and round, never written",
+  SEEDED: "seeded: not private against anyone who knows the seed",
+}
+SEEDED_WARNING = (
+  "WARNING: --insecure_seeded_noise: every noise share, mask and dither is a function of "
+  "--seed; the released model is NOT private against anyone who knows the seed"
+)
+
+
+def _words(data: bytes) -> np.ndarray:
+  return np.frombuffer(data[:16], ">i8").astype(np.int64)
+
+
+class Randomness:
+  """Where a run's secret keys come from (see the module docstring).
+
+  Attributes:
+    mode: 'secret' (OS CSPRNG) or 'seeded' (a function of `seed`: insecure).
+  """
+
+  def __init__(self, seed: int, seeded: bool = False):
+    self._seed = int(seed)
+    self.mode = SEEDED if seeded else SECRET
+
+  @property
+  def seeded(self) -> bool:
+    return self.mode == SEEDED
+
+  @property
+  def description(self) -> str:
+    return DESCRIPTIONS[self.mode]
+
+  def __repr__(self):  # the seed of a seeded run is in hparams.json anyway
+    return f"Randomness(mode={self.mode!r})"
+
+  def client_key(self, round_num: int, hospital: int) -> np.ndarray:
+    """A hospital's 128-bit key of a round: int64[2] (fresh from the CSPRNG when secret)."""
+    if self.seeded:
+      return client_key(self._seed, round_num, hospital)
+    return _words(secrets.token_bytes(16))
+
+  def pair_keys(self, round_num: int, pairs) -> dict:
+    """(lo, hi) -> the pair's 128-bit dither key of a round, for each pair of `pairs`."""
+    out = {}
+    for i, j in pairs:
+      lo, hi = min(i, j), max(i, j)
+      if (lo, hi) not in out:
+        out[lo, hi] = (
+          pair_key(self._seed, round_num, lo, hi)
+          if self.seeded
+          else _words(secrets.token_bytes(16))
+        )
+    return out
+
+  def secret_bytes(self, round_num: int, purpose: Purpose, index: int, length: int = 32) -> bytes:
+    """`length` secret bytes of a round (a SecAgg key, a graph seed, ...)."""
+    if not self.seeded:
+      return secrets.token_bytes(length)
+    record = _DOMAIN + struct.pack(
+      ">qqqqq", self._seed, int(round_num), int(index), int(purpose), length
+    )
+    out, counter = b"", 0
+    while len(out) < length:
+      out += hashlib.sha256(record + struct.pack(">q", counter)).digest()
+      counter += 1
+    return out[:length]
+
+  def rng(self, round_num: int, purpose: Purpose) -> np.random.Generator:
+    """A NumPy generator for a secret draw of one round (256 bits of entropy)."""
+    if self.seeded:
+      return host_rng(self._seed, round_num, purpose)
+    return np.random.default_rng(np.random.SeedSequence(secrets.randbits(256)))

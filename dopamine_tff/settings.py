@@ -94,43 +94,28 @@ def hospital_dataset(path: str, image_shape, with_groups: bool = False) -> tf.da
   return tf.data.TFRecordDataset(path).batch(3 if with_groups else 2).map(parse)
 
 
-def _check_connected(graph: dict, alive: set) -> None:
-  """Raises RoundAborted unless `graph` restricted to `alive` is connected."""
-  if not alive:
-    return
-  start = min(alive)
-  seen, todo = {start}, [start]
-  while todo:
-    for j in graph[todo.pop()]:
-      if j in alive and j not in seen:
-        seen.add(j)
-        todo.append(j)
-  if seen != alive:
-    raise secagg_protocol.RoundAborted(
-      f"the delivering hospitals' dither graph is disconnected ({sorted(seen)} of {sorted(alive)})"
-    )
-
-
 # Up to this many hospitals the pair dithers use the complete graph; above it a
-# ring of about log2 K neighbours (SecAgg+'s graph): the finite-precision
-# argument needs only a connected graph, and the complete one costs K^2 model-
-# length dither streams a round (measured: a K=100 round 6x slower).
+# Harary ring of about log2 K neighbours over an order drawn afresh each round:
+# the finite-precision argument needs only a connected graph, and the complete
+# one costs K^2 model-length dither streams a round (measured: a K=100 round 6x
+# slower).
 DENSE_DITHER_MAX = 32
 
 
-def dither_graph(k: int, seed: int) -> dict[int, tuple[int, ...]]:
-  """Hospital -> its dither partners: complete up to DENSE_DITHER_MAX, else a ring."""
+def dither_degree(k: int) -> int:
+  """Dither partners per hospital of the plain secure sum."""
+  if k <= DENSE_DITHER_MAX:
+    return k - 1
+  wanted = 2 * math.ceil(math.log2(k) / 2)
+  return min(wanted + wanted % 2, k - 1)
+
+
+def dither_graph(k: int, order_seed: bytes) -> dict[int, tuple[int, ...]]:
+  """Hospital -> its dither partners: complete up to DENSE_DITHER_MAX, else a
+  Harary ring over the order keyed by `order_seed` (drawn per round)."""
   if k <= DENSE_DITHER_MAX:
     return {i: tuple(j for j in range(k) if j != i) for i in range(k)}
-  ring = secagg_protocol.SecAggConfig(
-    "secagg_plus", k, graph_seed=seeds.host_int(seed, 0, seeds.Purpose.SECAGG_GRAPH)
-  )
-  return secagg_protocol.neighbour_graph(ring)
-
-
-def client_seed(seed: int, round_num: int, client: int) -> np.ndarray:
-  """The hospital's 128-bit key for a round (dopamine_tff/seeds.py)."""
-  return seeds.client_key(seed, round_num, client)
+  return secagg_protocol.harary_graph(k, dither_degree(k), order_seed)
 
 
 class TffTrainer:
@@ -143,6 +128,8 @@ class TffTrainer:
     self.model_fn = lambda: models.build(cfg.model, image_shape, num_classes)
     self.initial_weights = models.initial_weights(cfg.model, image_shape, num_classes, cfg.seed)
     self.patient_unit = cfg.private and cfg.privacy_unit == "patient"
+    # Secret keys: OS CSPRNG unless --insecure_seeded_noise (dopamine_tff/seeds.py).
+    self.randomness = cfg.randomness
     # Sampling units per hospital: examples, or patients for the patient unit.
     self.units = [len(np.unique(patient_ids(s))) if self.patient_unit else len(s) for s in sets]
     paths = write_shards(sets, os.path.join(work_dir, "shards"), self.patient_unit)
@@ -157,7 +144,7 @@ class TffTrainer:
 
   def run(self, state, plan: RoundPlan, round_num: int):
     data = [self.datasets[k] for k in plan.clients]
-    keys = [client_seed(self.cfg.seed, round_num, k) for k in plan.clients]
+    keys = [self.randomness.client_key(round_num, k) for k in plan.clients]
     state, measurements = self.process.next(state, data, keys)
     if isinstance(state, dict):  # the mergeable (multi-worker) context returns dicts
       state = process.ServerState(**state)
@@ -243,7 +230,6 @@ class DpSgdTrainer(TffTrainer):
       cfg.rounds,
       cfg.augmentations,
     )
-    self.dither_graph = dither_graph(k, cfg.seed)
     self._dither = tf.function(quantization.dither)
     if cfg.secure_aggregation != "none":
       return self._build_secure(params)
@@ -256,26 +242,18 @@ class DpSgdTrainer(TffTrainer):
       self.image_shape,
       params,
       self.secure_sum,
-      dither_degree=len(self.dither_graph[0]) if k > 1 else 0,
+      dither_degree=dither_degree(k) if k > 1 else 0,
     )
 
   def _build_secure(self, params):
     cfg = self.cfg
-    sa = secagg_protocol.SecAggConfig(
-      cfg.secure_aggregation,
-      len(self.sizes),
-      threshold=cfg.secagg_threshold,
-      neighbours=cfg.secagg_neighbours,
-      prg=cfg.secagg_prg,
-      graph_seed=seeds.host_int(cfg.seed, 0, seeds.Purpose.SECAGG_GRAPH),
-    )
+    sa = cfg.secagg_config(len(self.sizes))
     builder = (
       inprocess.InProcessMaskedDpSgd
       if cfg.runtime == "in_process"
       else process.build_masked_dp_sgd_process
     )
-    protocol = secagg_protocol.Protocol(sa)
-    self.dither_graph = protocol.graph  # dithers follow the masks' neighbours
+    protocol = secagg_protocol.Protocol(sa, self.randomness)
     computations = builder(
       self.model_fn,
       self.initial_weights,
@@ -287,58 +265,68 @@ class DpSgdTrainer(TffTrainer):
       prg=sa.prg,
     )
     self.secagg = sa
-    return secagg_rounds.SecureDpSgd(computations, protocol)
+    return secagg_rounds.SecureDpSgd(computations, protocol, self._correction)
+
+  @property
+  def _words(self) -> int:
+    return int(sum(np.size(w) for w in self.initial_weights))
+
+  def _correction(self, lost) -> np.ndarray:
+    """The sum of the pair dithers `lost` [(key, sign)] that no longer cancel."""
+    if not lost:  # everyone delivered: the dithers cancel, nothing to remove
+      return np.zeros(self._words)
+    return self._dither(
+      tf.constant(np.reshape([key for key, _ in lost], [-1, 2]), tf.int64),
+      tf.constant(np.array([sign for _, sign in lost], np.int32)),
+      self._words,
+    ).numpy()
 
   def dither_inputs(self, round_num: int, senders) -> tuple[list, list, np.ndarray]:
-    """Each sender's pair-dither keys and signs, and the server's correction.
+    """The plain secure sum's pair dithers: each sender's keys and signs, and the
+    server's correction.
 
+    The round's graph and pair keys are fresh secrets (dopamine_tff/seeds.py).
     The correction is the sum of the pair dithers that senders share with
-    participants that did not deliver (they no longer cancel); in SecAgg the
-    server learns them with the dropped hospitals' revealed keys.
+    participants that did not deliver (they no longer cancel).
 
     Raises:
       RoundAborted: the senders' dither graph is disconnected (the release
         would then depend on more than the noised total).
     """
-    seed, graph, alive = self.cfg.seed, self.dither_graph, set(senders)
-    keys, signs, lost_keys, lost_signs = [], [], [], []
-    for k in senders:
-      near = graph[k]
-      keys.append(
-        np.array([seeds.pair_key(seed, round_num, k, j) for j in near], np.int64).reshape(-1, 2)
-      )
-      signs.append(np.array([1 if k < j else -1 for j in near], np.int32))
-      for j, key, sign in zip(near, keys[-1], signs[-1]):
-        if j not in alive:
-          lost_keys.append(key)
-          lost_signs.append(sign)
-    _check_connected(graph, alive)
-    words = int(sum(np.size(w) for w in self.initial_weights))
-    if not lost_keys:  # everyone delivered: the dithers cancel, nothing to remove
-      return keys, signs, np.zeros(words)
-    correction = self._dither(
-      tf.constant(np.reshape(lost_keys, [-1, 2]), tf.int64),
-      tf.constant(np.array(lost_signs, np.int32)),
-      words,
-    ).numpy()
-    return keys, signs, correction
+    k = len(self.sizes)
+    rnd, alive = self.randomness, set(senders)
+    graph = dither_graph(k, rnd.secret_bytes(round_num, seeds.Purpose.SECAGG_GRAPH, -1))
+    pair = rnd.pair_keys(round_num, [(i, j) for i in senders for j in graph[i]])
+    keys, signs, lost = [], [], []
+    for i in senders:
+      near = graph[i]
+      keys.append(np.array([pair[min(i, j), max(i, j)] for j in near], np.int64).reshape(-1, 2))
+      signs.append(np.array([1 if i < j else -1 for j in near], np.int32))
+      lost += [(key, sign) for j, key, sign in zip(near, keys[-1], signs[-1]) if j not in alive]
+    secagg_protocol.check_hidden(graph, alive)
+    return keys, signs, self._correction(lost)
 
   def run(self, state, plan: RoundPlan, round_num: int):
     data = [self.datasets[k] for k in plan.clients]
-    keys = [client_seed(self.cfg.seed, round_num, k) for k in plan.clients]
+    keys = [self.randomness.client_key(round_num, k) for k in plan.clients]
     try:
-      dkeys, dsigns, correction = self.dither_inputs(round_num, plan.clients)
       if self.cfg.secure_aggregation == "none":
-        state, measurements = self.process.next(state, correction, data, keys, dkeys, dsigns)
+        dkeys, dsigns, correction = self.dither_inputs(round_num, plan.clients)
+        new_state, measurements = self.process.next(
+          state, correction, data, keys, dkeys, dsigns
+        )
+        if int(measurements["secure_clipped_count"]):
+          raise secagg_protocol.RoundAborted(
+            f"{int(measurements['secure_clipped_count'])} hospital(s) had a non-finite or "
+            "out-of-range update; the round is abandoned"
+          )
+        state = new_state
       else:
         responders = [h for h in plan.clients if h not in plan.unmask_dropped]
         state, measurements = self.process.next(
           state,
           data,
           keys,
-          dkeys,
-          dsigns,
-          correction,
           round_num=round_num,
           senders=list(plan.clients),
           responders=responders,
@@ -387,9 +375,18 @@ class DpSgdTrainer(TffTrainer):
     )
     if self.cfg.secure_aggregation != "none":
       sa = self.secagg
+      g = sa.guarantee.to_json()
       text += (
-        f"; {sa.mode}: {sa.degree} neighbours per hospital, Shamir threshold {sa.t} of "
-        f"{sa.holders_per_secret}, PRG {sa.prg}"
+        f"; {sa.mode}: {sa.degree} neighbours per hospital"
+        + (" (complete graph)" if sa.complete else " (Harary graph, new every round)")
+        + f", Shamir threshold {sa.t} of {sa.holders_per_secret}, fresh keys every round, "
+        f"PRG {sa.prg}"
+        + (
+          ""
+          if sa.complete
+          else f", exposure probability <= 2^{g['security_failure_log2']} for "
+          f"adversarial fraction {sa.adversarial_fraction}, dropout rate {sa.dropout_rate}"
+        )
         + (" (INSECURE: Philox is not a cryptographic PRG)" if sa.prg != "chacha20" else "")
       )
     return text
@@ -500,19 +497,20 @@ class TfPrivacyCdpTrainer:
   def parties(self) -> list[str]:
     return [ALL]
 
-  def epoch_global_seed(self, round_num: int) -> int:
-    """TF's global seed when this process first trains, at epoch `round_num`.
+  def epoch_global_seed(self, round_num: int) -> int | None:
+    """TF's global seed when this process first traces, at epoch `round_num`.
 
     TF Privacy draws its noise with ``tf.random.normal`` from op kernels whose
-    Philox streams are fixed by (global seed, op seed) when the train function
-    is traced, and advance as it runs: one trace gives fresh noise epoch after
-    epoch, but a new process tracing with the same global seed replays it (a
-    resumed run replayed epoch 1's noise). So a process traces under the seed
-    of the first epoch it runs: a resumed run draws from a stream keyed by its
-    resume round, never from the one its predecessor used. TF keeps a
-    graph-level seed modulo 2**31 - 1, so the seeds are consecutive from a
-    hashed base: distinct for every epoch of a run by construction.
+    Philox streams are fixed when the train function is traced and advance as
+    it runs. With secret randomness (the default) no global seed is set
+    (None): each kernel then seeds itself with 128 bits from the OS, so a
+    resumed process draws fresh noise. In the insecure seeded mode a process
+    traces under a seed of the first epoch it runs (a resumed run never
+    replays its predecessor's stream): consecutive from a hashed base, modulo
+    TF's 2**31 - 1, distinct for every epoch of a run.
     """
+    if not self.cfg.insecure_seeded_noise:
+      return None
     base = seeds.host_int(self.cfg.seed, 0, seeds.Purpose.TFP_EPOCH, bits=31)
     return (base + round_num) % (2**31 - 1)
 
@@ -527,7 +525,7 @@ class TfPrivacyCdpTrainer:
       self.model.make_train_function(force=True)
       self._traced = True
     b = self.cfg.batch_size
-    rng = seeds.host_rng(self.cfg.seed, round_num, seeds.Purpose.TFP_EPOCH)
+    rng = self.cfg.randomness.rng(round_num, seeds.Purpose.TFP_EPOCH)
     order = rng.permutation(len(self.data))
     n = (len(order) // b) * b  # the optimizer needs full batches
     idx = order[:n]

@@ -229,17 +229,20 @@ def fedavg_server_update(
 def encoded_client_update(
   model, weights, dataset, seed, dither_keys, dither_signs, params, secure_sum
 ):
-  """A Dopamine step, encoded for the integer sum: (codes, N_k, changed count).
+  """A Dopamine step, encoded for the integer sum: (codes, N_k, changed flag).
 
   The noisy sum of dp_client_update is encoded mod 2**32 with the hospital's
   zero-sum pairwise dither (dopamine_tff/quantization.py): the release is then
-  a post-processing of the noised total.
+  a post-processing of the noised total. The flag (int32 0 or 1, through the
+  secure sum) says whether any coordinate was not finite or out of float64's
+  exact range; the trainer abandons such a round (the count itself, which
+  could depend on the data, is never released).
   """
   noisy_sum, n = dp_client_update(model, weights, dataset, seed, params)
   num_words = sum(w.shape.num_elements() for w in noisy_sum)  # static: the weights' shapes
   r = quantization.dither(dither_keys, dither_signs, num_words)
   codes, changed = quantization.encode(noisy_sum, r, secure_sum)
-  return codes, n, changed
+  return codes, n, tf.minimum(changed, 1)
 
 
 def encoded_server_update(state, code_sum, correction, num_examples, params, secure_sum):
@@ -263,7 +266,7 @@ def masked_client_update(
   secure_sum,
   prg,
 ):
-  """A Dopamine step under SecAgg: (masked codes mod 2**32 as int64, N_k, changed count).
+  """A Dopamine step under SecAgg: (masked codes mod 2**32 as int64, N_k, changed flag).
 
   The codes of encoded_client_update are masked in this computation
   (dopamine_tff/secagg/masking.py): nothing unmasked leaves it.

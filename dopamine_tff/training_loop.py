@@ -41,6 +41,7 @@ from dopamine_tff import audit
 from dopamine_tff import checkpoint
 from dopamine_tff import configs
 from dopamine_tff import models
+from dopamine_tff import seeds
 from dopamine_tff import settings
 from dopamine_tff.data import loaders
 
@@ -294,6 +295,8 @@ def check_run(cfg: configs.TrainConfig, data: loaders.FederatedData) -> None:
         f"dropout_schedule: round {r} names hospital(s) {bad}, but there are only {k} "
         f"(indices 0-{k - 1})"
       )
+  if cfg.setting == "fscdp" and cfg.secure_aggregation != "none":
+    cfg.secagg_config(k)  # refuses thresholds, colluders and graphs it cannot cover
 
 
 def run(
@@ -358,8 +361,17 @@ def _run(cfg, data, output_dir, scratch, hparams, options, log) -> dict:
   os.makedirs(output_dir, exist_ok=True)
   write_json(os.path.join(output_dir, "hparams.json"), hparams)
   log(trainer.describe())
+  if cfg.insecure_seeded_noise:
+    log(seeds.SEEDED_WARNING)
+  elif cfg.private:
+    log("noise randomness: secret (OS CSPRNG, fresh per hospital and round, never written)")
   if options.resume:
-    log(f"resuming after round {start_round}" if start_round else "no checkpoint: starting afresh")
+    fresh = "" if cfg.insecure_seeded_noise else " with fresh secret randomness (nothing replayed)"
+    log(
+      f"resuming after round {start_round}{fresh}"
+      if start_round
+      else "no checkpoint: starting afresh"
+    )
   metrics = _MetricsFile(os.path.join(output_dir, "metrics.csv"), start_round)
   writer = (
     tf.summary.create_file_writer(os.path.join(output_dir, "tensorboard"))
@@ -584,6 +596,7 @@ def _finish(
       if cfg.reports(kind)
     },
     "delta": cfg.delta if cfg.private else None,
+    "noise_randomness": cfg.randomness.description,
     "accountant": cfg.accountant,
     "target_epsilon": cfg.target_epsilon,
     "majority_class_accuracy": float(np.max(np.bincount(data.test.labels)) / len(data.test.labels)),
@@ -599,6 +612,8 @@ def _finish(
     extra = (1 + math.exp(min(summary["epsilon"], 700))) * rounds_run * overflow
     summary["secure_sum_overflow_per_round"] = overflow
     summary["delta_with_overflow"] = cfg.delta + extra
+  if getattr(trainer, "secagg", None) is not None:
+    summary["secure_aggregation"] = trainer.secagg.to_json()
   if settings.COLLUDERS in ledgers:  # epsilon against c = 0 and the assumed c
     summary["assumed_colluders"] = cfg.assumed_colluders
     summary["epsilon_no_collusion"] = _finite_or_none(ledgers[settings.ALL].epsilon())

@@ -44,6 +44,8 @@ def test_unmasked_sum_equals_the_plain_integer_sum_bit_for_bit(mode, k, senders,
   masked = _masked_sum(proto, codes, senders)
   total, stats = proto.unmask(masked, senders=senders, responders=responders)
   np.testing.assert_array_equal(total, sum(codes[s] for s in senders))
+  lost = stats.pop("lost_dithers")
+  assert len(lost) == sum(1 for d in range(k) if d not in senders for j in proto.graph[d] if j in senders)
   assert stats == {"secagg_revealed_seeds": len(senders), "secagg_revealed_keys": k - len(senders)}
 
 
@@ -75,10 +77,10 @@ def test_masks_are_fresh_each_round_and_the_sum_is_not_the_codes_without_unmaski
 
 def test_secagg_plus_graph_is_symmetric_with_k_neighbours():
   cfg = protocol.SecAggConfig("secagg_plus", 100)
-  graph = protocol.neighbour_graph(cfg)
-  assert cfg.degree == 8 and cfg.t == 5  # log2(100) = 6.6 -> 8; majority of 9
+  graph = protocol.neighbour_graph(cfg, b"order")
+  assert cfg.degree == 28 and cfg.t == 6  # derived (federated-compute's reference values)
   for i, near in graph.items():
-    assert len(near) == 8 and i not in near
+    assert len(near) == 28 and i not in near
     assert all(i in graph[j] for j in near)
   full = protocol.neighbour_graph(protocol.SecAggConfig("secagg", 6))
   assert all(len(v) == 5 for v in full.values())
@@ -140,6 +142,7 @@ def _train(digits, tmp_path, name, **overrides):
     learning_rate=0.05,
     eval_every=3,
     dropout_schedule=((2, (1,)),),
+    insecure_seeded_noise=True,  # the same noise in every mode: weights comparable
     **overrides,
   )
   out = str(tmp_path / name)
@@ -149,18 +152,20 @@ def _train(digits, tmp_path, name, **overrides):
 
 
 @pytest.mark.parametrize("runtime", ["in_process", "tff"])
-def test_training_with_secagg_gives_bit_identical_weights(digits, tmp_path, runtime, request):
+def test_training_with_secagg_gives_the_plain_weights(digits, tmp_path, runtime, request):
   if runtime == "tff":
     request.getfixturevalue("tff_runtime")
   plain, w_plain = _train(digits, tmp_path, "none", runtime=runtime)
   secure, w_secure = _train(
     digits, tmp_path, "secagg", runtime=runtime, secure_aggregation="secagg"
   )
-  for key in w_plain.files:  # the same dithers (complete graph): bit for bit
-    np.testing.assert_array_equal(w_plain[key], w_secure[key])
+  # The same noise; the dithers come from the pairs' X25519 agreements under
+  # SecAgg, so the roundings differ: the same sums up to the encoding's error
+  # (a few 1e-7 per round).
+  for key in w_plain.files:
+    np.testing.assert_allclose(w_plain[key], w_secure[key], rtol=0, atol=1e-6)
   assert secure["epsilon"] == plain["epsilon"]
-  # SecAgg+ dithers along its ring of neighbours: other roundings, same sums
-  # up to the encoding's error (a few 1e-7 per round).
+  assert secure["secure_aggregation"]["threshold"] == 3
   plus, w_plus = _train(
     digits, tmp_path, "secagg_plus", runtime=runtime, secure_aggregation="secagg_plus"
   )

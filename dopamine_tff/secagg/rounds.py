@@ -4,10 +4,15 @@ Runs a ``MaskedDpSgd`` (TFF, dopamine_tff/process.py) or its in-process twin
 (dopamine_tff/inprocess.py) around the protocol's phases
 (dopamine_tff/secagg/protocol.py). Has the ``initialize()`` / ``next()``
 shape of the other processes, with the round's senders and responders.
+
+Every round starts a fresh protocol instance (keys, shares, graph); the pair
+dithers come from the same per-round agreements, and the server's correction
+for a dropped hospital's dithers from its revealed private key only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import time
 
 import numpy as np
@@ -16,47 +21,54 @@ from dopamine_tff.secagg import protocol as protocol_lib
 
 
 class SecureDpSgd:
-  """Dopamine's round with masks; ``next`` raises RoundAborted below threshold."""
+  """Dopamine's round with masks; ``next`` raises RoundAborted (nothing released)."""
 
-  def __init__(self, computations, protocol: protocol_lib.Protocol):
+  def __init__(self, computations, protocol: protocol_lib.Protocol, correction_fn: Callable):
+    """
+    Args:
+      computations: the masked round and server step.
+      protocol: the run's protocol (a fresh instance per round).
+      correction_fn: (list of (int64[2] dither key, sign)) -> float64 [n], the
+        dithers still in the sum (dopamine_tff/quantization.py).
+    """
     self.computations = computations
     self.protocol = protocol
+    self.correction_fn = correction_fn
 
   def initialize(self):
     return self.computations.initialize()
 
-  def next(
-    self,
-    state,
-    datasets,
-    keys,
-    dither_keys,
-    dither_signs,
-    correction,
-    *,
-    round_num,
-    senders,
-    responders,
-  ):
-    """Runs round `round_num` for the hospitals `senders` (their data, keys in order).
-
-    The dither inputs are those of the plain process (dopamine_tff/process.py).
-    """
+  def next(self, state, datasets, keys, *, round_num, senders, responders):
+    """Runs round `round_num` for the hospitals `senders` (their data, keys in order)."""
     proto = self.protocol
     proto.start_round(round_num)
+    # Cheap abort before any computation: the same check guards the unmasking.
+    protocol_lib.check_hidden(proto.graph, senders, proto.cfg.colluders)
     inputs = [proto.client_inputs(h) for h in senders]
+    dithers = [proto.dither_inputs(h) for h in senders]
     t0 = time.monotonic()
-    masked_sum, examples, clipped = self.computations.masked_round(
-      state, datasets, keys, dither_keys, dither_signs, *[[x[i] for x in inputs] for i in range(3)]
+    masked_sum, examples, flagged = self.computations.masked_round(
+      state,
+      datasets,
+      keys,
+      [d[0] for d in dithers],
+      [d[1] for d in dithers],
+      *[[x[i] for x in inputs] for i in range(3)],
     )
+    if int(flagged):
+      raise protocol_lib.RoundAborted(
+        f"{int(flagged)} hospital(s) had a non-finite or out-of-range update; the round is "
+        "abandoned before unmasking"
+      )
     t1 = time.monotonic()
     code_sum, stats = proto.unmask(
       np.asarray(masked_sum, np.int64), senders=senders, responders=responders
     )
+    correction = self.correction_fn(stats.pop("lost_dithers"))
     t2 = time.monotonic()
     new_state = self.computations.server_update(state, code_sum, correction, int(examples))
     measurements = {
-      "secure_clipped_count": int(clipped),
+      "secure_clipped_count": 0,
       "secure_summands": len(senders),
       "secagg_masked_round_s": t1 - t0,
       "secagg_unmask_s": t2 - t1,
