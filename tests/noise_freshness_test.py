@@ -90,10 +90,10 @@ def test_dopamine_client_feeds_the_documented_seeds_to_mask_and_noise(monkeypatc
   params = tf_rounds.DpSgdParams(0.5, 1.0, 0.3, 0.1, 0.0)
   pairs = [(0, 0), (0, 1), (1, 0), (521, 0), (21911, 6)]
   for r, h in pairs:
-    key = settings.client_seed(0, r, h)
+    key = seeds.client_key(0, r, h)
     tf_rounds.dp_client_update(model, weights, _hospital(), key, params)  # eagerly
-  expected_masks = [_as_tuple(seeds.stream(settings.client_seed(0, r, h), 1)) for r, h in pairs]
-  expected_noise = [_as_tuple(seeds.stream(settings.client_seed(0, r, h), 2)) for r, h in pairs]
+  expected_masks = [_as_tuple(seeds.stream(seeds.client_key(0, r, h), 1)) for r, h in pairs]
+  expected_noise = [_as_tuple(seeds.stream(seeds.client_key(0, r, h), 2)) for r, h in pairs]
   assert rec.calls["stateless_uniform"] == expected_masks
   assert rec.calls["stateless_normal"] == expected_noise
   fed = rec.calls["stateless_uniform"] + rec.calls["stateless_normal"]
@@ -107,7 +107,7 @@ def test_review_pair_gets_different_noise_and_masks():
   out = []
   for r, h in [(521, 0), (21911, 6)]:
     noisy, _ = tf_rounds.dp_client_update(
-      model, weights, _hospital(), settings.client_seed(0, r, h), params
+      model, weights, _hospital(), seeds.client_key(0, r, h), params
     )
     out.append(np.concatenate([np.ravel(t) for t in noisy]))
   assert abs(np.corrcoef(out[0], out[1])[0, 1]) < 0.1
@@ -118,7 +118,7 @@ def test_fpdp_local_steps_feed_distinct_documented_seeds(monkeypatch):
   model = _model()
   weights = [v.numpy() for v in model.trainable_variables]
   params = tf_rounds.LocalParams(2, 10, 0.1, 0.0, 1.0, 1.0)  # 2 epochs x 3 batches
-  key = settings.client_seed(3, 7, 2)
+  key = seeds.client_key(3, 7, 2)
   tf_rounds.fedavg_client_update(model, weights, _hospital(), key, params)
   steps = [seeds.stream(key, seeds.Purpose.LOCAL_STEP, s) for s in range(6)]
   assert rec.calls["stateless_uniform"] == [_as_tuple(seeds.stream(s, 1)) for s in steps]
@@ -144,7 +144,7 @@ def _streams(keys, step_range=0):
 
 def test_paper_length_fscdp_run_feeds_pairwise_distinct_seeds():
   keys = [
-    settings.client_seed(0, r, h) for r in range(PAPER_ROUNDS) for h in range(PAPER_HOSPITALS)
+    seeds.client_key(0, r, h) for r in range(PAPER_ROUNDS) for h in range(PAPER_HOSPITALS)
   ]
   fed = _streams(keys)
   assert fed.shape == (2 * PAPER_ROUNDS * PAPER_HOSPITALS, 2)
@@ -160,7 +160,7 @@ def test_paper_length_fpdp_run_feeds_pairwise_distinct_seeds():
   trainer = settings.FedAvgTrainer.__new__(settings.FedAvgTrainer)
   trainer.cfg, trainer.sizes, trainer.units = cfg, [293] * 10, [293] * 10
   trainer.local = tf_rounds.LocalParams(5, 50, 0.002, 0.9, 2.0, 2.0)
-  keys = [settings.client_seed(0, r, h) for r in range(100) for h in trainer.plan(r).clients]
+  keys = [seeds.client_key(0, r, h) for r in range(100) for h in trainer.plan(r).clients]
   assert len(keys) == 500
   fed = _streams(keys, step_range=30)
   assert len(fed) == 500 * 62
@@ -185,14 +185,15 @@ def digits():
 def test_resume_feeds_the_keys_of_the_rounds_it_runs(digits, tmp_path, monkeypatch):
   """After a resume, round r is keyed by r (not by rounds run in this process)."""
   fed = []
-  original = settings.client_seed
+  original = seeds.Randomness.client_key
 
-  def recording(seed, round_num, client):
+  def recording(self, round_num, client):
     fed.append((round_num, client))
-    return original(seed, round_num, client)
+    return original(self, round_num, client)
 
-  monkeypatch.setattr(settings, "client_seed", recording)
+  monkeypatch.setattr(seeds.Randomness, "client_key", recording)
   cfg = configs.TrainConfig(
+    insecure_seeded_noise=True,  # a replay: the resumed run must match exactly
     setting="fscdp",
     rounds=6,
     sampling_prob=0.1,
@@ -234,7 +235,7 @@ def test_dither_keys_fed_to_the_encoding_are_the_pair_keys_and_distinct(monkeypa
   dkeys = np.array([seeds.pair_key(0, 9, 1, j) for j in near], np.int64)
   dsigns = np.array([-1, 1, 1], np.int32)
   tf_rounds.encoded_client_update(
-    model, weights, _hospital(), settings.client_seed(0, 9, 1), dkeys, dsigns, params, cfg
+    model, weights, _hospital(), seeds.client_key(0, 9, 1), dkeys, dsigns, params, cfg
   )
   fed = rec.calls["stateless_uniform"][1:]  # after the Poisson mask
   assert fed == [_as_tuple(k) for k in dkeys]
@@ -246,3 +247,73 @@ def test_dither_keys_fed_to_the_encoding_are_the_pair_keys_and_distinct(monkeypa
     for j in range(i + 1, PAPER_HOSPITALS)
   }
   assert len(keys) == PAPER_ROUNDS * 45
+
+
+def _run_files(out):
+  for root, _, files in os.walk(out):
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        yield name, f.read()
+
+
+def test_a_default_run_s_noise_cannot_be_regenerated_from_what_it_writes(
+  digits, tmp_path, monkeypatch
+):
+  """Issue 18: with the default (secret) randomness, the keys fed to the noise are
+  not the seed's derivation, appear in no file the run writes, and are fresh
+  after a resume; the insecure seeded mode replays them and says so."""
+  fed = []
+  original = seeds.Randomness.client_key
+
+  def recording(self, round_num, client):
+    key = original(self, round_num, client)
+    fed.append(((round_num, client), key.copy()))
+    return key
+
+  monkeypatch.setattr(seeds.Randomness, "client_key", recording)
+  base = dict(
+    setting="fscdp",
+    rounds=4,
+    sampling_prob=0.1,
+    noise_multiplier=1.0,
+    l2_norm_clip=1.0,
+    learning_rate=0.05,
+    runtime="in_process",
+    eval_every=4,
+  )
+  opts = training_loop.LoopOptions(checkpoint_every=2, tensorboard=False)
+  out = str(tmp_path / "secret")
+  summary = training_loop.run(configs.TrainConfig(**base), digits, out, options=opts, log=lambda _: None)
+  assert summary["noise_randomness"].startswith("secret")
+  assert len(fed) == 16
+  written = dict(_run_files(out))
+  for (r, h), key in fed:
+    assert not np.array_equal(key, seeds.client_key(summary["seed"], r, h))
+    raw = key.astype(">i8").tobytes()
+    for name, blob in written.items():
+      assert raw not in blob and raw[::-1] not in blob, name
+      assert str(int(key[0])).encode() not in blob, name
+  # A resume draws fresh keys for the rounds it reruns.
+  shutil.rmtree(os.path.join(out, "checkpoints", "ckpt_00000004"))
+  first = {rh: key for rh, key in fed}
+  fed.clear()
+  training_loop.run(
+    configs.TrainConfig(**base),
+    digits,
+    out,
+    options=training_loop.LoopOptions(checkpoint_every=2, tensorboard=False, resume=True),
+    log=lambda _: None,
+  )
+  assert [rh for rh, _ in fed] == [(r, h) for r in (2, 3) for h in range(4)]
+  assert all(not np.array_equal(key, first[rh]) for rh, key in fed)
+  # Two default runs with one seed differ; two seeded runs are identical.
+  w = {}
+  for name, seeded in (("a", False), ("b", False), ("s1", True), ("s2", True)):
+    cfg = configs.TrainConfig(**base, insecure_seeded_noise=seeded)
+    got = training_loop.run(cfg, digits, str(tmp_path / name), options=opts, log=lambda _: None)
+    w[name] = np.load(tmp_path / name / "final_weights.npz")
+    if seeded:
+      assert got["noise_randomness"] == "seeded: not private against anyone who knows the seed"
+  assert any(not np.array_equal(w["a"][k], w["b"][k]) for k in w["a"].files)
+  for k in w["s1"].files:
+    np.testing.assert_array_equal(w["s1"][k], w["s2"][k])

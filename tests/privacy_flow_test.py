@@ -16,6 +16,7 @@ import tensorflow as tf
 from dopamine_tff import models
 from dopamine_tff import process
 from dopamine_tff import quantization
+from dopamine_tff import seeds
 from dopamine_tff import settings
 
 SHAPE, CLASSES = (8, 8, 1), 4
@@ -68,7 +69,7 @@ def test_what_enters_the_secure_sum_is_already_noised(tff_runtime):
   x = np.zeros((10, *SHAPE), np.float32)
   y = np.zeros(10, np.int32)
   ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(5)
-  noisy_sum, n = client(W0, ds, settings.client_seed(0, 0, 0))
+  noisy_sum, n = client(W0, ds, seeds.client_key(0, 0, 0))
   flat = np.concatenate([np.ravel(v) for v in noisy_sum])
   assert n == 10
   assert flat.std() == pytest.approx(share, rel=0.03)
@@ -144,15 +145,19 @@ def test_many_hospitals_dither_on_a_connected_ring_with_the_same_release(monkeyp
   from dopamine_tff import training_loop
   from dopamine_tff.data import loaders
 
-  assert settings.dither_graph(10, 0) == {
+  from dopamine_tff.secagg import protocol
+
+  assert settings.dither_graph(10, b"r0") == {
     i: tuple(j for j in range(10) if j != i) for i in range(10)
   }
-  ring = settings.dither_graph(40, 0)
+  ring = settings.dither_graph(40, b"r0")
   assert {len(v) for v in ring.values()} == {6}
   assert all(i in ring[j] for i in ring for j in ring[i])
-  settings._check_connected(ring, set(range(40)))  # raises when disconnected
+  assert settings.dither_graph(40, b"r1") != ring  # a new order every round
+  protocol.check_hidden(ring, set(range(40)))  # raises when disconnected
   data = loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=40, num_examples=1200))
   cfg = configs.TrainConfig(
+    insecure_seeded_noise=True,  # the same noise in both runs
     setting="fscdp",
     rounds=2,
     sampling_prob=0.2,

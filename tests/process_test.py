@@ -85,7 +85,7 @@ def test_zero_noise_round_is_one_sgd_step_on_the_union_of_samples(tff_runtime):
   hospitals = _hospitals(k)
   proc = _dp_process(q, 1e6, 0.0, lr, bound=100.0)
   state = proc.initialize()
-  keys = [settings.client_seed(11, 0, c) for c in range(k)]
+  keys = [seeds.client_key(11, 0, c) for c in range(k)]
   state, meas = proc.next(state, _datasets(hospitals), keys)
   assert meas["secure_clipped_count"] == 0
   # Reference: the same Poisson draws, plain gradient of the summed loss.
@@ -112,7 +112,7 @@ def _pure_noise_delta(k_clients, share):
   proc = _dp_process(q, 1.0, share, lr=q * n * k_clients, k=k_clients)
   state0 = proc.initialize()
   hospitals = _hospitals(k_clients, n)
-  keys = [settings.client_seed(5, 0, c) for c in range(k_clients)]
+  keys = [seeds.client_key(5, 0, c) for c in range(k_clients)]
   state, _ = proc.next(state0, _datasets(hospitals), keys)
   return np.concatenate([(w0 - w).ravel() for w0, w in zip(state0.weights, state.weights)])
 
@@ -130,7 +130,7 @@ def test_hospital_share_std_and_sum_std(tff_runtime):
 
 def test_fedavg_moves_weights_and_fpdp_differs(tff_runtime):
   hospitals = _hospitals(2)
-  keys = [settings.client_seed(1, 0, c) for c in range(2)]
+  keys = [seeds.client_key(1, 0, c) for c in range(2)]
   outs = []
   for dp in (None, 1.0):
     params = process.LocalParams(1, 8, 0.1, 0.0, dp, 1.0)
@@ -147,7 +147,7 @@ def test_fedavg_single_client_equals_local_sgd(tff_runtime):
   ((x, y),) = _hospitals(1, 16)
   params = process.LocalParams(1, 8, 0.1, 0.5)
   proc = process.build_fedavg_process(_model_fn, W0, SHAPE, params)
-  seed = settings.client_seed(2, 0, 0)
+  seed = seeds.client_key(2, 0, 0)
   state, _ = proc.next(proc.initialize(), _datasets([(x, y)]), [seed])
   order = tf.argsort(
     tf.random.stateless_uniform([16], seeds.stream(seed, seeds.Purpose.SHUFFLE, 0))
