@@ -55,6 +55,9 @@ class TrainConfig:
       masks, dithers, SecAgg keys and graphs) from `seed` instead of the OS
       CSPRNG, for exact replays. NOT PRIVATE against anyone who knows the
       seed; summary.json says so (dopamine_tff/seeds.py).
+    hardened_noise: draw each noise coordinate as the sum of 4 float64
+      Gaussians (Holohan and Braghin 2021, as Opacus's secure_mode) against
+      floating-point attacks on the sampler; same law, more compute.
     eval_every: evaluate every this many rounds (and at the last round).
     runtime: 'tff' (TFF's C++ worker) or 'in_process' (the same TF functions
       in this Python process; uses a GPU where TensorFlow sees one).
@@ -121,6 +124,7 @@ class TrainConfig:
   secure_sum_bound: float | None = None
   seed: int = 0
   insecure_seeded_noise: bool = False
+  hardened_noise: bool = False
   eval_every: int = 1
   runtime: str = "tff"
   dropout_prob: float = 0.0
@@ -208,6 +212,8 @@ class TrainConfig:
       bad("lr_schedule", f"must be one of {LR_SCHEDULES}")
     if self.lr_schedule != "constant" and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
       bad("lr_schedule", "is not available with --cdp_impl=tf_privacy")
+    if self.hardened_noise and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
+      bad("hardened_noise", "is not available with --cdp_impl=tf_privacy (TF Privacy draws its own)")
     if self.augmentations < 0:
       bad("augmentations", "must be >= 0")
     if self.augmentations and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
@@ -247,6 +253,10 @@ class TrainConfig:
   @property
   def private(self) -> bool:
     return self.setting in PRIVATE_SETTINGS
+
+  @property
+  def noise_draws(self) -> int:
+    return 4 if self.hardened_noise else 1
 
   @property
   def randomness(self) -> seeds.Randomness:

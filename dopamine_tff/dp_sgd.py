@@ -17,9 +17,9 @@ size q*N. The original divides by the realised batch size |D^t|, which is
 data-dependent and outside the privacy analysis; we deliberately depart from it.
 
 Randomness is stateless (``tf.random.stateless_*``) and keyed by a 128-bit
-key that belongs to the hospital; the Poisson mask and the noise each get their
-own stream (dopamine_tff/seeds.py): runs are reproducible, and in a deployment
-each hospital draws its key from its own entropy so the server cannot know it.
+key that belongs to the hospital, drawn from the OS CSPRNG every round (or, in
+the insecure seeded mode, derived from the run seed for replays); the Poisson
+mask and the noise each get their own stream (dopamine_tff/seeds.py).
 """
 
 from __future__ import annotations
@@ -43,24 +43,44 @@ class SeededGaussianSumQuery(tfp.GaussianSumQuery):
   """TF Privacy's GaussianSumQuery with a stateless, seeded noise draw.
 
   Clipping, global state and the DpEvent are the parent's. Only the noise
-  generator differs: ``tf.random.stateless_normal`` keyed by ``seed`` instead of
-  an unseeded initializer, so that a run can be replayed and resumed exactly.
+  generator differs: ``tf.random.stateless_normal`` keyed by ``seed`` (a
+  secret 128-bit key from the OS CSPRNG by default, dopamine_tff/seeds.py)
+  instead of an unseeded initializer.
+
+
+  With ``draws`` = n > 1 each coordinate's noise is the sum of n independent
+  float64 Gaussians of std stddev / sqrt(n), added in float64 (the
+  mitigation of Holohan and Braghin 2021 against floating-point attacks on
+  Gaussian samplers, as Opacus's secure_mode does with n = 4); the sum has
+  the same N(0, stddev^2) law, so the DP event is unchanged.
   """
 
-  def __init__(self, l2_norm_clip, stddev, seed):
+  def __init__(self, l2_norm_clip, stddev, seed, draws: int = 1):
     super().__init__(l2_norm_clip, stddev)
     self._seed = seed
+    self._draws = int(draws)
 
   def get_noised_result(self, sample_state, global_state):
     flat = tf.nest.flatten(sample_state)
     # One draw for the whole structure, keyed by the one noise seed (no
     # per-variable derivation whose entropy could be lost).
     sizes = [tf.size(v) for v in flat]
-    noise = tf.random.stateless_normal(
-      tf.reshape(tf.add_n(sizes), [1]), self._seed, stddev=global_state.stddev
-    )
-    parts = tf.split(noise, tf.stack(sizes))
-    noised = [v + tf.cast(tf.reshape(n, tf.shape(v)), v.dtype) for v, n in zip(flat, parts)]
+    shape = tf.reshape(tf.add_n(sizes), [1])
+    if self._draws == 1:
+      noise = tf.random.stateless_normal(shape, self._seed, stddev=global_state.stddev)
+      parts = tf.split(noise, tf.stack(sizes))
+      noised = [v + tf.cast(tf.reshape(n, tf.shape(v)), v.dtype) for v, n in zip(flat, parts)]
+    else:
+      keys = tf.random.experimental.stateless_split(self._seed, self._draws)
+      total = tf.add_n(
+        [tf.random.stateless_normal(shape, keys[i], dtype=tf.float64) for i in range(self._draws)]
+      )
+      noise = total * tf.cast(global_state.stddev / self._draws**0.5, tf.float64)
+      parts = tf.split(noise, tf.stack(sizes))
+      noised = [
+        tf.cast(tf.cast(v, tf.float64) + tf.reshape(n, tf.shape(v)), v.dtype)
+        for v, n in zip(flat, parts)
+      ]
     result = tf.nest.pack_sequence_as(sample_state, noised)
     # The same event the parent emits: a Gaussian with this noise multiplier.
     event = dp_accounting.GaussianDpEvent(global_state.stddev / global_state.l2_norm_clip)
@@ -170,7 +190,17 @@ class NoisySum(NamedTuple):
 
 
 def noisy_clipped_sum(
-  model, x, y, *, sampling_prob, l2_norm_clip, noise_stddev, seed, groups=None, augmentations=0
+  model,
+  x,
+  y,
+  *,
+  sampling_prob,
+  l2_norm_clip,
+  noise_stddev,
+  seed,
+  groups=None,
+  augmentations=0,
+  noise_draws=1,
 ) -> NoisySum:
   """Poisson-samples (x, y), clips per-example gradients and adds noise.
 
@@ -193,6 +223,8 @@ def noisy_clipped_sum(
     noise_stddev: std of the Gaussian noise added to the sum (sigma*C/sqrt(K)
       for a Dopamine share, sigma*C for central DP-SGD); 0 disables noise.
     seed: the step's key, int64 tensor of shape [2] (dopamine_tff/seeds.py).
+    noise_draws: 1, or n > 1 float64 draws summed per coordinate
+      (floating-point hardening, see SeededGaussianSumQuery).
   """
   sample_seed = seeds.stream(seed, seeds.Purpose.SAMPLE)
   noise_seed = seeds.stream(seed, seeds.Purpose.NOISE)
@@ -226,7 +258,7 @@ def noisy_clipped_sum(
   # Poisson sampling can give an empty batch; vectorized_map's fallback loop
   # for Conv2D's filter gradient cannot stack zero elements, so skip it.
   summed = tf.cond(tf.size(yb) > 0, clipped_sum, zeros)
-  query = SeededGaussianSumQuery(l2_norm_clip, noise_stddev, noise_seed)
+  query = SeededGaussianSumQuery(l2_norm_clip, noise_stddev, noise_seed, noise_draws)
   noised, _, _ = query.get_noised_result(summed, query.initial_global_state())
   return NoisySum(list(noised), tf.shape(yb)[0])
 

@@ -229,6 +229,7 @@ class DpSgdTrainer(TffTrainer):
       cfg.lr_schedule,
       cfg.rounds,
       cfg.augmentations,
+      cfg.noise_draws,
     )
     self._dither = tf.function(quantization.dither)
     if cfg.secure_aggregation != "none":
@@ -410,6 +411,7 @@ class FedAvgTrainer(TffTrainer):
       cfg.lr_schedule,
       cfg.rounds,
       cfg.augmentations,
+      cfg.noise_draws,
     )
     self.local = params
     builder = (

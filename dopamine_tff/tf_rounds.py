@@ -58,6 +58,7 @@ class DpSgdParams(NamedTuple):
   lr_schedule: str = "constant"
   total_rounds: int = 0
   augmentations: int = 0  # augmentation multiplicity m (0: off)
+  noise_draws: int = 1  # > 1: floating-point-hardened noise (dp_sgd.SeededGaussianSumQuery)
 
 
 class LocalParams(NamedTuple):
@@ -77,6 +78,7 @@ class LocalParams(NamedTuple):
   lr_schedule: str = "constant"  # the server's step on the mean delta follows it
   total_rounds: int = 0
   augmentations: int = 0  # m augmented copies per example (DP: averaged before clipping)
+  noise_draws: int = 1  # > 1: floating-point-hardened noise (dp_sgd.SeededGaussianSumQuery)
 
 
 def weight_specs(weights) -> list[tf.TensorSpec]:
@@ -115,6 +117,7 @@ def dp_client_update(model, weights, dataset, seed, params: DpSgdParams):
     seed=seed,
     groups=groups,
     augmentations=params.augmentations,
+    noise_draws=params.noise_draws,
   )
   return result.noisy_sum, tf.shape(y)[0]
 
@@ -181,6 +184,7 @@ def _local_gradient(model, x, y, groups, n, step, seed, batches_per_epoch, param
     seed=seeds.stream(seed, seeds.Purpose.LOCAL_STEP, step),
     groups=groups,
     augmentations=params.augmentations,
+    noise_draws=params.noise_draws,
   )
   expected = q * tf.cast(tf.shape(y)[0], tf.float32)  # expected images in the batch
   return [g / expected for g in result.noisy_sum]

@@ -57,6 +57,12 @@ _OUTPUT_DIR = flags.DEFINE_string(
 )
 _FORCE = flags.DEFINE_bool("force", False, "Rerun finished runs instead of reusing them.")
 _RUNTIME = flags.DEFINE_enum("runtime", "tff", ["tff", "in_process"], "Runtime of the rounds.")
+_SEEDED_NOISE = flags.DEFINE_bool(
+  "insecure_seeded_noise",
+  False,
+  "Noise, masks and keys from the seed (exact replays; NOT private against anyone who "
+  "knows the seed). Default: the OS CSPRNG.",
+)
 _GPUS = flags.DEFINE_string("gpus", None, "in_process: GPU indices ('0,1'), 'none', or all.")
 _AUDIT = flags.DEFINE_bool("audit", False, "Membership-inference audit of every final model.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every N rounds.")
@@ -159,7 +165,12 @@ def main(argv):
     for seed in range(seeds):
       data = loaders.load(dataclasses.replace(data_cfg, seed=seed))
       for setting in _SETTINGS.value:
-        cfg = dataclasses.replace(preset.settings[setting], seed=seed, runtime=_RUNTIME.value)
+        cfg = dataclasses.replace(
+          preset.settings[setting],
+          seed=seed,
+          runtime=_RUNTIME.value,
+          insecure_seeded_noise=_SEEDED_NOISE.value,
+        )
         run_dir = os.path.join(root, setting, f"seed_{seed}")
         if _run_one(cfg, dataclasses.replace(data_cfg, seed=seed), data, run_dir):
           ran += 1

@@ -97,7 +97,19 @@ _EMA = flags.DEFINE_float(
 _BOUND = flags.DEFINE_float(
   "secure_sum_bound", None, "Secure-sum range [-b, b] (default: derived)."
 )
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of data, weights, sampling and noise.")
+_SEED = flags.DEFINE_integer(
+  "seed",
+  0,
+  "Seed of what is not secret: data split, initial weights, simulated dropouts, client "
+  "selection. Noise, masks and keys come from the OS CSPRNG unless --insecure_seeded_noise.",
+)
+_SEEDED_NOISE = flags.DEFINE_bool(
+  "insecure_seeded_noise",
+  False,
+  "Derive every noise share, Poisson mask, dither and SecAgg key from --seed for exact "
+  "replays. INSECURE: the model is then not private against anyone who knows the seed "
+  "(summary.json says so).",
+)
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 1, "Evaluate every this many rounds.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "/tmp/dopamine_tff_run", "Where results go.")
 _MAX_CALLS = flags.DEFINE_integer(
@@ -135,11 +147,30 @@ _SECURE_AGG = flags.DEFINE_enum(
   "fscdp: 'none' (plain integer sum of the codes), 'secagg' (masked sums with Shamir "
   "dropout recovery) or 'secagg_plus' (k neighbours).",
 )
+_HARDENED_NOISE = flags.DEFINE_bool(
+  "hardened_noise",
+  False,
+  "Draw each noise coordinate as the sum of 4 float64 Gaussians (Holohan and Braghin 2021; "
+  "Opacus secure_mode) against floating-point attacks on the sampler. Same law, slower.",
+)
 _SECAGG_THRESHOLD = flags.DEFINE_integer(
-  "secagg_threshold", None, "Shamir threshold t (default: a majority of each secret's holders)."
+  "secagg_threshold",
+  None,
+  "Shamir threshold t >= 2 (default: a majority of K for secagg; derived for secagg_plus).",
 )
 _SECAGG_NEIGHBOURS = flags.DEFINE_integer(
-  "secagg_neighbours", None, "secagg_plus: neighbours k per hospital (default: about log2 K)."
+  "secagg_neighbours",
+  None,
+  "secagg_plus: neighbours k per hospital, even (default: the smallest k meeting 2^-40 "
+  "security and 2^-20 correctness under the two assumptions below).",
+)
+_SECAGG_ADVERSARIAL = flags.DEFINE_float(
+  "secagg_adversarial_fraction",
+  0.05,
+  "secagg_plus: share of hospitals assumed corrupted (colluding with the server).",
+)
+_SECAGG_DROPOUT_RATE = flags.DEFINE_float(
+  "secagg_dropout_rate", 0.33, "secagg_plus: share of hospitals assumed to drop in a round."
 )
 _SECAGG_PRG = flags.DEFINE_enum(
   "secagg_prg",
@@ -234,6 +265,8 @@ def _configs():
     cdp_impl=_CDP_IMPL.value,
     secure_sum_bound=_BOUND.value,
     seed=_SEED.value,
+    insecure_seeded_noise=_SEEDED_NOISE.value,
+    hardened_noise=_HARDENED_NOISE.value,
     eval_every=_EVAL_EVERY.value,
     runtime=_RUNTIME.value,
     dropout_prob=_DROPOUT_PROB.value,
@@ -243,6 +276,8 @@ def _configs():
     secagg_threshold=_SECAGG_THRESHOLD.value,
     secagg_neighbours=_SECAGG_NEIGHBOURS.value,
     secagg_prg=_SECAGG_PRG.value,
+    secagg_adversarial_fraction=_SECAGG_ADVERSARIAL.value,
+    secagg_dropout_rate=_SECAGG_DROPOUT_RATE.value,
     secagg_unmask_dropout_prob=_SECAGG_UNMASK_DROPOUT.value,
     assumed_colluders=_COLLUDERS.value,
     provision_for_colluders=_PROVISION_COLLUDERS.value,
@@ -251,6 +286,8 @@ def _configs():
     lr_schedule=_LR_SCHEDULE.value,
     augmentations=_AUGMENTATIONS.value,
   )
+  if train.setting == "fscdp" and train.secure_aggregation != "none":
+    train.secagg_config(num_hospitals)  # thresholds, colluders, graphs: before any data
   rt = runtime.RuntimeConfig(
     max_concurrent_computation_calls=_MAX_CALLS.value,
     worker_binary=_WORKER_BINARY.value,

@@ -104,6 +104,23 @@ def test_noise_std_and_seed_determinism():
   assert float(event.noise_multiplier) == pytest.approx(std)
 
 
+def test_hardened_noise_has_the_same_law_and_event():
+  """Four float64 draws summed (Holohan and Braghin; Opacus secure_mode): N(0, std^2)."""
+  std, seed = 0.37, tf.constant([9, 9], tf.int64)
+  plain = dp_sgd.SeededGaussianSumQuery(1.0, std, seed)
+  hard = dp_sgd.SeededGaussianSumQuery(1.0, std, seed, draws=4)
+  zeros = [tf.zeros([200, 100]), tf.zeros([5000])]
+  a, _, _ = plain.get_noised_result(zeros, plain.initial_global_state())
+  b, _, event = hard.get_noised_result(zeros, hard.initial_global_state())
+  flat = np.concatenate([n.numpy().ravel() for n in b])
+  assert flat.std() == pytest.approx(std, rel=0.03)
+  assert abs(flat.mean()) < 5 * std / np.sqrt(flat.size)
+  # Kurtosis of a Gaussian: 3 (a sum of four uniforms, say, would give 2.7).
+  assert np.mean(flat**4) / np.mean(flat**2) ** 2 == pytest.approx(3.0, abs=0.15)
+  assert not np.array_equal(a[0].numpy(), b[0].numpy())  # other draws
+  assert float(event.noise_multiplier) == pytest.approx(std)
+
+
 def test_momentum_step_matches_torch_sgd_formula():
   w, v, g = [np.array([1.0])], [np.array([0.5])], [np.array([2.0])]
   new_w, new_v = dp_sgd.momentum_step(w, v, g, learning_rate=0.1, momentum=0.9)
