@@ -33,6 +33,7 @@ def _weights_after(data, setting, runtime_kind, rounds=3, trainers=None):
     learning_rate=0.05,
     runtime=runtime_kind,
     seed=7,
+    insecure_seeded_noise=True,  # both runtimes must draw the same noise
   )
   trainer = settings.make_trainer(cfg, data, tempfile.mkdtemp())
   if trainers is not None:

@@ -29,6 +29,7 @@ ARGS = [
   "--checkpoint_every=4",
   "--eval_every=3",
   "--seed=5",
+  "--insecure_seeded_noise",  # killed and resumed runs are compared bit for bit
 ]
 TIMING = {"round_time_s", "wall_time_s"}
 
@@ -295,22 +296,28 @@ def test_tf_privacy_cdp_resume_draws_fresh_noise_and_keeps_momentum(tmp_path):
   base = dict(
     setting="cdp", cdp_impl="tf_privacy", rounds=2, batch_size=50, learning_rate=0.01, seed=2
   )
-  cfg = configs.TrainConfig(**base, noise_multiplier=1000.0, momentum=0.0, l2_norm_clip=1.0)
-  out = str(tmp_path / "noise")
-  full = run(cfg, out)
-  shutil.rmtree(os.path.join(out, "checkpoints", "ckpt_00000002"))
-  w1 = round_one(out)["weights"]
-  resumed = run(cfg, out, resume=True)
-  w0 = models.initial_weights(cfg.model, data.image_shape, data.num_classes, cfg.seed)
-  first, second = _flat(w1) - _flat(w0), _flat(resumed) - _flat(w1)
-  assert abs(np.corrcoef(first, second)[0, 1]) < 0.1
-  # The uninterrupted epoch 2 is fresh too (one trace, its stream advances).
-  assert abs(np.corrcoef(first, _flat(full) - _flat(w1))[0, 1]) < 0.1
+  for seeded in (False, True):  # secret kernels seeds, or the seeded replay mode
+    cfg = configs.TrainConfig(
+      **base, noise_multiplier=1000.0, momentum=0.0, l2_norm_clip=1.0,
+      insecure_seeded_noise=seeded,
+    )
+    out = str(tmp_path / f"noise_{seeded}")
+    full = run(cfg, out)
+    shutil.rmtree(os.path.join(out, "checkpoints", "ckpt_00000002"))
+    w1 = round_one(out)["weights"]
+    resumed = run(cfg, out, resume=True)
+    w0 = models.initial_weights(cfg.model, data.image_shape, data.num_classes, cfg.seed)
+    first, second = _flat(w1) - _flat(w0), _flat(resumed) - _flat(w1)
+    assert abs(np.corrcoef(first, second)[0, 1]) < 0.1
+    # The uninterrupted epoch 2 is fresh too (one trace, its stream advances).
+    assert abs(np.corrcoef(first, _flat(full) - _flat(w1))[0, 1]) < 0.1
 
   # Momentum is restored: with little noise and momentum 0.9, a resumed epoch
   # 2 stays within the noise of the uninterrupted one; restarting the velocity
   # at zero would move it by about lr * velocity, far more.
-  cfg = configs.TrainConfig(**base, noise_multiplier=0.001, momentum=0.9, l2_norm_clip=1.0)
+  cfg = configs.TrainConfig(
+    **base, noise_multiplier=0.001, momentum=0.9, l2_norm_clip=1.0, insecure_seeded_noise=True
+  )  # the same batch order in both runs
   out = str(tmp_path / "momentum")
   full = run(cfg, out)
   shutil.rmtree(os.path.join(out, "checkpoints", "ckpt_00000002"))

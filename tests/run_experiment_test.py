@@ -106,13 +106,16 @@ def test_target_epsilon_stops_and_keeps_previous_weights(tmp_path):
   target = (eps3 + eps4) / 2
   args = [a for a in TINY if not a.startswith("--rounds")]
   stopped, full = tmp_path / "stopped", tmp_path / "full3"
-  proc = _run(["--setting=fscdp", *args, "--rounds=10", f"--target_epsilon={target}"], stopped)
+  seeded = "--insecure_seeded_noise"  # the two runs are compared bit for bit
+  proc = _run(
+    ["--setting=fscdp", *args, seeded, "--rounds=10", f"--target_epsilon={target}"], stopped
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows, summary, _ = _read(stopped)
   assert summary["rounds_run"] == 3 and summary["stop_reason"].startswith("budget")
   assert summary["epsilon"] <= target
   assert len(rows) == 3
-  proc = _run(["--setting=fscdp", *args, "--rounds=3"], full)
+  proc = _run(["--setting=fscdp", *args, seeded, "--rounds=3"], full)
   assert proc.returncode == 0
   a, b = np.load(stopped / "final_weights.npz"), np.load(full / "final_weights.npz")
   for key in a.files:

@@ -30,6 +30,7 @@ def _weights(data, setting, num_workers, rounds=3):
       l2_norm_clip=1.0,
       learning_rate=0.05,
       seed=4,
+      insecure_seeded_noise=True,  # one and two workers must draw the same noise
     )
     trainer = settings.make_trainer(cfg, data, tempfile.mkdtemp())
     state = trainer.initial_state()
