@@ -213,7 +213,9 @@ class TrainConfig:
     if self.lr_schedule != "constant" and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
       bad("lr_schedule", "is not available with --cdp_impl=tf_privacy")
     if self.hardened_noise and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
-      bad("hardened_noise", "is not available with --cdp_impl=tf_privacy (TF Privacy draws its own)")
+      bad(
+        "hardened_noise", "is not available with --cdp_impl=tf_privacy (TF Privacy draws its own)"
+      )
     if self.augmentations < 0:
       bad("augmentations", "must be >= 0")
     if self.augmentations and self.setting == "cdp" and self.cdp_impl == "tf_privacy":

@@ -30,7 +30,9 @@ from dopamine_tff import dp_sgd
 from dopamine_tff import fast_clip
 
 
-def step_fns(model, x, y, clip, noise_std, lr, jit_compile=False, baselines=None) -> dict:
+def step_fns(
+  model, x, y, clip, noise_std, lr, jit_compile=False, baselines=None, hardened_noise=False
+) -> dict:
   """One SGD step on (x, y) as tf.functions: plain, our DP step, the vectorized_map DP step.
 
   The DP steps clip to ``clip``, add Gaussian noise of std ``noise_std`` to the
@@ -38,6 +40,8 @@ def step_fns(model, x, y, clip, noise_std, lr, jit_compile=False, baselines=None
   batch. With ``jit_compile`` only plain and fast, named *_xla, compiled by XLA.
   ``baselines`` maps a name to another fast_clip module (e.g. an earlier
   revision's, see fast_clip_at): each adds a DP step "ours_fast_<name>".
+  ``hardened_noise`` adds "ours_fast_hardened_noise": the same step with the
+  noise drawn as 4 float64 Gaussians per coordinate (--hardened_noise).
   """
   seed = tf.constant([1, 2], tf.int64)
   variables = model.trainable_variables
@@ -49,18 +53,21 @@ def step_fns(model, x, y, clip, noise_std, lr, jit_compile=False, baselines=None
     for v, g in zip(variables, tape.gradient(loss, variables)):
       v.assign_sub(lr * g)
 
-  def dp_with(summer):
+  def dp_with(summer, draws=1):
     @tf.function(jit_compile=jit_compile)
     def step():
       summed = summer()
-      query = dp_sgd.SeededGaussianSumQuery(clip, noise_std, seed)
+      query = dp_sgd.SeededGaussianSumQuery(clip, noise_std, seed, draws)
       noised, _, _ = query.get_noised_result(summed, query.initial_global_state())
       for v, g in zip(variables, noised):
         v.assign_sub(lr * g / x.shape[0])
 
     return step
 
-  fast = dp_with(lambda: fast_clip.clipped_sum(model, x, y, clip, dp_sgd.loss_per_example)[0])
+  def fast_sum():
+    return fast_clip.clipped_sum(model, x, y, clip, dp_sgd.loss_per_example)[0]
+
+  fast = dp_with(fast_sum)
 
   def vectorized_sum():
     grads = dp_sgd.per_example_gradients(model, x, y)
@@ -70,6 +77,8 @@ def step_fns(model, x, y, clip, noise_std, lr, jit_compile=False, baselines=None
   if jit_compile:
     return {"plain_sgd_xla": plain, "ours_fast_xla": fast}
   out = {"plain_sgd": plain, "ours_fast": fast, "ours_vectorized_map": dp_with(vectorized_sum)}
+  if hardened_noise:
+    out["ours_fast_hardened_noise"] = dp_with(fast_sum, draws=4)
   for name, module in (baselines or {}).items():
     out[f"ours_fast_{name}"] = dp_with(
       lambda module=module: module.clipped_sum(model, x, y, clip, dp_sgd.loss_per_example)[0]

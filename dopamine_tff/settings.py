@@ -313,9 +313,7 @@ class DpSgdTrainer(TffTrainer):
     try:
       if self.cfg.secure_aggregation == "none":
         dkeys, dsigns, correction = self.dither_inputs(round_num, plan.clients)
-        new_state, measurements = self.process.next(
-          state, correction, data, keys, dkeys, dsigns
-        )
+        new_state, measurements = self.process.next(state, correction, data, keys, dkeys, dsigns)
         if int(measurements["secure_clipped_count"]):
           raise secagg_protocol.RoundAborted(
             f"{int(measurements['secure_clipped_count'])} hospital(s) had a non-finite or "

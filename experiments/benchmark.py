@@ -176,7 +176,7 @@ def client_steps(quick, repeats, warmup) -> list[dict]:
   for name, size, batch in cases:
     shape, x, y = _case_inputs(name, size, batch)
     fns = profiling.step_fns(
-      models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, baselines=baselines
+      models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, baselines=baselines, hardened_noise=True
     )
     ours = _interleaved(fns, repeats, warmup)
     if _XLA.value and size <= 64:
@@ -439,6 +439,12 @@ def main(argv):
       )
     ),
     "vectorized_map_over_plain_squeezenet": _ratio(steps, "squeezenet", "ours_vectorized_map"),
+    "hardened_noise_over_dp_small_cnn": _ratio(
+      steps, "small_cnn", "ours_fast_hardened_noise", base="ours_fast"
+    ),
+    "hardened_noise_over_dp_squeezenet": _ratio(
+      steps, "squeezenet", "ours_fast_hardened_noise", base="ours_fast"
+    ),
     "tf_privacy_over_ours": min(
       (
         r

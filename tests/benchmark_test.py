@@ -16,6 +16,7 @@ RATIOS = (
   "memory_growth_50_rounds",
   "dp_peak_memory_over_plain",
   "xla_dp_over_graph_dp",
+  "hardened_noise_over_dp_small_cnn",
 )
 
 
@@ -34,6 +35,7 @@ def test_quick_benchmark_writes_ratios(tmp_path):
     assert isinstance(result["ratios"][key], float) and result["ratios"][key] > 0, key
   impls = {s["impl"] for s in result["client_steps"]}
   assert {"plain_sgd", "ours_fast", "ours_vectorized_map", "tf_privacy_vectorized"} <= impls
+  assert "ours_fast_hardened_noise" in impls
   assert all(s["median_s"] > 0 and s["examples_per_s"] > 0 for s in result["client_steps"])
   # Exact peak memory (BFC allocator in a child process) for the small CNN's steps.
   small = {s["impl"]: s for s in result["client_steps"] if s["model"] == "small_cnn"}

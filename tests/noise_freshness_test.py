@@ -143,9 +143,7 @@ def _streams(keys, step_range=0):
 
 
 def test_paper_length_fscdp_run_feeds_pairwise_distinct_seeds():
-  keys = [
-    seeds.client_key(0, r, h) for r in range(PAPER_ROUNDS) for h in range(PAPER_HOSPITALS)
-  ]
+  keys = [seeds.client_key(0, r, h) for r in range(PAPER_ROUNDS) for h in range(PAPER_HOSPITALS)]
   fed = _streams(keys)
   assert fed.shape == (2 * PAPER_ROUNDS * PAPER_HOSPITALS, 2)
   assert len({tuple(s) for s in fed}) == len(fed)
@@ -283,7 +281,9 @@ def test_a_default_run_s_noise_cannot_be_regenerated_from_what_it_writes(
   )
   opts = training_loop.LoopOptions(checkpoint_every=2, tensorboard=False)
   out = str(tmp_path / "secret")
-  summary = training_loop.run(configs.TrainConfig(**base), digits, out, options=opts, log=lambda _: None)
+  summary = training_loop.run(
+    configs.TrainConfig(**base), digits, out, options=opts, log=lambda _: None
+  )
   assert summary["noise_randomness"].startswith("secret")
   assert len(fed) == 16
   written = dict(_run_files(out))

@@ -141,10 +141,8 @@ def test_many_hospitals_dither_on_a_connected_ring_with_the_same_release(monkeyp
   import numpy as np
 
   from dopamine_tff import configs
-  from dopamine_tff import settings
   from dopamine_tff import training_loop
   from dopamine_tff.data import loaders
-
   from dopamine_tff.secagg import protocol
 
   assert settings.dither_graph(10, b"r0") == {

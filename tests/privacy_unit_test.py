@@ -168,7 +168,13 @@ def test_patient_unit_is_the_same_in_both_runtimes(tmp_path):
   for rt in ("tff", "in_process"):
     out = tmp_path / rt
     proc = _run(
-      ["--setting=fscdp", f"--data_dir={data}", *TINY, f"--runtime={rt}", "--insecure_seeded_noise"],
+      [
+        "--setting=fscdp",
+        f"--data_dir={data}",
+        *TINY,
+        f"--runtime={rt}",
+        "--insecure_seeded_noise",
+      ],
       out,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

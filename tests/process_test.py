@@ -12,7 +12,6 @@ from dopamine_tff import models
 from dopamine_tff import process
 from dopamine_tff import quantization
 from dopamine_tff import seeds
-from dopamine_tff import settings
 
 SHAPE, CLASSES = (8, 8, 1), 4
 

@@ -157,3 +157,20 @@ def test_default_bound_meets_its_target_at_the_paper_settings():
 def test_bad_bound(bound):
   with pytest.raises(ValueError, match="bound"):
     quantization.QuantizationConfig(bound)
+
+
+def test_the_dither_keeps_its_precision_on_a_huge_share():
+  """Issue 18: floor(y + r + 1/2) in float64 rounds the dither r to y's ulp (1/2
+  near 2**51 steps); the code must be floor(y) + floor(frac(y) + r + 1/2) exactly."""
+  from fractions import Fraction
+
+  cfg = quantization.QuantizationConfig(2.0**31)  # step 1: y is the value
+  rng = np.random.default_rng(5)
+  y = 2.0**51 + rng.integers(0, 8, 400) * 0.5  # exactly representable, ulp 1/2
+  r = rng.uniform(-1.0, 1.0, 400)
+  codes, changed = quantization.encode([tf.constant(y)], tf.constant(r), cfg)
+  assert int(changed) == 0
+  exact = [
+    (int((Fraction(a) + Fraction(b) + Fraction(1, 2)).__floor__())) % 2**32 for a, b in zip(y, r)
+  ]
+  np.testing.assert_array_equal(codes.numpy(), exact)

@@ -298,7 +298,10 @@ def test_tf_privacy_cdp_resume_draws_fresh_noise_and_keeps_momentum(tmp_path):
   )
   for seeded in (False, True):  # secret kernels seeds, or the seeded replay mode
     cfg = configs.TrainConfig(
-      **base, noise_multiplier=1000.0, momentum=0.0, l2_norm_clip=1.0,
+      **base,
+      noise_multiplier=1000.0,
+      momentum=0.0,
+      l2_norm_clip=1.0,
       insecure_seeded_noise=seeded,
     )
     out = str(tmp_path / f"noise_{seeded}")

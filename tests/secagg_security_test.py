@@ -11,10 +11,10 @@
   unmasked.
 """
 
+from cryptography.hazmat.primitives.asymmetric import x25519
 import numpy as np
 import pytest
 import tensorflow as tf
-from cryptography.hazmat.primitives.asymmetric import x25519
 
 from dopamine_tff import seeds
 from dopamine_tff.secagg import chacha
@@ -72,7 +72,9 @@ class Server:
     b = self.recovered_keys(protocol.SELF)[r, victim]
     sk = x25519.X25519PrivateKey.from_private_bytes(shamir.int_to_bytes(private_value, 32))
     y = view["masked"][victim].copy()
-    y -= masking.prg_int64(chacha.key_words(shamir.int_to_bytes(b, 32)), masking.SELF_NONCE, N, "chacha20").numpy()
+    y -= masking.prg_int64(
+      chacha.key_words(shamir.int_to_bytes(b, 32)), masking.SELF_NONCE, N, "chacha20"
+    ).numpy()
     for j in view["graph"][victim]:
       pub = x25519.X25519PublicKey.from_public_bytes(view["public"][j])
       key = protocol.pair_key(sk.exchange(pub), r, victim, j)
@@ -159,7 +161,9 @@ def test_a_bad_share_aborts_the_round_and_names_its_holder():
   total = np.zeros(N, np.int64)
   for s in range(6):
     pk, ps, sk = proto.client_inputs(s)
-    total += _mask(tf.constant(server_codes[s]), tf.constant(pk), tf.constant(ps), tf.constant(sk)).numpy()
+    total += _mask(
+      tf.constant(server_codes[s]), tf.constant(pk), tf.constant(ps), tf.constant(sk)
+    ).numpy()
   with pytest.raises(protocol.RoundAborted, match="bad share from hospital 4"):
     proto.unmask(total, senders=range(6), responders=range(6))
 
@@ -203,12 +207,17 @@ def test_secrets_stay_out_of_reprs():
     (dict(mode="secagg_plus", num_hospitals=100, colluders=6), "below the Shamir threshold"),
     (dict(mode="secagg_plus", num_hospitals=100, threshold=4, colluders=5), "threshold t=4"),
     (
-      dict(mode="secagg_plus", num_hospitals=100, threshold=5, adversarial_fraction=0.03, colluders=4),
+      dict(
+        mode="secagg_plus", num_hospitals=100, threshold=5, adversarial_fraction=0.03, colluders=4
+      ),
       "at most 3 corrupted",
     ),
     (dict(mode="secagg_plus", num_hospitals=100, neighbours=8), "2\\^-40"),
     (dict(mode="secagg_plus", num_hospitals=100, neighbours=7), "nearest valid: \\[6, 8\\]"),
-    (dict(mode="secagg_plus", num_hospitals=100, adversarial_fraction=0.5, dropout_rate=0.5), "0.9"),
+    (
+      dict(mode="secagg_plus", num_hospitals=100, adversarial_fraction=0.5, dropout_rate=0.5),
+      "0.9",
+    ),
   ],
 )
 def test_claims_the_parameters_cannot_cover_are_refused(kwargs, message):

@@ -524,8 +524,7 @@ class Protocol:
     r = self._round
     near = r.graph[hospital]
     keys = [
-      dither_key(r.private[hospital].exchange(r.public[j]), r.round_num, hospital, j)
-      for j in near
+      dither_key(r.private[hospital].exchange(r.public[j]), r.round_num, hospital, j) for j in near
     ]
     signs = np.array([1 if hospital < j else -1 for j in near], np.int32)
     return np.array(keys, np.int64).reshape(-1, 2), signs

@@ -134,11 +134,7 @@ def _single_culprit(points, t: int):
   """The holder whose removal makes the rest consistent, if exactly one does."""
   if len(points) < t + 2:  # t + 1 points: any one of them could be the bad one
     return None
-  found = [
-    x
-    for x, _ in points
-    if not _fit([p for p in points if p[0] != x], t)[1]
-  ]
+  found = [x for x, _ in points if not _fit([p for p in points if p[0] != x], t)[1]]
   return found[0] if len(found) == 1 else None
 
 
