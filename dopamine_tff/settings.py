@@ -315,7 +315,7 @@ class DpSgdTrainer(TffTrainer):
         dkeys, dsigns, correction = self.dither_inputs(round_num, plan.clients)
         new_state, measurements = self.process.next(state, correction, data, keys, dkeys, dsigns)
         if int(measurements["secure_clipped_count"]):
-          raise secagg_protocol.RoundAborted(
+          raise secagg_protocol.UpdateNotEncodable(
             f"{int(measurements['secure_clipped_count'])} hospital(s) had a non-finite or "
             "out-of-range update; the round is abandoned"
           )
@@ -331,7 +331,8 @@ class DpSgdTrainer(TffTrainer):
           responders=responders,
         )
     except secagg_protocol.RoundAborted as e:
-      return state, {"aborted": f"secure aggregation aborted: {e}"}
+      flagged = int(isinstance(e, secagg_protocol.UpdateNotEncodable))
+      return state, {"aborted": f"secure aggregation aborted: {e}", "secure_clipped_count": flagged}
     if isinstance(state, dict):  # the mergeable (multi-worker) context returns dicts
       state = process.ServerState(**state)
     return state, dict(measurements or {})

@@ -196,3 +196,30 @@ def test_an_aborted_round_releases_nothing_and_spends_nothing(digits, tmp_path):
 
   with open(tmp_path / "abort" / "metrics.csv") as f:
     assert [r["skipped"] for r in csv.DictReader(f)] == ["1", "1", "1"]
+
+
+@pytest.mark.parametrize("mode", ["none", "secagg"])
+def test_an_update_that_cannot_be_encoded_abandons_the_round(digits, tmp_path, mode):
+  """Issue 18: the count of unencodable coordinates was released every round;
+  now only a flag leaves the hospitals and such a round releases nothing."""
+  from dopamine_tff import models
+
+  # A range of 1e-300: every coordinate is beyond 2**52 steps, so unencodable.
+  summary, weights = _train(
+    digits,
+    tmp_path,
+    f"flag_{mode}",
+    runtime="in_process",
+    secure_aggregation=mode,
+    secure_sum_bound=1e-300,
+  )
+  w0 = models.initial_weights("small_cnn", digits.image_shape, digits.num_classes, 0)
+  for got, ref in zip(weights.values(), w0):
+    np.testing.assert_array_equal(got, ref)
+  assert summary["epsilon"] == 0.0
+  import csv
+
+  with open(tmp_path / f"flag_{mode}" / "metrics.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["skipped"] for r in rows] == ["1"] * 3
+  assert [r["secure_clipped"] for r in rows] == ["1"] * 3

@@ -105,6 +105,11 @@ def test_a_dropout_does_not_unmask_the_hospitals_later_rounds():
     guess = server.try_unmask(1, r, keys[0, 1])
     assert np.mean(guess == codes[r][1]) < 0.01  # uniform garbage, not the codes
     assert guess.max() > 2**30  # the codes are below 2**20
+  # No revealed key unmasks any hospital's update in any round it delivered.
+  for r in (1, 2):
+    for victim in everyone:
+      for key in keys.values():
+        assert np.mean(server.try_unmask(victim, r, key) == codes[r][victim]) < 0.01
   # Sanity of the attack itself: with the right round's key it would work.
   right = shamir.bytes_to_int(protocol._raw(proto._round.private[1]))  # noqa: SLF001
   np.testing.assert_array_equal(server.try_unmask(1, 2, right), codes[2][1])

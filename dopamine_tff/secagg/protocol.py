@@ -82,6 +82,11 @@ class RoundAborted(RuntimeError):
   """The round cannot be unmasked safely: it releases nothing."""
 
 
+class UpdateNotEncodable(RoundAborted):
+  """A hospital's update had a non-finite or out-of-range coordinate: the round
+  is abandoned (only this flag, never the count, leaves the hospitals)."""
+
+
 class ProtocolViolation(RoundAborted):
   """A request an honest holder refuses (e.g. both secrets of one hospital)."""
 

@@ -56,7 +56,7 @@ class SecureDpSgd:
       *[[x[i] for x in inputs] for i in range(3)],
     )
     if int(flagged):
-      raise protocol_lib.RoundAborted(
+      raise protocol_lib.UpdateNotEncodable(
         f"{int(flagged)} hospital(s) had a non-finite or out-of-range update; the round is "
         "abandoned before unmasking"
       )
