@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 import tempfile
 
@@ -147,17 +146,19 @@ def _server(cfg: protocol.SecAggConfig, words: int, stream_s: float, repeats: in
   k = cfg.num_hospitals
   dropped = max(1, k // 10)
   survivors = k - dropped
-  # Share reconstruction: Lagrange weights for t responders (cached per round)
-  # then one weighted sum per secret (every survivor's self key and every
-  # dropped hospital's private key).
-  secret_shares = [
-    {x: secrets.randbelow(shamir.PRIME) for x in range(1, cfg.t + 1)} for _ in range(k)
-  ]
+  # Share reconstruction as the protocol does it: Lagrange weights for the t
+  # lowest responders and the checked ones (cached per round), then per secret
+  # (every survivor's self key and every dropped hospital's private key) one
+  # weighted sum and the checks. One real split serves every secret: the cost
+  # does not depend on the secret's value.
+  holders = list(range(1, min(cfg.holders_per_secret, cfg.t + 2) + 1))
+  one = shamir.split(shamir.bytes_to_int(os.urandom(32)), threshold=cfg.t, holders=holders)
+  secret_shares = [one] * k
 
   def reconstruct():
     shamir.lagrange_at.cache_clear()
     for s in secret_shares:
-      shamir.reconstruct(s, threshold=cfg.t)
+      shamir.reconstruct(s, threshold=cfg.t, bits=256, checks=2)
 
   neighbours_alive = cfg.degree * survivors / max(k - 1, 1)
   streams = survivors + dropped * neighbours_alive

@@ -27,8 +27,8 @@ execution, so EVERY ROUND IS A FRESH PROTOCOL INSTANCE (:meth:`start_round`):
    record of what it revealed and refuses to reveal the second secret of a
    (round, hospital) whose first it already revealed (:meth:`respond`): the
    protocol's core rule, enforced where a malicious server would attack it.
-   The server reconstructs from every responder's share (each share beyond t
-   is checked; a bad one aborts the round, naming its holder), removes the
+   The server reconstructs from the responders' shares (c + 2 shares beyond t
+   are checked; a bad one aborts the round, naming its holder), removes the
    self masks and the dropped hospitals' pairwise masks, and is left with the
    plain sum of U2's codes.
 
@@ -629,7 +629,11 @@ class Protocol:
 
   def _reconstruct(self, shares: dict, owner: int, kind: str) -> int:
     try:
-      return shamir.reconstruct(shares, threshold=self.cfg.t, bits=256)
+      # c colluders can corrupt at most c shares: c + 2 checked shares beyond
+      # t include an honest one (when there are that many).
+      return shamir.reconstruct(
+        shares, threshold=self.cfg.t, bits=256, checks=self.cfg.colluders + 2
+      )
     except shamir.InconsistentShares as e:
       who = f" (bad share from hospital {e.holders[0] - 1})" if e.holders else ""
       raise RoundAborted(

@@ -80,13 +80,24 @@ def _evaluate(coeffs: list[int], x: int) -> int:
   return acc
 
 
-def reconstruct(shares: dict[int, int], *, threshold: int | None = None, bits: int = 520) -> int:
-  """The secret from at least t shares, every share beyond t checked against it.
+def reconstruct(
+  shares: dict[int, int],
+  *,
+  threshold: int | None = None,
+  bits: int = 520,
+  checks: int | None = None,
+) -> int:
+  """The secret from the t lowest-id shares, further shares checked against it.
+
+  Only the t shares interpolated affect the result; a bad one among them puts
+  the polynomial off every honest further share, so checking one honest share
+  beyond t detects it.
 
   Args:
     shares: holder id -> share (a :class:`Shares` carries its threshold).
     threshold: t; must agree with the shares' own when they carry one.
     bits: the secret is below 2**bits (a larger value means a bad share).
+    checks: how many shares beyond t to check (None: all of them).
 
   Raises:
     NotEnoughShares: fewer than t shares.
@@ -104,6 +115,8 @@ def reconstruct(shares: dict[int, int], *, threshold: int | None = None, bits: i
   if bad:
     raise InconsistentShares(f"share(s) of holder(s) {bad} are not field elements", tuple(bad))
   points = sorted(shares.items())
+  if checks is not None:
+    points = points[: threshold + checks]
   secret, off = _fit(points, threshold)
   if off:
     culprit = _single_culprit(points, threshold)
