@@ -25,7 +25,8 @@ def test_op_times_names_the_ops_that_ran():
 
   fn()
   ops = profiling.op_times(fn, calls=2)
-  assert ops.get("MatMul", 0) > 0
+  # oneDNN may rewrite the kernel to _MklMatMul (seen in a full-suite run).
+  assert ops.get("MatMul", 0) + ops.get("_MklMatMul", 0) > 0
   assert all(v >= 0 for v in ops.values())
   assert not any(k.strip().startswith("__inference") or k in ("Run", "Process") for k in ops)
 
