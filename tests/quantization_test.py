@@ -174,3 +174,14 @@ def test_the_dither_keeps_its_precision_on_a_huge_share():
     (int((Fraction(a) + Fraction(b) + Fraction(1, 2)).__floor__())) % 2**32 for a, b in zip(y, r)
   ]
   np.testing.assert_array_equal(codes.numpy(), exact)
+
+
+def test_the_overflow_bound_covers_the_neighbour_with_one_more_example():
+  """Delta must cover both data sets of a neighbouring pair: N and N + 1 examples."""
+  cfg = quantization.QuantizationConfig(6.0, max_summands=4)
+  kw = dict(l2_norm_clip=1.0, sampling_prob=0.5, noise_std=0.5, dim=10)
+  both = quantization.overflow_probability(cfg, num_examples=8, **kw)
+  at_n = quantization._overflow_at(cfg, 1.0, 8, 0.5, 0.5, 10)  # noqa: SLF001
+  at_n1 = quantization._overflow_at(cfg, 1.0, 9, 0.5, 0.5, 10)  # noqa: SLF001
+  assert at_n1 > at_n  # one more example can only make a wrap likelier
+  assert both == max(at_n, at_n1)
