@@ -265,6 +265,21 @@ class TrainConfig:
     """The source of the run's secret keys (a new one per call: no state to save)."""
     return seeds.Randomness(self.seed, seeded=self.insecure_seeded_noise)
 
+  def check_hospitals(self, num_hospitals: int) -> None:
+    """Refuses what only K can refute (ValueError), before any data is read.
+
+    Args:
+      num_hospitals: K of the data; CDP and C pool it into one party.
+    """
+    k = 1 if self.setting in ("c", "cdp") else num_hospitals
+    if self.min_surviving_hospitals is not None and self.min_surviving_hospitals > k:
+      raise ValueError(
+        f"min_surviving_hospitals={self.min_surviving_hospitals} exceeds the {k} hospitals "
+        "of this setting"
+      )
+    if self.setting == "fscdp" and self.secure_aggregation != "none":
+      self.secagg_config(num_hospitals)  # thresholds, colluders, graphs
+
   def secagg_config(self, num_hospitals: int):
     """The run's SecAggConfig (ValueError for parameters it cannot cover)."""
     from dopamine_tff.secagg import protocol

@@ -286,8 +286,14 @@ def _configs():
     lr_schedule=_LR_SCHEDULE.value,
     augmentations=_AUGMENTATIONS.value,
   )
-  if train.setting == "fscdp" and train.secure_aggregation != "none":
-    train.secagg_config(num_hospitals)  # thresholds, colluders, graphs: before any data
+  # Before any data is read or generated: what K alone refutes, and a patient
+  # unit on data sets that carry no patient ids.
+  train.check_hospitals(num_hospitals)
+  if train.private and train.privacy_unit == "patient" and data.dataset in ("synthetic", "digits"):
+    raise ValueError(
+      f"privacy_unit=patient needs patient ids, and --dataset={data.dataset} has none (use "
+      "eyepacs, or aptos with a patient_id column)"
+    )
   rt = runtime.RuntimeConfig(
     max_concurrent_computation_calls=_MAX_CALLS.value,
     worker_binary=_WORKER_BINARY.value,

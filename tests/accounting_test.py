@@ -111,3 +111,18 @@ def test_pld_ledger_equals_a_fresh_pld_accountant():
   assert ledger.epsilon() == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
   # PLD is tighter than RDP on the same events.
   assert ledger.epsilon("pld") < ledger.epsilon("rdp")
+
+
+def test_accounting_imports_without_tensorflow():
+  """Issue 20: the package __init__ imported TensorFlow, so this module took 15-25 s."""
+  import os
+  import subprocess
+  import sys
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = "import sys, dopamine_tff.accounting; print('tensorflow' in sys.modules)"
+  proc = subprocess.run(
+    [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "False"

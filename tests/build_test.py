@@ -46,3 +46,48 @@ def test_one_py_test_per_test_file_and_binaries_for_experiments():
     name = os.path.basename(path)[:-3]
     if name != "__init__":
       assert re.search(rf'py_binary\(\s*name = "{name}"', text), name
+
+
+def test_the_wheel_holds_every_package(tmp_path):
+  """Issue 20: pyproject listed packages by hand and the wheel lacked dopamine_tff/secagg."""
+  import shutil
+  import subprocess
+  import sys
+  import zipfile
+
+  src = tmp_path / "src"
+  src.mkdir()
+  for name in ("dopamine_tff", "experiments"):
+    shutil.copytree(
+      os.path.join(ROOT, name), src / name, ignore=shutil.ignore_patterns("__pycache__")
+    )
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(os.path.join(ROOT, name), src / name)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pip",
+      "wheel",
+      "--no-deps",
+      "--no-build-isolation",
+      "-q",
+      ".",
+      "-w",
+      str(tmp_path / "out"),
+    ],
+    cwd=src,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  (wheel,) = (tmp_path / "out").glob("*.whl")
+  with zipfile.ZipFile(wheel) as z:
+    packaged = {n.rsplit("/", 1)[0] for n in z.namelist() if n.endswith("__init__.py")}
+  tree = {
+    os.path.relpath(os.path.dirname(p), ROOT)
+    for top in ("dopamine_tff", "experiments")
+    for p in glob.glob(os.path.join(ROOT, top, "**", "__init__.py"), recursive=True)
+  }
+  assert packaged == tree

@@ -223,3 +223,39 @@ def test_import_filter_keeps_other_tensorflow_messages():
   assert others, "TF printed nothing else at level 0; the test cannot tell"
   kept = [li for li in quiet.stderr.splitlines() if li]
   assert len(kept) == len(others)
+
+
+@pytest.mark.parametrize(
+  "flags,message",
+  [
+    (
+      ["--secure_aggregation=secagg", "--num_hospitals=4", "--secagg_threshold=99"],
+      "secagg_threshold=99",
+    ),
+    (["--privacy_unit=patient"], "privacy_unit=patient needs patient ids"),
+    (["--num_hospitals=4", "--min_surviving_hospitals=5"], "min_surviving_hospitals=5 exceeds"),
+    (
+      ["--secure_aggregation=secagg", "--num_hospitals=10", "--assumed_colluders=6"],
+      "below the Shamir threshold t=6",
+    ),
+  ],
+)
+def test_configuration_errors_come_before_any_data_is_generated(flags, message, tmp_path):
+  """Issue 20: these were refused only after the synthetic set was generated."""
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  env = dict(os.environ, DOPAMINE_TFF_CACHE=str(cache))
+  cmd = [sys.executable, "-m", "experiments.run_experiment", "--setting=fscdp", *flags]
+  proc = subprocess.run(
+    [*cmd, f"--output_dir={tmp_path / 'out'}"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [li for li in proc.stderr.splitlines() if li.startswith("run_experiment: error")]
+  assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  assert list(cache.iterdir()) == []  # the data source was never touched
+  assert not (tmp_path / "out").exists()
