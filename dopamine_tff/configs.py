@@ -265,6 +265,31 @@ class TrainConfig:
     """The source of the run's secret keys (a new one per call: no state to save)."""
     return seeds.Randomness(self.seed, seeded=self.insecure_seeded_noise)
 
+  def epochs_after(self, rounds: int) -> float:
+    """Epochs of training data seen after `rounds` rounds (the one definition)."""
+    if self.setting == "cdp" and self.cdp_impl == "tf_privacy":
+      return float(rounds)  # one round is one epoch of fixed-size batches
+    if self.setting in ("cdp", "fscdp"):
+      return rounds * self.sampling_prob
+    if self.setting == "c":
+      return float(rounds)
+    return rounds * self.local_epochs * self.client_fraction
+
+  def rounds_for(self, epochs: float) -> int:
+    """The fewest rounds that see `epochs` epochs."""
+    return math.ceil(epochs / self.epochs_after(1) - 1e-9)
+
+  def selected(self, round_num: int, num_hospitals: int) -> list[int]:
+    """FedAvg's (F, FPDP) hospitals asked in a round: public, drawn from the seed."""
+    fraction = 1.0 if self.setting == "c" else self.client_fraction
+    m = max(1, int(round(fraction * num_hospitals)))
+    rng = seeds.host_rng(self.seed, round_num, seeds.Purpose.SELECTION)
+    return sorted(rng.choice(num_hospitals, size=m, replace=False).tolist())
+
+  def fpdp_steps(self, units: int) -> tuple[float, int]:
+    """(q, steps) of one FPDP hospital's round: E * ceil(n / B) steps at q = B / n."""
+    return min(1.0, self.batch_size / units), self.local_epochs * math.ceil(units / self.batch_size)
+
   def check_hospitals(self, num_hospitals: int) -> None:
     """Refuses what only K can refute (ValueError), before any data is read.
 

@@ -338,7 +338,7 @@ class DpSgdTrainer(TffTrainer):
     return state, dict(measurements or {})
 
   def epochs(self, rounds_done: int) -> float:
-    return rounds_done * self.cfg.sampling_prob
+    return self.cfg.epochs_after(rounds_done)
 
   def plan(self, round_num: int) -> RoundPlan:
     """All hospitals minus this round's dropouts; the noise actually added.
@@ -418,17 +418,12 @@ class FedAvgTrainer(TffTrainer):
     )
     return builder(self.model_fn, self.initial_weights, self.image_shape, params)
 
-  def _fraction(self) -> float:
-    return 1.0 if self.cfg.setting == "c" else self.cfg.client_fraction
-
   def epochs(self, rounds_done: int) -> float:
-    return rounds_done * self.local.local_epochs * self._fraction()
+    return self.cfg.epochs_after(rounds_done)
 
   def plan(self, round_num: int) -> RoundPlan:
     k = len(self.sizes)
-    m = max(1, int(round(self._fraction() * k)))
-    rng = seeds.host_rng(self.cfg.seed, round_num, seeds.Purpose.SELECTION)
-    chosen = sorted(rng.choice(k, size=m, replace=False).tolist())
+    chosen = self.cfg.selected(round_num, k)
     dropped = self.cfg.dropped(round_num, k) if self.cfg.setting != "c" else set()
     clients = tuple(c for c in chosen if c not in dropped)
     if not clients:
@@ -436,9 +431,8 @@ class FedAvgTrainer(TffTrainer):
     steps = {}
     if self.cfg.setting == "fpdp":
       for c in clients:
-        n = self.units[c]  # examples, or patients for the patient unit
-        count = self.local.local_epochs * math.ceil(n / self.local.batch_size)
-        q = min(1.0, self.local.batch_size / n)
+        # Units: examples, or patients for the patient unit.
+        q, count = self.cfg.fpdp_steps(self.units[c])
         steps[str(c)] = accounting.StepSpec(q, self.cfg.noise_multiplier, count)
     return RoundPlan(clients, steps, dropped=tuple(sorted(dropped)))
 
@@ -486,7 +480,7 @@ class TfPrivacyCdpTrainer:
     return {"weights": models_weights(self.model), "optimizer": []}
 
   def epochs(self, rounds_done: int) -> float:
-    return float(rounds_done)
+    return self.cfg.epochs_after(rounds_done)
 
   def plan(self, round_num: int) -> RoundPlan:
     n = len(self.data)

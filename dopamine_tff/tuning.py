@@ -9,7 +9,6 @@ epsilon (sigma follows from q, the steps and the target).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -78,7 +77,7 @@ def trial_config(
   cfg = dataclasses.replace(base, **params)
   epochs = base_epochs(base)
   if cfg.setting in ("cdp", "fscdp"):
-    rounds = math.ceil(epochs / cfg.sampling_prob)
+    rounds = cfg.rounds_for(epochs)
     sigma = accounting.noise_multiplier_for(
       target, sampling_prob=cfg.sampling_prob, steps=rounds, delta=cfg.delta
     )
@@ -90,45 +89,38 @@ def trial_config(
       eval_every=max(1, rounds // 20),
     )
   elif cfg.setting == "fpdp":
-    rounds = math.ceil(epochs / (cfg.local_epochs * cfg.client_fraction))
+    rounds = cfg.rounds_for(epochs)
     sigma = fpdp_sigma(cfg, data, rounds, target)
     cfg = dataclasses.replace(
       cfg, rounds=rounds, noise_multiplier=sigma, target_epsilon=target, eval_every=2
     )
   elif cfg.setting == "f":
-    cfg = dataclasses.replace(
-      cfg, rounds=math.ceil(epochs / (cfg.local_epochs * cfg.client_fraction))
-    )
+    cfg = dataclasses.replace(cfg, rounds=cfg.rounds_for(epochs))
   return cfg
 
 
 def base_epochs(cfg: configs.TrainConfig) -> float:
   """Epochs of a preset config (what every trial keeps)."""
-  if cfg.setting in ("cdp", "fscdp"):
-    return cfg.rounds * cfg.sampling_prob
-  if cfg.setting == "c":
-    return float(cfg.rounds)
-  return cfg.rounds * cfg.local_epochs * cfg.client_fraction
+  return cfg.epochs_after(cfg.rounds)
 
 
 def fpdp_sigma(cfg, data, rounds: int, target: float) -> float:
   """Sigma for FPDP's busiest hospital over seeds 0-4 to stay within the target.
 
-  A hospital takes E * ceil(n_k / B) steps at q = B / n_k in each round it is
-  selected; the selection is seeded, so the busiest hospital's count is known.
+  A hospital takes cfg.fpdp_steps(n_k) steps in each round it is selected;
+  the selection (cfg.selected, the trainer's own) is public and seeded, so
+  the busiest hospital's count is known.
   """
   k = len(data.hospitals)
-  m = max(1, int(round(cfg.client_fraction * k)))
   worst = 0
   for seed in range(5):
     counts = np.zeros(k, int)
+    at_seed = dataclasses.replace(cfg, seed=seed)
     for r in range(rounds):
-      rng = seeds.host_rng(seed, r, seeds.Purpose.SELECTION)
-      counts[rng.choice(k, size=m, replace=False)] += 1
+      counts[at_seed.selected(r, k)] += 1
     worst = max(worst, int(counts.max()))
-  n = min(len(h) for h in data.hospitals)
-  q = min(1.0, cfg.batch_size / n)
-  steps = worst * cfg.local_epochs * math.ceil(n / cfg.batch_size)
+  q, per_round = cfg.fpdp_steps(min(len(h) for h in data.hospitals))
+  steps = worst * per_round
   return accounting.noise_multiplier_for(target, sampling_prob=q, steps=steps, delta=cfg.delta)
 
 

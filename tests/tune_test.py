@@ -97,3 +97,25 @@ def test_ablation_toggles_one_technique_at_a_time():
     assert len(changed) == (0 if name == "chosen" else 1), name
   assert variants["ema_decay=0.0"]["ema_decay"] == 0.0
   assert variants["augmentations=2"]["augmentations"] == 2
+
+
+def test_one_definition_of_epochs_selection_and_fpdp_steps():
+  """Issue 20: tuning and the trainers each had their own copies; now one each."""
+  import tempfile
+
+  from dopamine_tff import configs
+  from dopamine_tff import settings
+
+  data = loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
+  tfp = configs.TrainConfig(setting="cdp", cdp_impl="tf_privacy", rounds=3)
+  assert tuning.base_epochs(tfp) == 3.0  # was rounds * q = 0.103 for the baseline
+  fpdp = configs.TrainConfig(setting="fpdp", rounds=5, client_fraction=0.5, batch_size=16)
+  trainer = settings.make_trainer(fpdp, data, tempfile.mkdtemp())
+  for r in range(5):
+    plan = trainer.plan(r)
+    assert list(plan.clients) == fpdp.selected(r, 4)
+    for c in plan.clients:
+      q, count = fpdp.fpdp_steps(len(data.hospitals[c]))
+      assert (plan.steps[str(c)].sampling_prob, plan.steps[str(c)].count) == (q, count)
+  assert trainer.epochs(5) == tuning.base_epochs(fpdp) == fpdp.epochs_after(5)
+  assert fpdp.rounds_for(fpdp.epochs_after(5)) == 5
