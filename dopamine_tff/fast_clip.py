@@ -20,8 +20,12 @@ per-example squared norm ||dW_i||^2 (mixed ghost clipping, Bu et al. 2022):
   Grams of size T x T. O(B T^2 (p + d)) time, 2 B T^2 memory; nothing per
   example of the weights' size is built. For T = 1 it is ||x_i||^2 ||g_i||^2.
 
-``choose`` takes ghost when 2 T^2 < p d (the rule of mixed ghost clipping: the
-smaller per-example intermediate), else explicit. The clipped sum then needs no
+* **loop**: one Conv2DBackpropFilter per example in ``tf.map_fn``, for
+  strided convolutions and per-example products of 2^23 multiply-adds or more.
+
+``choose`` takes ghost when T^2 (p + d) < 16 p d (mixed ghost clipping's rule,
+with the factor read off per-layer timings on this CPU), else loop for strided
+convolutions and large products, else explicit. The clipped sum then needs no
 second backward pass (book-keeping, Bu et al. 2023): with each example's clip
 factor c_i, an explicit layer sums sum_i c_i dW_i from the dW_i it already has,
 and a ghost layer computes the weight gradient once with g_i scaled by c_i
@@ -94,17 +98,7 @@ class LayerPlan:
   positions: int  # T: output positions per example
   fan_in: int  # p: inputs per position (kh*kw*Cin for a convolution)
   fan_out: int  # d: outputs per position
-  strategy: str  # GHOST or EXPLICIT
-
-  @property
-  def ghost_cost(self) -> int:
-    """Per-example memory of the ghost norm's two Grams (floats)."""
-    return 2 * self.positions**2
-
-  @property
-  def explicit_cost(self) -> int:
-    """Per-example memory of the explicit weight gradient (floats)."""
-    return self.fan_in * self.fan_out
+  strategy: str  # GHOST, EXPLICIT or LOOP
 
 
 def choose(positions: int, fan_in: int, fan_out: int, *, strided: bool = False) -> str:

@@ -44,7 +44,6 @@ STYLES = {
 # Figure 1 of Malekzadeh et al. (read off the plots; ../shared/DOPAMINE.md):
 # setting -> (epsilon at 100 epochs, test accuracy), APTOS at 224x224.
 PAPER_POINTS = {"cdp": (9.1, 0.744), "fpdp": (19.0, 0.734), "fscdp": (10.8, 0.7425)}
-PAPER_NON_PRIVATE = {"c": 0.775, "f": 0.785}
 
 
 def style(setting: str) -> dict:

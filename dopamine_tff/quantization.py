@@ -77,10 +77,6 @@ class QuantizationConfig:
       raise ValueError(f"max_summands must be in [1, 2**14], got {self.max_summands}")
 
   @property
-  def bits(self) -> int:
-    return BITS
-
-  @property
   def step(self) -> float:
     return 2.0 * self.bound / MODULUS
 

@@ -42,8 +42,6 @@ _GRPC_OPTIONS = [
   ("grpc.max_receive_message_length", 2**31 - 1),
   ("grpc.max_send_message_length", 2**31 - 1),
 ]
-# Command lines of workers started here contain this, so tests can find them.
-WORKER_PATTERN = "tensorflow_federated/.*data/worker_binary"
 
 
 def default_worker_binary() -> str:

@@ -414,6 +414,18 @@ def _run(cfg, data, output_dir, scratch, hparams, options, log) -> dict:
   return summary
 
 
+def ema_update(ema, weights, decay: float, rounds_run: int):
+  """One step of the released weights' moving average (post-processing).
+
+  The first call (``ema`` None) starts it at ``weights``; after that the decay
+  ramps up as min(decay, (1 + t) / (10 + t)) at round t.
+  """
+  if ema is None:
+    return [np.array(w, np.float32) for w in weights]
+  d = min(decay, (1 + rounds_run) / (10 + rounds_run))
+  return [d * e + (1 - d) * np.asarray(w) for e, w in zip(ema, weights)]
+
+
 class _StopOnSigint:
   """Turns the first SIGINT into a request to stop after the current round.
 
@@ -455,15 +467,9 @@ class _Loop:
 
   def update_ema(self, state, rounds_run):
     """Averages the released weights: post-processing, no privacy cost."""
-    d = self.cfg.ema_decay
-    if d <= 0:
-      return
-    weights = self.trainer.weights(state)
-    if self.ema is None:
-      self.ema = [np.array(w, np.float32) for w in weights]
-      return
-    decay = min(d, (1 + rounds_run) / (10 + rounds_run))
-    self.ema = [decay * e + (1 - decay) * np.asarray(w) for e, w in zip(self.ema, weights)]
+    if self.cfg.ema_decay > 0:
+      weights = self.trainer.weights(state)
+      self.ema = ema_update(self.ema, weights, self.cfg.ema_decay, rounds_run)
 
   def model_weights(self, state):
     """The weights evaluated and saved: the EMA when enabled, else the state's."""

@@ -48,11 +48,30 @@ def _run(cfg, data):
 
 
 def test_round_event_is_the_noise_actually_added(data, tff_runtime):
-  trainer = settings.make_trainer(_cfg(dropout_schedule=((2, (1, 3)),)), data, tempfile.mkdtemp())
+  """The round's DP event equals the std of the noise the round really adds."""
+  q, n = 1e-9, data.num_train  # an empty batch: the update is the noise alone
+  cfg = _cfg(
+    dropout_schedule=((2, (1, 3)),),
+    sampling_prob=q,
+    learning_rate=q * n,
+    momentum=0.0,
+    secure_sum_bound=100.0,
+  )
+  trainer = settings.make_trainer(cfg, data, tempfile.mkdtemp())
   full, dropped = trainer.plan(0), trainer.plan(1)
   assert full.clients == (0, 1, 2, 3) and full.steps["all"].noise_multiplier == 1.0
   assert dropped.clients == (0, 2) and dropped.dropped == (1, 3)
   assert dropped.steps["all"].noise_multiplier == pytest.approx(math.sqrt(2 / 4))
+  for r, plan in ((0, full), (1, dropped)):
+    state0 = trainer.initial_state()
+    state, _ = trainer.run(state0, plan, r)
+    noise = np.concatenate(
+      [(a - b).ravel() for a, b in zip(trainer.weights(state0), trainer.weights(state))]
+    )
+    # C = 1: the sum's noise std is the event's noise multiplier; the server
+    # divides by the survivors' expected batch q * N', and lr = q * N.
+    scale = n / sum(trainer.sizes[c] for c in plan.clients)
+    assert noise.std() == pytest.approx(plan.steps["all"].noise_multiplier * scale, rel=0.03)
 
 
 def test_epsilon_with_dropouts_is_at_least_without(data, tff_runtime):

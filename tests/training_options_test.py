@@ -76,16 +76,12 @@ def test_ema_is_the_average_of_released_weights_and_resumes_exactly(digits, tmp_
 
 
 def test_ema_math():
-  class Fake:
-    def weights(self, state):
-      return [np.array([state], np.float32)]
-
-  loop = training_loop._Loop(_cfg(ema_decay=0.5), Fake(), {}, None, None, None, None, 0.0)
+  ema = None
   for t, w in enumerate([10.0, 20.0, 30.0], start=1):
-    loop.update_ema(w, t)
+    ema = training_loop.ema_update(ema, [np.array([w], np.float32)], 0.5, t)
   # t=1 sets 10; t=2: decay min(0.5, 3/12)=0.25 -> 17.5; t=3: min(0.5, 4/13) -> 26.15...
   d3 = 4 / 13
-  assert float(loop.ema[0][0]) == pytest.approx(d3 * 17.5 + (1 - d3) * 30.0)
+  assert float(ema[0][0]) == pytest.approx(d3 * 17.5 + (1 - d3) * 30.0)
 
 
 def test_schedule_changes_training_and_pins_the_round_count_on_resume(digits, tmp_path):

@@ -67,10 +67,6 @@ def add_streams(total, keys, signs, nonce, prg: str):
   return total
 
 
-def flatten_codes(codes):
-  return tf.concat([tf.reshape(c, [-1]) for c in codes], axis=0)
-
-
 def unflatten(flat, shapes):
   sizes = [int(tf.TensorShape(s).num_elements()) for s in shapes]
   return [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]
