@@ -91,3 +91,56 @@ def test_the_wheel_holds_every_package(tmp_path):
     for p in glob.glob(os.path.join(ROOT, top, "**", "__init__.py"), recursive=True)
   }
   assert packaged == tree
+
+
+def _libraries():
+  """name -> (srcs, deps) of every py_library with srcs."""
+  text, _ = _build_srcs()
+  out = {}
+  for block in re.findall(r"py_library\((.*?)\n\)", text, re.S):
+    name = re.search(r'name = "([^"]+)"', block).group(1)
+    srcs = re.search(r"srcs = \[([^\]]*)\]", block)
+    deps = re.search(r"deps = \[([^\]]*)\]", block)
+    if srcs:
+      out[name] = (
+        re.findall(r'"([^"]+)"', srcs.group(1)),
+        set(re.findall(r'":([^"]+)"', deps.group(1))) if deps else set(),
+      )
+  return out
+
+
+def _project_imports(path):
+  """The project files a module imports (from its import statements)."""
+  import ast
+
+  with open(os.path.join(ROOT, path)) as f:
+    tree = ast.parse(f.read())
+  names = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dopamine_tff"):
+      names.update(f"{node.module}.{a.name}" for a in node.names)
+      names.add(node.module)
+    elif isinstance(node, ast.Import):
+      names.update(a.name for a in node.names if a.name.startswith("dopamine_tff"))
+  files = set()
+  for name in names:
+    base = os.path.join(*name.split("."))
+    for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+      if os.path.isfile(os.path.join(ROOT, candidate)):
+        files.add(candidate)
+  return files - {path}
+
+
+def test_library_deps_match_the_imports():
+  """Issue 20: BUILD deps drifted from the imports in three places, unseen."""
+  libs = _libraries()
+  owner = {src: name for name, (srcs, _) in libs.items() for src in srcs}
+  wrong = []
+  for name, (srcs, deps) in libs.items():
+    if not srcs[0].startswith("dopamine_tff/"):
+      continue
+    wanted = {owner[f] for src in srcs for f in _project_imports(src)}
+    wanted -= {name, "dopamine_tff_init", "data_init", "secagg_init"}  # package __init__s
+    if wanted != deps:
+      wrong.append(f"{name}: missing {sorted(wanted - deps)}, extra {sorted(deps - wanted)}")
+  assert not wrong, "\n".join(wrong)
