@@ -136,9 +136,13 @@ def test_the_never_both_guard_fires_on_a_malicious_request():
   proto.respond(0, {protocol.SELF: {2}, protocol.KEY: set()})
   with pytest.raises(protocol.ProtocolViolation, match="hospital 2"):
     proto.respond(0, {protocol.SELF: set(), protocol.KEY: {2}})
-  # The next round's instance is new: its private key may be revealed.
+  # The next round's instance is new: its private key may be revealed. The
+  # finished round's secrets are gone, so its record is closed (memory stays
+  # one round's worth); the run-long counts remain.
   proto.start_round(4)
   assert proto.respond(0, {protocol.SELF: set(), protocol.KEY: {2}})
+  assert all(key[0] == 4 for rec in proto.revealed.values() for key in rec)
+  assert proto.revealed_counts == {protocol.SELF: 1, protocol.KEY: 1}
 
 
 def test_an_abort_reveals_no_share():

@@ -455,8 +455,12 @@ class Protocol:
   def __init__(self, cfg: SecAggConfig, randomness: seeds.Randomness | None = None):
     self.cfg = cfg
     self.randomness = randomness or seeds.Randomness(0)
-    # Run-long record, per holder: (round, owner) -> which secret it revealed.
+    # Per holder: (round, owner) -> which secret it revealed. A round's
+    # secrets and shares are deleted with its instance (start_round), so its
+    # record is closed then and dropped (memory stays one round's worth);
+    # `revealed_counts` keeps the run-long totals.
     self.revealed: dict[int, dict[tuple[int, int], str]] = {}
+    self.revealed_counts = {SELF: 0, KEY: 0}
     self._round: RoundMessages | None = None
     keys = tf.TensorSpec([None, 8], tf.uint32)
     self._masks = tf.function(
@@ -505,6 +509,10 @@ class Protocol:
     self._round = RoundMessages(
       round_num, graph, private, public, self_keys, key_shares, self_shares
     )
+    self.revealed = {
+      h: {key: kind for key, kind in rec.items() if key[0] == round_num}
+      for h, rec in self.revealed.items()
+    }
 
   def public_keys(self) -> dict:
     """What the server receives in the advertise phase (raw public keys)."""
@@ -565,6 +573,7 @@ class Protocol:
       shares = (r.self_shares if kind == SELF else r.key_shares)[owner]
       if holder + 1 in shares:
         record[(r.round_num, owner)] = kind
+        self.revealed_counts[kind] += 1
         out[(kind, owner)] = shares[holder + 1]
     return out
 
