@@ -23,10 +23,12 @@ execution, so EVERY ROUND IS A FRESH PROTOCOL INSTANCE (:meth:`start_round`):
    sender with more surviving neighbours than the assumed colluders);
    otherwise it aborts with NOTHING revealed (:class:`RoundAborted`). Each
    responder then sends, for each hospital of U2, its share of b_i, and for
-   each hospital of U1 \\ U2, its share of sk_i. Each holder keeps a run-long
-   record of what it revealed and refuses to reveal the second secret of a
-   (round, hospital) whose first it already revealed (:meth:`respond`): the
+   each hospital of U1 \\ U2, its share of sk_i. Each holder keeps a record
+   of what it revealed and refuses to reveal the second secret of a (round,
+   hospital) whose first it already revealed (:meth:`respond`): the
    protocol's core rule, enforced where a malicious server would attack it.
+   A finished round's secrets are deleted with its instance, so its record
+   is closed and dropped (run-long totals stay in ``revealed_counts``).
    The server reconstructs from the responders' shares (c + 2 shares beyond t
    are checked; a bad one aborts the round, naming its holder), removes the
    self masks and the dropped hospitals' pairwise masks, and is left with the
