@@ -238,6 +238,8 @@ class _MetricsFile:
     if keep_through > 0 and os.path.isfile(path):
       with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("round") and int(r["round"]) <= keep_through]
+    # Rounds that released nothing (aborted, or too few hospitals delivered).
+    self.skipped = sum(int(r.get("skipped") or 0) for r in rows)
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
       writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
@@ -248,6 +250,7 @@ class _MetricsFile:
     self._writer = csv.DictWriter(self._file, fieldnames=METRIC_FIELDS)
 
   def write(self, row: dict) -> None:
+    self.skipped += int(row.get("skipped", 0))
     self._writer.writerow({k: _fmt(v) for k, v in row.items()})
     self._file.flush()
 
@@ -518,7 +521,9 @@ class _Loop:
       if not math.isnan(row["test_accuracy"]):
         per_round = (time.monotonic() - first) / (rounds_run - start_round)
         self.log(
-          f"round {rounds_run}/{cfg.rounds} epochs {row['epochs']:.2f} "
+          f"round {rounds_run}/{cfg.rounds}"
+          + (f" ({self.metrics.skipped} skipped)" if self.metrics.skipped else "")
+          + f" epochs {row['epochs']:.2f} "
           f"test_acc {row['test_accuracy']:.4f} test_loss {row['test_loss']:.4f} "
           f"eps {row['epsilon']:.3f} ({row['round_time_s']:.2f} s/round, "
           f"ETA {per_round * (cfg.rounds - rounds_run):.0f} s)"
@@ -590,6 +595,10 @@ def _finish(
     "privacy_unit": cfg.privacy_unit if cfg.private else None,
     "dataset": data.name,
     "rounds_run": rounds_run,
+    # Of them, rounds that released nothing: aborted by the secure aggregation
+    # (or an unencodable update), or too few hospitals delivered.
+    "rounds_skipped": loop.metrics.skipped,
+    "rounds_released": rounds_run - loop.metrics.skipped,
     "rounds_requested": cfg.rounds,
     "epochs": trainer.epochs(rounds_run),
     "stop_reason": stop_reason,
@@ -624,5 +633,11 @@ def _finish(
     summary["assumed_colluders"] = cfg.assumed_colluders
     summary["epsilon_no_collusion"] = _finite_or_none(ledgers[settings.ALL].epsilon())
     summary["epsilon_colluders"] = _finite_or_none(ledgers[settings.COLLUDERS].epsilon())
+  if rounds_run and loop.metrics.skipped * 4 > rounds_run:
+    summary["warning"] = (
+      f"{loop.metrics.skipped} of {rounds_run} rounds released nothing (aborted or too few "
+      "hospitals): check --dropout_prob, --secagg_unmask_dropout_prob and the SecAgg threshold"
+    )
+    loop.log(f"WARNING: {summary['warning']}")
   write_json(os.path.join(output_dir, "summary.json"), summary)
   return summary

@@ -367,6 +367,12 @@ def _main():
   finally:
     runtime.shutdown()
   eps = summary["epsilon"]
+  skipped = summary["rounds_skipped"]
+  rounds_text = f"{summary['rounds_run']} rounds" + (
+    f" ({summary['rounds_released']} released, {skipped} skipped: aborted or too few hospitals)"
+    if skipped
+    else ""
+  )
   eps_text = (
     f"({eps:.3f}, {summary['delta']:g})-DP"
     if eps is not None and math.isfinite(eps)
@@ -375,7 +381,7 @@ def _main():
   print(
     f"{train_cfg.setting.upper()} on {data.name}: test accuracy "
     f"{summary['final_test_accuracy']:.4f} (majority class {summary['majority_class_accuracy']:.4f}) "
-    f"after {summary['rounds_run']} rounds ({summary['epochs']:.2f} epochs), {eps_text}; "
+    f"after {rounds_text} ({summary['epochs']:.2f} epochs), {eps_text}; "
     f"stopped: {summary['stop_reason']}; results in {_OUTPUT_DIR.value}"
   )
   print(

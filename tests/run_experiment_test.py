@@ -259,3 +259,26 @@ def test_configuration_errors_come_before_any_data_is_generated(flags, message, 
   assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
   assert list(cache.iterdir()) == []  # the data source was never touched
   assert not (tmp_path / "out").exists()
+
+
+def test_the_final_line_counts_released_and_skipped_rounds(tmp_path):
+  """Issue 22: aborted rounds were reported as rounds run, with no warning."""
+  proc = _run(
+    [
+      "--setting=fscdp",
+      *TINY,
+      "--runtime=in_process",
+      "--secure_aggregation=secagg",
+      "--secagg_unmask_dropout_prob=0.999",
+    ],
+    tmp_path,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  final = [li for li in proc.stdout.splitlines() if li.startswith("FSCDP on")][0]
+  assert "after 3 rounds (0 released, 3 skipped: aborted or too few hospitals)" in final
+  assert "WARNING: 3 of 3 rounds released nothing" in proc.stderr
+  summary = _read(tmp_path)[1]
+  assert (summary["rounds_released"], summary["rounds_skipped"]) == (0, 3)
+  clean = _run(["--setting=fscdp", *TINY, "--runtime=in_process"], tmp_path / "clean")
+  assert "after 3 rounds (" in clean.stdout and "skipped" not in clean.stdout
+  assert _read(tmp_path / "clean")[1]["rounds_skipped"] == 0

@@ -192,6 +192,9 @@ def test_an_aborted_round_releases_nothing_and_spends_nothing(digits, tmp_path):
   for got, ref in zip(weights.values(), w0):
     np.testing.assert_array_equal(got, ref)
   assert summary["epsilon"] == 0.0
+  # Issue 22: aborted rounds are counted apart and warned about.
+  assert (summary["rounds_run"], summary["rounds_released"], summary["rounds_skipped"]) == (3, 0, 3)
+  assert "3 of 3 rounds released nothing" in summary["warning"]
   import csv
 
   with open(tmp_path / "abort" / "metrics.csv") as f:
