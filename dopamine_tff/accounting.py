@@ -183,6 +183,97 @@ class PrivacyLedger:
     return ledger
 
 
+ALL = "all"  # every patient, against a server with no colluding hospital
+COLLUDERS = "colluders"  # the same patients, against a server with c colluding hospitals
+
+
+class Parties:
+  """The run's privacy parties, one ledger each; the run reports the worst.
+
+  Dopamine and CDP protect every patient with one guarantee (``ALL``; with
+  assumed colluders also ``COLLUDERS``). In FPDP each hospital's data is
+  protected only by its own noise and steps, so each hospital (named by its
+  index) is a party. A non-private setting has none and reports inf.
+  """
+
+  def __init__(self, names, delta: float, kind: str = "rdp", private: bool = True):
+    self.private = private
+    self.ledgers = {name: PrivacyLedger(delta, kind) for name in names}
+
+  def record(self, steps: dict) -> None:
+    """Records a round's steps: party name -> StepSpec."""
+    for party, step in steps.items():
+      self.ledgers[party].record(step)
+
+  def epsilon(self, kind: str | None = None) -> float:
+    """The worst party's epsilon (inf when not private, 0 with no party)."""
+    if not self.private:
+      return math.inf
+    return max((lg.epsilon(kind) for lg in self.ledgers.values()), default=0.0)
+
+  def epsilon_if(self, steps: dict) -> float:
+    """The worst epsilon over the parties of `steps` after also recording them."""
+    return max((self.ledgers[p].epsilon_if(step) for p, step in steps.items()), default=0.0)
+
+  def would_exceed(self, steps: dict, target: float | None) -> bool:
+    """Whether recording `steps` would take any party beyond `target` (None: never)."""
+    if target is None:
+      return False
+    return any(self.ledgers[p].epsilon_if(step) > target for p, step in steps.items())
+
+  def to_json(self) -> dict:
+    return {p: lg.to_json() for p, lg in self.ledgers.items()}
+
+  def restore(self, blob: dict) -> None:
+    """Replaces the ledgers by those saved with ``to_json``."""
+    self.ledgers.update({p: PrivacyLedger.from_json(b) for p, b in blob.items()})
+
+
+def _finite_or_none(x: float):
+  return x if math.isfinite(x) else None
+
+
+def privacy_summary(
+  parties: Parties,
+  *,
+  delta: float,
+  rounds_run: int,
+  reported_kinds=(),
+  overflow_per_round: float | None = None,
+  assumed_colluders: int = 0,
+) -> dict:
+  """The privacy facts of a run's summary.json.
+
+  Args:
+    parties: the run's ledgers.
+    delta: the accounted delta.
+    rounds_run: rounds run (each could wrap the secure sum around).
+    reported_kinds: accountants reported besides the budget's ('rdp', 'pld').
+    overflow_per_round: the secure sum's wrap-around probability per round
+      (None: no secure sum).
+    assumed_colluders: c of the COLLUDERS party.
+  """
+  epsilon = _finite_or_none(parties.epsilon())
+  out = {
+    "epsilon": epsilon,
+    **{f"epsilon_{kind}": _finite_or_none(parties.epsilon(kind)) for kind in reported_kinds},
+    "delta": delta if parties.private else None,
+    "ledgers": parties.to_json(),
+  }
+  if overflow_per_round is not None and epsilon is not None:
+    # The released sums equal the accounted mechanism's post-processing except
+    # when a sum wraps around (probability <= overflow per round); that adds
+    # (1 + e^epsilon) * rounds * overflow to delta.
+    extra = (1 + math.exp(min(epsilon, 700))) * rounds_run * overflow_per_round
+    out["secure_sum_overflow_per_round"] = overflow_per_round
+    out["delta_with_overflow"] = delta + extra
+  if COLLUDERS in parties.ledgers:  # epsilon against c = 0 and the assumed c
+    out["assumed_colluders"] = assumed_colluders
+    out["epsilon_no_collusion"] = _finite_or_none(parties.ledgers[ALL].epsilon())
+    out["epsilon_colluders"] = _finite_or_none(parties.ledgers[COLLUDERS].epsilon())
+  return out
+
+
 def noise_multiplier_for(
   target_epsilon: float, *, sampling_prob: float, steps: int, delta: float, kind: str = "rdp"
 ) -> float:

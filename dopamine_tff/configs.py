@@ -1,15 +1,17 @@
 """Typed, validated configuration of a training run (the five settings).
 
-Data configuration lives in dopamine_tff/data/loaders.py (DataConfig); the TFF
-runtime's in dopamine_tff/runtime.py (RuntimeConfig).
+TrainConfig checks itself field by field when built, and ``check_hospitals``
+checks it against the number of hospitals K before any data is read: the
+binaries call both before loading, and the loop (dopamine_tff/program/loop.py)
+calls the second again as its own guard. LoopOptions says how the loop saves
+its work. Data configuration lives in dopamine_tff/data/loaders.py
+(DataConfig); the TFF runtime's in dopamine_tff/runtime.py (RuntimeConfig).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-
-import numpy as np
 
 from dopamine_tff import models
 from dopamine_tff import seeds
@@ -145,15 +147,35 @@ class TrainConfig:
   augmentations: int = 0
 
   def __post_init__(self):
-    def bad(name, why):
-      raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
+    self._check_choices()
+    self._check_optimisation()
+    self._check_dp()
+    self._check_federation()
+    self._check_secagg()
+    self._check_tf_privacy()
 
-    if self.setting not in SETTINGS:
-      bad("setting", f"must be one of {SETTINGS}")
+  def _bad(self, name, why):
+    raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
+
+  def _check_choices(self):
+    for name, choices in (
+      ("setting", SETTINGS),
+      ("model", models.MODELS),
+      ("accountant", ACCOUNTANT_CHOICES),
+      ("cdp_impl", CDP_IMPLS),
+      ("runtime", RUNTIMES),
+      ("secure_aggregation", SECURE_AGGREGATION),
+      ("secagg_prg", SECAGG_PRGS),
+      ("lr_schedule", LR_SCHEDULES),
+      ("privacy_unit", PRIVACY_UNITS),
+    ):
+      if getattr(self, name) not in choices:
+        self._bad(name, f"must be one of {choices}")
+
+  def _check_optimisation(self):
+    bad = self._bad
     if self.rounds < 1:
       bad("rounds", "must be >= 1")
-    if self.model not in models.MODELS:
-      bad("model", f"must be one of {models.MODELS}")
     if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
       bad("learning_rate", "must be > 0")
     if not 0.0 <= self.momentum < 1.0:
@@ -162,8 +184,15 @@ class TrainConfig:
       bad("batch_size", "must be >= 1")
     if self.local_epochs < 1:
       bad("local_epochs", "must be >= 1")
-    if not 0.0 < self.client_fraction <= 1.0:
-      bad("client_fraction", "must be in (0, 1]")
+    if self.eval_every < 1:
+      bad("eval_every", "must be >= 1")
+    if not 0.0 <= self.ema_decay < 1.0:
+      bad("ema_decay", "must be in [0, 1)")
+    if self.augmentations < 0:
+      bad("augmentations", "must be >= 0")
+
+  def _check_dp(self):
+    bad = self._bad
     if not 0.0 < self.sampling_prob <= 1.0:
       bad("sampling_prob", "q must be in (0, 1]")
     if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
@@ -174,75 +203,52 @@ class TrainConfig:
       bad("delta", "must be in (0, 1)")
     if self.target_epsilon is not None and not self.target_epsilon > 0:
       bad("target_epsilon", "must be > 0")
-    if self.accountant not in ACCOUNTANT_CHOICES:
-      bad("accountant", f"must be one of {ACCOUNTANT_CHOICES}")
-    if self.cdp_impl not in CDP_IMPLS:
-      bad("cdp_impl", f"must be one of {CDP_IMPLS}")
     if self.secure_sum_bound is not None and not self.secure_sum_bound > 0:
       bad("secure_sum_bound", "must be > 0")
-    if self.eval_every < 1:
-      bad("eval_every", "must be >= 1")
-    if self.runtime not in RUNTIMES:
-      bad("runtime", f"must be one of {RUNTIMES}")
+
+  def _check_federation(self):
+    bad = self._bad
+    if not 0.0 < self.client_fraction <= 1.0:
+      bad("client_fraction", "must be in (0, 1]")
     if not 0.0 <= self.dropout_prob < 1.0:
       bad("dropout_prob", "must be in [0, 1)")
     if self.min_surviving_hospitals is not None and self.min_surviving_hospitals < 1:
       bad("min_surviving_hospitals", "must be >= 1")
-    if self.secure_aggregation not in SECURE_AGGREGATION:
-      bad("secure_aggregation", f"must be one of {SECURE_AGGREGATION}")
-    if self.secure_aggregation != "none" and self.setting != "fscdp":
-      bad("secure_aggregation", "applies to fscdp only (the other settings send no secure sum)")
-    if self.secagg_prg not in SECAGG_PRGS:
-      bad("secagg_prg", f"must be one of {SECAGG_PRGS}")
-    if self.secagg_threshold is not None and self.secagg_threshold < 2:
-      bad("secagg_threshold", "must be >= 2: with t = 1 any single holder recovers the keys")
-    if not 0.0 <= self.secagg_adversarial_fraction < 1.0:
-      bad("secagg_adversarial_fraction", "must be in [0, 1)")
-    if not 0.0 <= self.secagg_dropout_rate < 1.0:
-      bad("secagg_dropout_rate", "must be in [0, 1)")
-    if not 0.0 <= self.secagg_unmask_dropout_prob < 1.0:
-      bad("secagg_unmask_dropout_prob", "must be in [0, 1)")
     if self.assumed_colluders < 0:
       bad("assumed_colluders", "must be >= 0")
     if (self.assumed_colluders or self.provision_for_colluders) and self.setting != "fscdp":
       bad("assumed_colluders", "applies to fscdp only")
-    if not 0.0 <= self.ema_decay < 1.0:
-      bad("ema_decay", "must be in [0, 1)")
-    if self.lr_schedule not in LR_SCHEDULES:
-      bad("lr_schedule", f"must be one of {LR_SCHEDULES}")
-    if self.lr_schedule != "constant" and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
-      bad("lr_schedule", "is not available with --cdp_impl=tf_privacy")
-    if self.hardened_noise and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
-      bad(
-        "hardened_noise", "is not available with --cdp_impl=tf_privacy (TF Privacy draws its own)"
-      )
-    if self.augmentations < 0:
-      bad("augmentations", "must be >= 0")
-    if self.augmentations and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
-      bad("augmentations", "is not available with --cdp_impl=tf_privacy")
-    if self.privacy_unit not in PRIVACY_UNITS:
-      bad("privacy_unit", f"must be one of {PRIVACY_UNITS}")
-    if self.privacy_unit == "patient" and self.setting == "cdp" and self.cdp_impl == "tf_privacy":
-      bad("privacy_unit", "patient is not available with --cdp_impl=tf_privacy (use ours)")
     for entry in self.dropout_schedule:
       if len(entry) != 2 or int(entry[0]) < 1 or any(int(h) < 0 for h in entry[1]):
         bad("dropout_schedule", "entries must be (round >= 1, (hospital >= 0, ...))")
 
-  def dropped(self, round_num: int, num_hospitals: int) -> set[int]:
-    """Hospitals that fail to deliver in 0-based round `round_num`."""
-    out = {int(h) for r, hs in self.dropout_schedule if int(r) == round_num + 1 for h in hs}
-    if self.dropout_prob > 0:
-      rng = seeds.host_rng(self.seed, round_num, seeds.Purpose.DROPOUT)
-      out |= set(np.flatnonzero(rng.uniform(size=num_hospitals) < self.dropout_prob).tolist())
-    return {h for h in out if h < num_hospitals}
+  def _check_secagg(self):
+    bad = self._bad
+    if self.secure_aggregation != "none" and self.setting != "fscdp":
+      bad("secure_aggregation", "applies to fscdp only (the other settings send no secure sum)")
+    if self.secagg_threshold is not None and self.secagg_threshold < 2:
+      bad("secagg_threshold", "must be >= 2: with t = 1 any single holder recovers the keys")
+    for name in (
+      "secagg_adversarial_fraction",
+      "secagg_dropout_rate",
+      "secagg_unmask_dropout_prob",
+    ):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        bad(name, "must be in [0, 1)")
 
-  def unmask_dropped(self, round_num: int, senders) -> set[int]:
-    """Hospitals of `senders` gone before answering the unmasking (secure aggregation)."""
-    if self.secagg_unmask_dropout_prob <= 0:
-      return set()
-    rng = seeds.host_rng(self.seed, round_num, seeds.Purpose.UNMASK_DROPOUT)
-    draws = rng.uniform(size=max(senders, default=-1) + 1)
-    return {h for h in senders if draws[h] < self.secagg_unmask_dropout_prob}
+  def _check_tf_privacy(self):
+    if not (self.setting == "cdp" and self.cdp_impl == "tf_privacy"):
+      return
+    if self.lr_schedule != "constant":
+      self._bad("lr_schedule", "is not available with --cdp_impl=tf_privacy")
+    if self.hardened_noise:
+      self._bad(
+        "hardened_noise", "is not available with --cdp_impl=tf_privacy (TF Privacy draws its own)"
+      )
+    if self.augmentations:
+      self._bad("augmentations", "is not available with --cdp_impl=tf_privacy")
+    if self.privacy_unit == "patient":
+      self._bad("privacy_unit", "patient is not available with --cdp_impl=tf_privacy (use ours)")
 
   @property
   def budget_accountant(self) -> str:
@@ -279,13 +285,6 @@ class TrainConfig:
     """The fewest rounds that see `epochs` epochs."""
     return math.ceil(epochs / self.epochs_after(1) - 1e-9)
 
-  def selected(self, round_num: int, num_hospitals: int) -> list[int]:
-    """FedAvg's (F, FPDP) hospitals asked in a round: public, drawn from the seed."""
-    fraction = 1.0 if self.setting == "c" else self.client_fraction
-    m = max(1, int(round(fraction * num_hospitals)))
-    rng = seeds.host_rng(self.seed, round_num, seeds.Purpose.SELECTION)
-    return sorted(rng.choice(num_hospitals, size=m, replace=False).tolist())
-
   def fpdp_steps(self, units: int) -> tuple[float, int]:
     """(q, steps) of one FPDP hospital's round: E * ceil(n / B) steps at q = B / n."""
     return min(1.0, self.batch_size / units), self.local_epochs * math.ceil(units / self.batch_size)
@@ -296,6 +295,13 @@ class TrainConfig:
     Args:
       num_hospitals: K of the data; CDP and C pool it into one party.
     """
+    for r, hospitals in self.dropout_schedule:
+      bad = sorted(int(h) for h in hospitals if int(h) >= num_hospitals)
+      if bad:
+        raise ValueError(
+          f"dropout_schedule: round {r} names hospital(s) {bad}, but there are only "
+          f"{num_hospitals} (indices 0-{num_hospitals - 1})"
+        )
     k = 1 if self.setting in ("c", "cdp") else num_hospitals
     if self.min_surviving_hospitals is not None and self.min_surviving_hospitals > k:
       raise ValueError(
@@ -318,4 +324,44 @@ class TrainConfig:
       adversarial_fraction=self.secagg_adversarial_fraction,
       dropout_rate=self.secagg_dropout_rate,
       colluders=self.assumed_colluders,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+  """How the loop saves its work.
+
+  Attributes:
+    checkpoint_every: save program state every this many rounds (0: never).
+    resume: continue from the newest checkpoint in the output directory.
+    tensorboard: also write TensorBoard events.
+    audit: run membership-inference attacks on the final model
+      (dopamine_tff/audit.py) and put the results in summary.json.
+    overwrite: replace a previous run in the output directory. Without it
+      (and without resume) a directory holding a run is refused.
+  """
+
+  checkpoint_every: int = 10
+  resume: bool = False
+  tensorboard: bool = True
+  audit: bool = False
+  overwrite: bool = False
+
+  def __post_init__(self):
+    if self.checkpoint_every < 0:
+      raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+
+
+def check_compatible(train: TrainConfig, data) -> None:
+  """Refuses, before any data is read, what the data configuration refutes (ValueError).
+
+  Args:
+    train: the run's TrainConfig.
+    data: its data/loaders.DataConfig: K, and whether the source has patient ids.
+  """
+  train.check_hospitals(data.num_hospitals)
+  if train.private and train.privacy_unit == "patient" and data.dataset in ("synthetic", "digits"):
+    raise ValueError(
+      f"privacy_unit=patient needs patient ids, and --dataset={data.dataset} has none (use "
+      "eyepacs, or aptos with a patient_id column)"
     )

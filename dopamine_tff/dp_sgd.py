@@ -87,6 +87,21 @@ class SeededGaussianSumQuery(tfp.GaussianSumQuery):
     return result, global_state, event
 
 
+def sum_event(sampling_prob: float, l2_norm_clip: float, noise_stddev: float):
+  """The DpEvent the noise query itself emits for one Poisson-sampled noisy sum.
+
+  For Dopamine's round pass the std of the *sum's* noise (K' shares of
+  sigma*C/sqrt(M): sigma*C*sqrt(K'/M)); the host's ledger must record the
+  same event (tests/trainers_test.py compares it with the trainer's plan).
+  """
+  query = SeededGaussianSumQuery(l2_norm_clip, noise_stddev, tf.zeros([2], tf.int64))
+  _, _, event = query.get_noised_result([tf.zeros([1])], query.initial_global_state())
+  gaussian = dp_accounting.GaussianDpEvent(float(event.noise_multiplier))
+  if sampling_prob >= 1.0:
+    return gaussian
+  return dp_accounting.PoissonSampledDpEvent(sampling_prob, gaussian)
+
+
 def poisson_mask(num_examples, sampling_prob, seed):
   """Boolean [num_examples]: True where the example is in this step's batch."""
   u = tf.random.stateless_uniform([num_examples], seed=seed, dtype=tf.float32)

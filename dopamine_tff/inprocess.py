@@ -6,8 +6,9 @@ Calls the very same plain-TF client and server functions
 process. Where TensorFlow sees a GPU (``tensorflow[and-cuda]``), the client
 and server work runs on it; the PyPI TFF worker is built without CUDA.
 
-The objects here have the ``initialize()`` / ``next(...)`` interface of the
-TFF iterative processes (same arguments), so trainers swap one for the other.
+The round objects here have the ``initialize()`` / ``run(state, RoundInputs)``
+interface of dopamine_tff/process.py's round wrappers, so trainers swap one
+for the other.
 Integer code sums make the DP-SGD round's aggregation exact in any order;
 FedAvg sums floats in client order, as TFF's runtime does.
 """
@@ -67,7 +68,7 @@ class _EncodedServer:
 
 
 class InProcessDpSgd(_EncodedServer):
-  """In-process twin of process.build_dp_sgd_process (same ``next`` arguments)."""
+  """In-process twin of process.dp_sgd_round."""
 
   def __init__(self, model_fn, initial_weights, image_shape, params, secure_sum, *, dither_degree):
     del image_shape, dither_degree
@@ -80,21 +81,22 @@ class InProcessDpSgd(_EncodedServer):
       )
     )
 
-  def next(self, state, correction, datasets, seeds, dither_keys, dither_signs):
+  def run(self, state, inputs: tf_rounds.RoundInputs):
     codes, examples, changed = [], 0, 0
     weights = _tensors(state.weights)
-    for dataset, *arrays in zip(datasets, seeds, dither_keys, dither_signs):
+    per_client = zip(inputs.datasets, inputs.keys, inputs.dither_keys, inputs.dither_signs)
+    for dataset, *arrays in per_client:
       c, n, ch = self._client(weights, dataset, *[tf.constant(a) for a in arrays])
       codes.append(c.numpy())
       examples += int(n)
       changed += int(ch)
     total = aggregation.sum_in_process(codes) if codes else np.zeros(self._words, np.int64)
-    new_state = self.server_update(state, total, correction, examples)
+    new_state = self.server_update(state, total, inputs.correction, examples)
     return new_state, {"secure_clipped_count": changed, "secure_summands": len(codes)}
 
 
 class InProcessFedAvg:
-  """In-process twin of process.build_fedavg_process."""
+  """In-process twin of process.fedavg_round."""
 
   def __init__(self, model_fn, initial_weights, image_shape, params):
     del image_shape
@@ -115,10 +117,10 @@ class InProcessFedAvg:
   def initialize(self) -> tf_rounds.ServerState:
     return _numpy_state(tf_rounds.initial_state(self._initial, with_velocity=False))
 
-  def next(self, state, datasets, seeds):
+  def run(self, state, inputs: tf_rounds.RoundInputs):
     weighted_sum, total = None, None
     weights = _tensors(state.weights)
-    for dataset, seed in zip(datasets, seeds):
+    for dataset, seed in zip(inputs.datasets, inputs.keys):
       weighted, size = self._client(weights, dataset, tf.constant(seed))
       if weighted_sum is None:
         weighted_sum, total = list(weighted), size

@@ -9,6 +9,11 @@ model's weights and the data, never spelled out by hand.
 Client inputs per round: the hospital's data set (one or more batches of
 (images, labels)) and a stateless seed of shape [2] that belongs to the
 hospital (it never reaches the server).
+
+The builders return TFF objects (inspected by tests); ``dp_sgd_round`` and
+``fedavg_round`` wrap them behind ``run(state, tf_rounds.RoundInputs)``, the
+contract every runtime's round object shares, so the argument order TFF needs
+(SERVER-placed arguments first) stays inside this module.
 """
 
 from __future__ import annotations
@@ -318,3 +323,48 @@ def build_masked_dp_sgd_process(
     )
 
   return MaskedDpSgd(initialize, masked_round, server_update)
+
+
+class DpSgdRound:
+  """``build_dp_sgd_process``'s process behind ``run(state, RoundInputs)``."""
+
+  def __init__(self, iterative_process: tff.templates.IterativeProcess):
+    self.process = iterative_process
+
+  def initialize(self):
+    return self.process.initialize()
+
+  def run(self, state, inputs: tf_rounds.RoundInputs):
+    state, measurements = self.process.next(
+      state,
+      inputs.correction,
+      inputs.datasets,
+      inputs.keys,
+      inputs.dither_keys,
+      inputs.dither_signs,
+    )
+    return tf_rounds.as_server_state(state), dict(measurements)
+
+
+class FedAvgRound:
+  """``build_fedavg_process``'s process behind ``run(state, RoundInputs)``."""
+
+  def __init__(self, iterative_process: tff.templates.IterativeProcess):
+    self.process = iterative_process
+
+  def initialize(self):
+    return self.process.initialize()
+
+  def run(self, state, inputs: tf_rounds.RoundInputs):
+    state, _ = self.process.next(state, inputs.datasets, inputs.keys)
+    return tf_rounds.as_server_state(state), {}
+
+
+def dp_sgd_round(*args, **kwargs) -> DpSgdRound:
+  """``build_dp_sgd_process(*args, **kwargs)`` as a round object."""
+  return DpSgdRound(build_dp_sgd_process(*args, **kwargs))
+
+
+def fedavg_round(*args, **kwargs) -> FedAvgRound:
+  """``build_fedavg_process(*args, **kwargs)`` as a round object."""
+  return FedAvgRound(build_fedavg_process(*args, **kwargs))

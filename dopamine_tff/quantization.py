@@ -128,6 +128,11 @@ def flatten(values):
   return tf.concat([tf.reshape(tf.cast(v, tf.float64), [-1]) for v in values], axis=0)
 
 
+def unflatten(flat, shapes):
+  sizes = [int(tf.TensorShape(s).num_elements()) for s in shapes]
+  return [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]
+
+
 def encode(values, dither_values, config: QuantizationConfig):
   """Codes of a hospital's update (list of float tensors) under its dither.
 

@@ -34,6 +34,40 @@ class ServerState(NamedTuple):
   round_num: np.int32
 
 
+class RoundInputs(NamedTuple):
+  """Everything one round of any runtime consumes, beside the server state.
+
+  Every round object (TFF process wrappers in dopamine_tff/process.py, the
+  in-process twins in dopamine_tff/inprocess.py and the secure-aggregation
+  round in dopamine_tff/secagg/rounds.py) takes ``run(state, RoundInputs)``.
+
+  Attributes:
+    datasets: one tf.data.Dataset per taking-part hospital, in `senders` order.
+    keys: each hospital's secret 128-bit round key, int64 [2] (seeds.py).
+    senders: the taking-part hospitals' indices.
+    round_num: the 0-based round.
+    dither_keys, dither_signs: plain secure sum only: each sender's pair-dither
+      keys int64 [d, 2] and signs int32 [d] (dopamine_tff/dither.py).
+    correction: plain secure sum only: float64 [n], the dithers of
+      non-delivering partners that no longer cancel.
+    responders: secure aggregation only: senders still there to unmask.
+  """
+
+  datasets: list
+  keys: list
+  senders: tuple = ()
+  round_num: int = 0
+  dither_keys: list = ()
+  dither_signs: list = ()
+  correction: np.ndarray | None = None
+  responders: tuple = ()
+
+
+def as_server_state(state) -> ServerState:
+  """`state` as a ServerState (TFF's mergeable multi-worker context returns dicts)."""
+  return ServerState(**state) if isinstance(state, dict) else state
+
+
 class DpSgdParams(NamedTuple):
   """One DP-SGD step per round, as in Algorithm 1.
 
@@ -252,7 +286,7 @@ def encoded_client_update(
 def encoded_server_update(state, code_sum, correction, num_examples, params, secure_sum):
   """Decodes the sum of codes (int64 [n]) and takes the server step."""
   flat = quantization.decode(code_sum, correction, secure_sum)
-  total = masking.unflatten(flat, [w.shape for w in state.weights])
+  total = quantization.unflatten(flat, [w.shape for w in state.weights])
   return dp_server_update(state, total, num_examples, params)
 
 

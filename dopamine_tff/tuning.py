@@ -14,6 +14,7 @@ import numpy as np
 
 from dopamine_tff import accounting
 from dopamine_tff import configs
+from dopamine_tff import participation
 from dopamine_tff import seeds
 
 # The grid each setting's trials are drawn from. Epochs are fixed (the
@@ -108,7 +109,7 @@ def fpdp_sigma(cfg, data, rounds: int, target: float) -> float:
   """Sigma for FPDP's busiest hospital over seeds 0-4 to stay within the target.
 
   A hospital takes cfg.fpdp_steps(n_k) steps in each round it is selected;
-  the selection (cfg.selected, the trainer's own) is public and seeded, so
+  the selection (participation.selected, the trainer's own) is public and seeded, so
   the busiest hospital's count is known.
   """
   k = len(data.hospitals)
@@ -117,7 +118,7 @@ def fpdp_sigma(cfg, data, rounds: int, target: float) -> float:
     counts = np.zeros(k, int)
     at_seed = dataclasses.replace(cfg, seed=seed)
     for r in range(rounds):
-      counts[at_seed.selected(r, k)] += 1
+      counts[participation.selected(at_seed, r, k)] += 1
     worst = max(worst, int(counts.max()))
   q, per_round = cfg.fpdp_steps(min(len(h) for h in data.hospitals))
   steps = worst * per_round

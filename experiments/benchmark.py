@@ -19,6 +19,7 @@ TFF worker is read from /proc.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -26,7 +27,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 from absl import app
@@ -35,13 +35,12 @@ import numpy as np
 import tensorflow as tf
 
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
-from dopamine_tff import configs
 from dopamine_tff import models
 from dopamine_tff import profiling
 from dopamine_tff import quantization
 from dopamine_tff import runtime
-from dopamine_tff import settings
 from dopamine_tff.data import loaders
+from experiments import bench_lib
 
 _OUTPUT = flags.DEFINE_string(
   "output", "runs/benchmark.json", "Where the JSON goes (results/ holds the committed one)."
@@ -67,6 +66,18 @@ _BASELINE = flags.DEFINE_string(
 _MEMORY_PROBE = flags.DEFINE_string(
   "memory_probe", None, "Internal: model:size:batch; print the client steps' peak memory as JSON."
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How hard every section works (from the flags, read in main only)."""
+
+  quick: bool = False
+  repeats: int = 5
+  warmup: int = 2
+  squeezenet_224: bool = True
+  xla: bool = True
+  baseline: str | None = None
 
 
 def _rss_kb(pid: int | None = None) -> int:
@@ -158,120 +169,114 @@ def _tfp_fn(name, shape, classes, x, y, clip, sigma, lr, vectorized):
   return lambda: model.train_on_batch(x, y)
 
 
-def client_steps(quick, repeats, warmup) -> list[dict]:
+def client_steps(opts: Options) -> list[dict]:
+  """Plain SGD, our DP steps and TF Privacy's, per model, size and batch."""
   cases = [
     ("small_cnn", 64, 32),
     ("small_cnn", 64, 100),
     ("squeezenet", 64, 32),
     ("squeezenet", 64, 100),
   ]
-  if _SQUEEZENET_224.value and not quick:
+  if opts.squeezenet_224 and not opts.quick:
     cases += [("squeezenet", 224, 32), ("squeezenet", 224, 100)]
-  if quick:
+  if opts.quick:
     cases = [("small_cnn", 16, 8), ("squeezenet", 32, 8)]
-  out = []
   baselines = {}
-  if _BASELINE.value:
-    baselines[_BASELINE.value] = profiling.fast_clip_at(_BASELINE.value)
+  if opts.baseline:
+    baselines[opts.baseline] = profiling.fast_clip_at(opts.baseline)
+  out = []
   for name, size, batch in cases:
-    shape, x, y = _case_inputs(name, size, batch)
-    fns = profiling.step_fns(
-      models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, baselines=baselines, hardened_noise=True
-    )
-    ours = _interleaved(fns, repeats, warmup)
-    if _XLA.value and size <= 64:
-      xla = profiling.step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, jit_compile=True)
-      ours.update(_interleaved(xla, repeats, warmup))
-    memory = {} if quick and name != "small_cnn" else (_peak_memory(name, size, batch) or {})
-    slow = {}
-    if size * size * batch <= 224 * 224 * 32:
-      slow["tf_privacy_vectorized"] = _tfp_fn(name, shape, 5, x, y, 1.0, 1.0, 0.01, True)
-    else:
-      # Seen here: it asked for > 24 GiB and the kernel's OOM killer ended the run.
-      out.append(
-        dict(
-          model=name,
-          image_size=size,
-          batch=batch,
-          impl="tf_privacy_vectorized",
-          error="skipped: needs more than 24 GiB (OOM-killed when tried)",
-        )
-      )
-    if name == "small_cnn" or quick:
-      slow["tf_privacy_microbatch_loop"] = _tfp_fn(name, shape, 5, x, y, 1.0, 1.0, 0.01, False)
-    results = dict(ours)
-    for impl, fn in slow.items():
-      try:
-        # 40-80 s a call here: 3 calls (1 at 224x224) bound the run's length.
-        results[impl] = _time(fn, 1 if size == 224 else min(repeats, 3), 1)
-      except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as e:
-        # Seen: TF Privacy's vectorized optimizer at 224x224, batch 100, needs > 20 GB.
-        first = str(e).splitlines()[0][:200]
-        print(f"  {name:10s} {size:3d}px b{batch:<3d} {impl:28s} failed: {first}", flush=True)
-        out.append(dict(model=name, image_size=size, batch=batch, impl=impl, error=first))
-    for impl, r in results.items():
-      r.update(
-        model=name, image_size=size, batch=batch, impl=impl, examples_per_s=batch / r["median_s"]
-      )
-      if impl in memory:
-        r["peak_memory_mb"] = memory[impl]
-      out.append(r)
-      mem = f"  peak {memory[impl]:8.1f} MiB" if impl in memory else ""
-      print(
-        f"  {name:10s} {size:3d}px b{batch:<3d} {impl:28s} {r['median_s'] * 1e3:9.1f} ms  {r['examples_per_s']:8.1f} ex/s{mem}",
-        flush=True,
-      )
+    out += _client_step_case(name, size, batch, opts, baselines)
   return out
 
 
-def _trainer(k, per_hospital, rt, size=16, rounds=1000):
+def _tf_privacy_fns(name, shape, size, batch, x, y, quick) -> tuple[dict, list[dict]]:
+  """TF Privacy's steps that fit this machine, and rows for those that do not."""
+  slow, skipped = {}, []
+  if size * size * batch <= 224 * 224 * 32:
+    slow["tf_privacy_vectorized"] = _tfp_fn(name, shape, 5, x, y, 1.0, 1.0, 0.01, True)
+  else:
+    # Seen here: it asked for > 24 GiB and the kernel's OOM killer ended the run.
+    skipped.append(
+      dict(
+        model=name,
+        image_size=size,
+        batch=batch,
+        impl="tf_privacy_vectorized",
+        error="skipped: needs more than 24 GiB (OOM-killed when tried)",
+      )
+    )
+  if name == "small_cnn" or quick:
+    slow["tf_privacy_microbatch_loop"] = _tfp_fn(name, shape, 5, x, y, 1.0, 1.0, 0.01, False)
+  return slow, skipped
+
+
+def _client_step_case(name, size, batch, opts, baselines) -> list[dict]:
+  """The rows of one (model, image size, batch): every implementation timed."""
+  shape, x, y = _case_inputs(name, size, batch)
+  fns = profiling.step_fns(
+    models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, baselines=baselines, hardened_noise=True
+  )
+  results = _interleaved(fns, opts.repeats, opts.warmup)
+  if opts.xla and size <= 64:
+    xla = profiling.step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, jit_compile=True)
+    results.update(_interleaved(xla, opts.repeats, opts.warmup))
+  memory = {} if opts.quick and name != "small_cnn" else (_peak_memory(name, size, batch) or {})
+  slow, out = _tf_privacy_fns(name, shape, size, batch, x, y, opts.quick)
+  for impl, fn in slow.items():
+    try:
+      # 40-80 s a call here: 3 calls (1 at 224x224) bound the run's length.
+      results[impl] = _time(fn, 1 if size == 224 else min(opts.repeats, 3), 1)
+    except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as e:
+      # Seen: TF Privacy's vectorized optimizer at 224x224, batch 100, needs > 20 GB.
+      first = str(e).splitlines()[0][:200]
+      print(f"  {name:10s} {size:3d}px b{batch:<3d} {impl:28s} failed: {first}", flush=True)
+      out.append(dict(model=name, image_size=size, batch=batch, impl=impl, error=first))
+  for impl, r in results.items():
+    r.update(
+      model=name, image_size=size, batch=batch, impl=impl, examples_per_s=batch / r["median_s"]
+    )
+    if impl in memory:
+      r["peak_memory_mb"] = memory[impl]
+    out.append(r)
+    mem = f"  peak {memory[impl]:8.1f} MiB" if impl in memory else ""
+    print(
+      f"  {name:10s} {size:3d}px b{batch:<3d} {impl:28s} {r['median_s'] * 1e3:9.1f} ms  "
+      f"{r['examples_per_s']:8.1f} ex/s{mem}",
+      flush=True,
+    )
+  return out
+
+
+def _trainer(k, per_hospital, rt, size=16):
   data_cfg = loaders.DataConfig(
     dataset="synthetic",
     num_examples=int(k * per_hospital / 0.8) + 2,
     image_size=size,
     num_hospitals=k,
   )
-  data = loaders.load(data_cfg)
-  cfg = configs.TrainConfig(
-    setting="fscdp",
-    rounds=rounds,
-    sampling_prob=0.1,
-    noise_multiplier=1.0,
-    l2_norm_clip=1.0,
-    learning_rate=0.05,
-    runtime=rt,
-    # Timing only, and the workers section compares weights across runs: the
-    # seeded mode makes them comparable (no data here is private).
-    insecure_seeded_noise=True,
-  )
-  return settings.make_trainer(cfg, data, tempfile.mkdtemp())
+  # Timing only, and the workers section compares weights across runs: the
+  # seeded mode makes them comparable (no data here is private).
+  return bench_lib.fscdp_trainer(data_cfg, runtime=rt, insecure_seeded_noise=True)
 
 
-def _round_fn(trainer):
-  holder = {"state": trainer.initial_state(), "r": 0}
-
-  def step():
-    holder["state"], _ = trainer.run(holder["state"], trainer.plan(holder["r"]), holder["r"])
-    holder["r"] += 1
-
-  return step
-
-
-def rounds_tff_vs_in_process(quick, repeats, warmup) -> dict:
+def rounds_tff_vs_in_process(opts: Options) -> dict:
+  quick, repeats, warmup = opts.quick, opts.repeats, opts.warmup
   out = {}
   for rt in ("tff", "in_process"):
     trainer = _trainer(10, 30 if quick else 240, rt, size=16 if quick else 32)
-    out[rt] = _time(_round_fn(trainer), repeats * 2, warmup)
+    out[rt] = _time(bench_lib.round_step(trainer), repeats * 2, warmup)
     print(f"  FSCDP round K=10 {rt:10s} {out[rt]['median_s'] * 1e3:8.1f} ms", flush=True)
   return out
 
 
-def scaling(quick, repeats, warmup) -> dict:
+def scaling(opts: Options) -> dict:
+  quick, repeats = opts.quick, opts.repeats
   out = {"hospitals": []}
   ks = (10, 100) if quick else (10, 100, 1000)
   for k in ks:
     trainer = _trainer(k, 10, "tff")
-    r = _time(_round_fn(trainer), max(2, repeats // 2), 1)
+    r = _time(bench_lib.round_step(trainer), max(2, repeats // 2), 1)
     worker = runtime.worker_pids()
     r.update(
       k=k,
@@ -285,7 +290,7 @@ def scaling(quick, repeats, warmup) -> dict:
       flush=True,
     )
   trainer = _trainer(10, 10, "tff")
-  step = _round_fn(trainer)
+  step = bench_lib.round_step(trainer)
   rounds = 10 if quick else 50
   rss = []
   for _ in range(rounds):
@@ -298,7 +303,8 @@ def scaling(quick, repeats, warmup) -> dict:
   return out
 
 
-def secure_sum_path(quick, repeats, warmup) -> dict:
+def secure_sum_path(opts: Options) -> dict:
+  quick, repeats, warmup = opts.quick, opts.repeats, opts.warmup
   n_params = 20_000 if quick else 725_061  # SqueezeNet 1.1 with a 5-class head
   k = 10
   rng = np.random.default_rng(0)
@@ -338,19 +344,20 @@ def secure_sum_path(quick, repeats, warmup) -> dict:
   return out
 
 
-def workers(quick, repeats, warmup) -> dict:
+def workers(opts: Options) -> dict:
   """The same FSCDP rounds over 1 and 2 local TFF workers (mergeable form)."""
+  quick, repeats, warmup = opts.quick, opts.repeats, opts.warmup
   out = {}
   weights = {}
   for n in (1, 2):
     runtime.start(runtime.RuntimeConfig(num_workers=n))
     trainer = _trainer(10, 30 if quick else 240, "tff", size=16 if quick else 32)
-    step = _round_fn(trainer)
+    step = bench_lib.round_step(trainer)
     out[f"workers_{n}"] = _time(step, repeats * 2, warmup)
     fresh = _trainer(10, 30 if quick else 240, "tff", size=16 if quick else 32)
     state = fresh.initial_state()
     for r in range(3):
-      state, _ = fresh.run(state, fresh.plan(r), r)
+      state = fresh.run(state, fresh.plan(r), r).state
     weights[n] = fresh.weights(state)
     print(
       f"  FSCDP round K=10 over {n} worker(s): {out[f'workers_{n}']['median_s'] * 1e3:.1f} ms",
@@ -383,114 +390,117 @@ def _worst(*values):
   return max(present) if present else None
 
 
+# name -> (header, function, key in the JSON), run in this order: scaling
+# (with the 50-round memory series) first, as later sections grow the process
+# (TF Privacy at 224x224 alone takes ~20 GB), which would hide any growth
+# behind an inflated base.
+SECTIONS = {
+  "scaling": ("scaling", scaling, "scaling"),
+  "rounds": ("rounds", rounds_tff_vs_in_process, "rounds_k10"),
+  "workers": ("workers", workers, "workers"),
+  "secure_sum": ("secure sum", secure_sum_path, "secure_sum"),
+  "client_steps": ("client steps", client_steps, "client_steps"),
+}
+
+
+def run_sections(names, opts: Options) -> dict:
+  """JSON key -> the section's figures (None for sections not run)."""
+  results = {key: None for _, _, key in SECTIONS.values()}
+  results["client_steps"] = []
+  runtime.start()
+  try:
+    for name, (header, fn, key) in SECTIONS.items():
+      if name in names:
+        print(f"{header}:", flush=True)
+        results[key] = fn(opts)
+  finally:
+    runtime.shutdown()
+  return results
+
+
+def _over(section, a, b):
+  """section[a] / section[b] of median times (None when the section was not run)."""
+  return section[a]["median_s"] / section[b]["median_s"] if section else None
+
+
+def ratios(results: dict, baseline: str | None) -> dict:
+  """Every ratio the README reports, from the sections' figures."""
+  steps, scale = results["client_steps"], results["scaling"]
+  both = ("small_cnn", "squeezenet")
+  return {
+    "dp_over_plain_small_cnn": _ratio(steps, "small_cnn", "ours_fast"),
+    "dp_over_plain_squeezenet": _ratio(steps, "squeezenet", "ours_fast"),
+    "dp_peak_memory_over_plain": _worst(
+      *(_ratio(steps, m, "ours_fast", key="peak_memory_mb") for m in both)
+    ),
+    "xla_dp_over_graph_dp": _worst(
+      *(_ratio(steps, m, "ours_fast_xla", base="ours_fast") for m in both)
+    ),
+    "xla_plain_over_graph_plain": _worst(
+      *(_ratio(steps, m, "plain_sgd_xla", base="plain_sgd") for m in both)
+    ),
+    "fast_over_baseline": _worst(
+      *(_ratio(steps, m, "ours_fast", base=f"ours_fast_{baseline}") for m in both if baseline)
+    ),
+    "vectorized_map_over_plain_squeezenet": _ratio(steps, "squeezenet", "ours_vectorized_map"),
+    **{
+      f"hardened_noise_over_dp_{m}": _ratio(steps, m, "ours_fast_hardened_noise", base="ours_fast")
+      for m in both
+    },
+    "tf_privacy_over_ours": min(
+      (
+        r
+        for r in (_ratio(steps, m, "tf_privacy_vectorized", base="ours_fast") for m in both)
+        if r is not None
+      ),
+      default=None,
+    ),
+    "tff_over_in_process": _over(results["rounds_k10"], "tff", "in_process"),
+    "memory_growth_50_rounds": scale["memory_growth_after_first_round"] if scale else None,
+    "secure_over_plain_sum": _over(results["secure_sum"], "secure", "plain"),
+    "two_workers_over_one": _over(results["workers"], "workers_2", "workers_1"),
+  }
+
+
+def _machine() -> dict:
+  return {
+    "cpus": os.cpu_count(),
+    "platform": platform.platform(),
+    "python": sys.version.split()[0],
+    "tensorflow": tf.__version__,
+    "gpus": len(tf.config.list_physical_devices("GPU")),
+  }
+
+
 def main(argv):
   del argv
   if _MEMORY_PROBE.value:
     print(json.dumps(memory_probe(_MEMORY_PROBE.value)), flush=True)
     return
-  quick, repeats, warmup = (
-    _QUICK.value,
-    (1 if _QUICK.value else _REPEATS.value),
-    (1 if _QUICK.value else _WARMUP.value),
+  quick = _QUICK.value
+  opts = Options(
+    quick=quick,
+    repeats=1 if quick else _REPEATS.value,
+    warmup=1 if quick else _WARMUP.value,
+    squeezenet_224=_SQUEEZENET_224.value,
+    xla=_XLA.value,
+    baseline=_BASELINE.value,
   )
-  sections = set(_SECTIONS.value)
-  unknown = sections - {"scaling", "rounds", "workers", "secure_sum", "client_steps"}
+  unknown = set(_SECTIONS.value) - set(SECTIONS)
   if unknown:
     raise app.UsageError(f"--sections: unknown {sorted(unknown)}")
-  scale = rounds = scale_out = secure = None
-  steps = []
-  runtime.start()
-  try:
-    # Scaling (with the 50-round memory series) first: later sections grow
-    # the process (TF Privacy at 224x224 alone takes ~20 GB), which would hide
-    # any growth behind an inflated base.
-    if "scaling" in sections:
-      print("scaling:", flush=True)
-      scale = scaling(quick, repeats, warmup)
-    if "rounds" in sections:
-      print("rounds:", flush=True)
-      rounds = rounds_tff_vs_in_process(quick, repeats, warmup)
-    if "workers" in sections:
-      print("workers:", flush=True)
-      scale_out = workers(quick, repeats, warmup)
-    if "secure_sum" in sections:
-      print("secure sum:", flush=True)
-      secure = secure_sum_path(quick, repeats, warmup)
-    if "client_steps" in sections:
-      print("client steps:", flush=True)
-      steps = client_steps(quick, repeats, warmup)
-  finally:
-    runtime.shutdown()
-  models_run = ("small_cnn", "squeezenet")
-  ratios = {
-    "dp_over_plain_small_cnn": _ratio(steps, "small_cnn", "ours_fast"),
-    "dp_over_plain_squeezenet": _ratio(steps, "squeezenet", "ours_fast"),
-    "dp_peak_memory_over_plain": _worst(
-      *(_ratio(steps, m, "ours_fast", key="peak_memory_mb") for m in models_run)
-    ),
-    "xla_dp_over_graph_dp": _worst(
-      *(_ratio(steps, m, "ours_fast_xla", base="ours_fast") for m in models_run)
-    ),
-    "xla_plain_over_graph_plain": _worst(
-      *(_ratio(steps, m, "plain_sgd_xla", base="plain_sgd") for m in models_run)
-    ),
-    "fast_over_baseline": _worst(
-      *(
-        _ratio(steps, m, "ours_fast", base=f"ours_fast_{_BASELINE.value}")
-        for m in models_run
-        if _BASELINE.value
-      )
-    ),
-    "vectorized_map_over_plain_squeezenet": _ratio(steps, "squeezenet", "ours_vectorized_map"),
-    "hardened_noise_over_dp_small_cnn": _ratio(
-      steps, "small_cnn", "ours_fast_hardened_noise", base="ours_fast"
-    ),
-    "hardened_noise_over_dp_squeezenet": _ratio(
-      steps, "squeezenet", "ours_fast_hardened_noise", base="ours_fast"
-    ),
-    "tf_privacy_over_ours": min(
-      (
-        r
-        for r in (
-          _ratio(steps, m, "tf_privacy_vectorized", base="ours_fast")
-          for m in ("small_cnn", "squeezenet")
-        )
-        if r is not None
-      ),
-      default=None,
-    ),
-    "tff_over_in_process": rounds["tff"]["median_s"] / rounds["in_process"]["median_s"]
-    if rounds
-    else None,
-    "memory_growth_50_rounds": scale["memory_growth_after_first_round"] if scale else None,
-    "secure_over_plain_sum": secure["secure"]["median_s"] / secure["plain"]["median_s"]
-    if secure
-    else None,
-    "two_workers_over_one": scale_out["workers_2"]["median_s"] / scale_out["workers_1"]["median_s"]
-    if scale_out
-    else None,
-  }
+  results = run_sections(set(_SECTIONS.value), opts)
   result = {
-    "machine": {
-      "cpus": os.cpu_count(),
-      "platform": platform.platform(),
-      "python": sys.version.split()[0],
-      "tensorflow": tf.__version__,
-      "gpus": len(tf.config.list_physical_devices("GPU")),
-    },
+    "machine": _machine(),
     "quick": quick,
-    "repeats": repeats,
-    "client_steps": steps,
-    "rounds_k10": rounds,
-    "scaling": scale,
-    "secure_sum": secure,
-    "workers": scale_out,
-    "ratios": ratios,
+    "repeats": opts.repeats,
+    **results,
+    "ratios": ratios(results, opts.baseline),
   }
   os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
   with open(_OUTPUT.value, "w") as f:
     json.dump(result, f, indent=2)
-  print(json.dumps(ratios, indent=2))
+  print(json.dumps(result["ratios"], indent=2))
 
 
 if __name__ == "__main__":

@@ -23,70 +23,69 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
+from dopamine_tff import configs
 from dopamine_tff import devices
 from dopamine_tff import plotting
 from dopamine_tff import presets
 from dopamine_tff import runtime
-from dopamine_tff import training_loop
 from dopamine_tff.data import loaders
+from dopamine_tff.program import loop
+from experiments import flags_lib
 
-_PRESET = flags.DEFINE_enum("preset", "smoke", list(presets.PRESETS), "Which preset.")
-_SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per setting (default: the preset's).")
-_SETTINGS = flags.DEFINE_list("settings", ["c", "cdp", "f", "fpdp", "fscdp"], "Settings to run.")
-_DATASET = flags.DEFINE_enum(
-  "dataset", None, list(loaders.DATASETS), "Data set instead of the preset's."
-)
-_DATA_DIR = flags.DEFINE_string(
+flags.DEFINE_enum("preset", "smoke", list(presets.PRESETS), "Which preset.")
+flags.DEFINE_integer("seeds", None, "Seeds per setting (default: the preset's).")
+flags.DEFINE_list("settings", ["c", "cdp", "f", "fpdp", "fscdp"], "Settings to run.")
+flags.DEFINE_enum("dataset", None, list(loaders.DATASETS), "Data set instead of the preset's.")
+flags.DEFINE_string(
   "data_dir", None, "Folder of the aptos / eyepacs data (needed by --preset=paper)."
 )
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Image side instead of the preset's.")
-_NUM_EXAMPLES = flags.DEFINE_integer(
+flags.DEFINE_integer("image_size", None, "Image side instead of the preset's.")
+flags.DEFINE_integer(
   "num_examples",
   None,
   "Examples (synthetic) or a cap on real data (0: all) instead of the preset's.",
 )
-_OUTPUT_DIR = flags.DEFINE_string(
+flags.DEFINE_string(
   "output_dir", None, "Where runs and figures go (default: runs/reproduce/<preset>)."
 )
-_FORCE = flags.DEFINE_bool("force", False, "Rerun finished runs instead of reusing them.")
-_RUNTIME = flags.DEFINE_enum("runtime", "tff", ["tff", "in_process"], "Runtime of the rounds.")
-_SEEDED_NOISE = flags.DEFINE_bool(
+flags.DEFINE_bool("force", False, "Rerun finished runs instead of reusing them.")
+flags.DEFINE_enum("runtime", "tff", list(configs.RUNTIMES), "Runtime of the rounds.")
+flags.DEFINE_bool(
   "insecure_seeded_noise",
   False,
   "Noise, masks and keys from the seed (exact replays; NOT private against anyone who "
   "knows the seed). Default: the OS CSPRNG.",
 )
-_GPUS = flags.DEFINE_string("gpus", None, "in_process: GPU indices ('0,1'), 'none', or all.")
-_AUDIT = flags.DEFINE_bool("audit", False, "Membership-inference audit of every final model.")
-_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every N rounds.")
+flags.DEFINE_string("gpus", None, "in_process: GPU indices ('0,1'), 'none', or all.")
+flags.DEFINE_bool("audit", False, "Membership-inference audit of every final model.")
+flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every N rounds.")
 
 
-def data_config(preset: presets.Preset) -> loaders.DataConfig:
+def data_config(preset: presets.Preset, values) -> loaders.DataConfig:
   """The preset's data with the command line's overrides; ValueError when impossible."""
   data_cfg = preset.data
-  dataset = _DATASET.value or data_cfg.dataset
+  dataset = values["dataset"] or data_cfg.dataset
   changes = {"dataset": dataset}
   if dataset != data_cfg.dataset:
     changes["num_examples"] = 0  # the preset's count is the synthetic set's size
     changes["data_dir"] = None
-  if _IMAGE_SIZE.value is not None:
-    changes["image_size"] = _IMAGE_SIZE.value
-  if _NUM_EXAMPLES.value is not None:
-    changes["num_examples"] = _NUM_EXAMPLES.value
-  if _DATA_DIR.value:
+  if values["image_size"] is not None:
+    changes["image_size"] = values["image_size"]
+  if values["num_examples"] is not None:
+    changes["num_examples"] = values["num_examples"]
+  if values["data_dir"]:
     if dataset not in ("aptos", "eyepacs"):
       raise ValueError(
         f"--data_dir is for --dataset=aptos or eyepacs, but --preset={preset.name} trains on "
         f"{dataset}; add --dataset=aptos (or eyepacs) to train on your folder"
       )
-    changes["data_dir"] = _DATA_DIR.value
+    changes["data_dir"] = values["data_dir"]
   elif dataset in ("aptos", "eyepacs") and (
     changes.get("data_dir", data_cfg.data_dir) in (None, "APTOS_DIR")
   ):
@@ -94,10 +93,10 @@ def data_config(preset: presets.Preset) -> loaders.DataConfig:
   return dataclasses.replace(data_cfg, **changes)
 
 
-def _hparams(cfg, data_cfg) -> dict:
+def _hparams(cfg, data_cfg, preset_name) -> dict:
   blob = dict(
     dataclasses.asdict(cfg),
-    preset=_PRESET.value,
+    preset=preset_name,
     data=dict(dataclasses.asdict(data_cfg), image_size=data_cfg.resolved_image_size),
   )
   return json.loads(json.dumps(blob, sort_keys=True, default=str))
@@ -123,19 +122,19 @@ def _reusable(run_dir, hparams) -> bool:
   return True
 
 
-def _run_one(cfg, data_cfg, data, run_dir) -> bool:
+def _run_one(cfg, data_cfg, data, run_dir, values) -> bool:
   """Runs (or resumes) one setting and seed; False when a finished run was reused."""
-  hparams = _hparams(cfg, data_cfg)
-  if not _FORCE.value and _reusable(run_dir, hparams):
+  hparams = _hparams(cfg, data_cfg, values["preset"])
+  if not values["force"] and _reusable(run_dir, hparams):
     logging.info("reusing the finished run in %s", run_dir)
     return False
-  options = training_loop.LoopOptions(
-    checkpoint_every=_CHECKPOINT_EVERY.value,
-    resume=not _FORCE.value,
-    overwrite=_FORCE.value,
-    audit=_AUDIT.value,
+  options = configs.LoopOptions(
+    checkpoint_every=values["checkpoint_every"],
+    resume=not values["force"],
+    overwrite=values["force"],
+    audit=values["audit"],
   )
-  summary = training_loop.run(
+  summary = loop.run(
     cfg, data, run_dir, hparams=hparams, data_config=data_cfg, options=options, log=logging.info
   )
   logging.info(
@@ -144,54 +143,57 @@ def _run_one(cfg, data_cfg, data, run_dir) -> bool:
   return True
 
 
-def main(argv):
-  del argv
-  try:
-    preset = presets.get(_PRESET.value)
-    unknown = set(_SETTINGS.value) - set(preset.settings)
-    if unknown:
-      raise ValueError(f"unknown settings {sorted(unknown)}")
-    data_cfg = data_config(preset)
-    devices.configure(devices.parse_gpus(_GPUS.value))
-  except ValueError as e:
-    print(f"reproduce_paper: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  seeds = _SEEDS.value or preset.seeds
-  root = _OUTPUT_DIR.value or os.path.join("runs", "reproduce", preset.name)
+def _plan(preset, data_cfg, values) -> list:
+  """[(data config, [(setting, train config)])] per seed, all checked before any loading."""
+  out = []
+  for seed in range(values["seeds"] or preset.seeds):
+    seeded_data = dataclasses.replace(data_cfg, seed=seed)
+    runs = []
+    for setting in values["settings"]:
+      cfg = dataclasses.replace(
+        preset.settings[setting],
+        seed=seed,
+        runtime=values["runtime"],
+        insecure_seeded_noise=values["insecure_seeded_noise"],
+      )
+      configs.check_compatible(cfg, seeded_data)
+      runs.append((setting, cfg))
+    out.append((seeded_data, runs))
+  return out
+
+
+def _run_all(plan, root, values) -> tuple[int, int]:
+  """Every planned run; returns (runs trained, runs reused)."""
   ran = reused = 0
-  if _RUNTIME.value == "tff":
+  if values["runtime"] == "tff":
     runtime.start()
   try:
-    for seed in range(seeds):
-      data = loaders.load(dataclasses.replace(data_cfg, seed=seed))
-      for setting in _SETTINGS.value:
-        cfg = dataclasses.replace(
-          preset.settings[setting],
-          seed=seed,
-          runtime=_RUNTIME.value,
-          insecure_seeded_noise=_SEEDED_NOISE.value,
-        )
-        run_dir = os.path.join(root, setting, f"seed_{seed}")
-        if _run_one(cfg, dataclasses.replace(data_cfg, seed=seed), data, run_dir):
+    for data_cfg, runs in plan:
+      data = loaders.load(data_cfg)
+      for setting, cfg in runs:
+        run_dir = os.path.join(root, setting, f"seed_{data_cfg.seed}")
+        if _run_one(cfg, data_cfg, data, run_dir, values):
           ran += 1
         else:
           reused += 1
-  except ValueError as e:
-    print(f"reproduce_paper: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except training_loop.Interrupted as e:
-    print(f"reproduce_paper: {e}", file=sys.stderr)
-    sys.exit(130)
-  except KeyboardInterrupt:
-    print("reproduce_paper: interrupted; start it again to resume", file=sys.stderr)
-    sys.exit(130)
   finally:
     runtime.shutdown()
-  total = ran + reused
+  return ran, reused
+
+
+def main(argv):
+  del argv
+  values = flags.FLAGS.flag_values_dict()
+  with flags_lib.one_line_errors("reproduce_paper", "start it again to resume"):
+    preset = flags_lib.preset_settings(values["preset"], values["settings"])
+    data_cfg = data_config(preset, values)
+    devices.configure(devices.parse_gpus(values["gpus"]))
+    root = values["output_dir"] or os.path.join("runs", "reproduce", preset.name)
+    ran, reused = _run_all(_plan(preset, data_cfg, values), root, values)
   if reused:
     print(
-      f"{reused}/{total} runs reused from {root} (finished earlier with the same settings; "
-      "--force reruns them)"
+      f"{reused}/{ran + reused} runs reused from {root} (finished earlier with the same "
+      "settings; --force reruns them)"
     )
   runs = plotting.collect(root)
   rows = plotting.table_rows(runs)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -37,15 +36,14 @@ import numpy as np
 import tensorflow as tf
 
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
-from dopamine_tff import configs
 from dopamine_tff import profiling
 from dopamine_tff import runtime
-from dopamine_tff import settings
 from dopamine_tff.data import loaders
 from dopamine_tff.secagg import chacha
 from dopamine_tff.secagg import masking
 from dopamine_tff.secagg import protocol
 from dopamine_tff.secagg import shamir
+from experiments import bench_lib
 
 _OUTPUT = flags.DEFINE_string(
   "output", "runs/benchmark_secagg.json", "Where the JSON goes (results/ holds the committed one)."
@@ -81,22 +79,10 @@ def prg_throughput(words: int, repeats: int) -> dict:
 
 
 def _trainer(model: str, size: int, mode: str, quick: bool):
-  data = loaders.load(
-    loaders.DataConfig(
-      dataset="synthetic", num_examples=300 if quick else 3000, image_size=size, num_hospitals=10
-    )
+  data_cfg = loaders.DataConfig(
+    dataset="synthetic", num_examples=300 if quick else 3000, image_size=size, num_hospitals=10
   )
-  cfg = configs.TrainConfig(
-    setting="fscdp",
-    model=model,
-    rounds=1000,
-    sampling_prob=0.05,
-    noise_multiplier=1.0,
-    l2_norm_clip=1.0,
-    learning_rate=0.05,
-    secure_aggregation=mode,
-  )
-  return settings.make_trainer(cfg, data, tempfile.mkdtemp())
+  return bench_lib.fscdp_trainer(data_cfg, model=model, sampling_prob=0.05, secure_aggregation=mode)
 
 
 def fscdp_rounds(quick: bool, repeats: int) -> dict:
@@ -104,14 +90,7 @@ def fscdp_rounds(quick: bool, repeats: int) -> dict:
   models = [("small_cnn", 16 if quick else 32)] + ([] if quick else [("squeezenet", 64)])
   for model, size in models:
     for mode in ("none", "secagg", "secagg_plus"):
-      trainer = _trainer(model, size, mode, quick)
-      holder = {"state": trainer.initial_state(), "r": 0}
-
-      def step(trainer=trainer, holder=holder):
-        r = holder["r"]
-        holder["state"], _ = trainer.run(holder["state"], trainer.plan(r), r)
-        holder["r"] += 1
-
+      step = bench_lib.round_step(_trainer(model, size, mode, quick))
       t = _median(step, repeats, warmup=2)
       out.setdefault(model, {})[mode] = {"median_s": t, "image_size": size}
       print(f"  FSCDP round K=10 {model:10s} {mode:12s} {t * 1e3:9.1f} ms", flush=True)

@@ -28,7 +28,6 @@ import csv
 import dataclasses
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -38,23 +37,24 @@ import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
 from dopamine_tff import configs
 from dopamine_tff import presets
 from dopamine_tff import runtime
-from dopamine_tff import training_loop
 from dopamine_tff import tuning
 from dopamine_tff.data import loaders
+from dopamine_tff.program import loop
+from experiments import flags_lib
 
-_PRESET = flags.DEFINE_enum("preset", "cpu", list(presets.PRESETS), "Preset to tune.")
-_SETTINGS = flags.DEFINE_list("settings", list(configs.SETTINGS), "Settings to tune.")
-_TRIALS = flags.DEFINE_integer("trials", 4, "Configurations per setting (the same for all).")
-_VAL = flags.DEFINE_float("validation_fraction", 0.2, "Share of training data used to score.")
-_TARGET = flags.DEFINE_float("target_epsilon", 10.4, "Epsilon every private setting is tuned at.")
-_SEARCH_SEED = flags.DEFINE_integer("search_seed", 0, "Seed of the random draw of trials.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of data, weights and noise of the trials.")
-_OUTPUT_DIR = flags.DEFINE_string(
+flags.DEFINE_enum("preset", "cpu", list(presets.PRESETS), "Preset to tune.")
+flags.DEFINE_list("settings", list(configs.SETTINGS), "Settings to tune.")
+flags.DEFINE_integer("trials", 4, "Configurations per setting (the same for all).")
+flags.DEFINE_float("validation_fraction", 0.2, "Share of training data used to score.")
+flags.DEFINE_float("target_epsilon", 10.4, "Epsilon every private setting is tuned at.")
+flags.DEFINE_integer("search_seed", 0, "Seed of the random draw of trials.")
+flags.DEFINE_integer("seed", 0, "Seed of data, weights and noise of the trials.")
+flags.DEFINE_string(
   "output_dir", None, "Where trials and the search table go (default: runs/tune/<preset>)."
 )
-_RUNTIME = flags.DEFINE_enum("runtime", "in_process", ["tff", "in_process"], "Runtime.")
-_FORCE = flags.DEFINE_bool("force", False, "Rerun finished trials.")
-_ABLATE = flags.DEFINE_string(
+flags.DEFINE_enum("runtime", "in_process", list(configs.RUNTIMES), "Runtime.")
+flags.DEFINE_bool("force", False, "Rerun finished trials.")
+flags.DEFINE_string(
   "ablate",
   None,
   "Instead of searching: take this setting's chosen configuration from <output_dir>/"
@@ -63,10 +63,10 @@ _ABLATE = flags.DEFINE_string(
 )
 
 
-def _run_trial(cfg, data, data_cfg, run_dir, hparams):
+def _run_trial(cfg, data, data_cfg, run_dir, hparams, force: bool):
   """Runs a trial, or reuses its finished run when the hyper-parameters match."""
   summary_path = os.path.join(run_dir, "summary.json")
-  reuse = not _FORCE.value and os.path.isfile(summary_path)
+  reuse = not force and os.path.isfile(summary_path)
   if reuse:
     with open(os.path.join(run_dir, "hparams.json")) as f:
       reuse = {k: v for k, v in json.load(f).items() if k in hparams} == hparams
@@ -74,32 +74,34 @@ def _run_trial(cfg, data, data_cfg, run_dir, hparams):
     logging.info("reusing %s", run_dir)
     with open(summary_path) as f:
       return json.load(f)
-  return training_loop.run(
+  return loop.run(
     cfg,
     data,
     run_dir,
     hparams=hparams,
     data_config=data_cfg,
-    options=training_loop.LoopOptions(checkpoint_every=50, overwrite=True, tensorboard=False),
+    options=configs.LoopOptions(checkpoint_every=50, overwrite=True, tensorboard=False),
     log=logging.info,
   )
 
 
-def _ablate(setting, preset, data, data_cfg, root) -> None:
+def _ablate(setting, preset, data, data_cfg, root, values) -> None:
   with open(os.path.join(root, "chosen.json")) as f:
     chosen = json.load(f)["chosen"][setting]
-  base = dataclasses.replace(preset.settings[setting], seed=_SEED.value, runtime=_RUNTIME.value)
+  base = dataclasses.replace(
+    preset.settings[setting], seed=values["seed"], runtime=values["runtime"]
+  )
   lines = [
     f"| {setting.upper()} variant | validation accuracy | epsilon | rounds | sigma |",
     "|---|---|---|---|---|",
   ]
   for i, (name, params) in enumerate(tuning.ablation_variants(setting, chosen)):
-    cfg = tuning.trial_config(base, params, data, _TARGET.value)
+    cfg = tuning.trial_config(base, params, data, values["target_epsilon"])
     hparams = json.loads(
       json.dumps(dict(dataclasses.asdict(cfg), variant=name), sort_keys=True, default=str)
     )
     run_dir = os.path.join(root, f"ablation_{setting}", f"variant_{i}")
-    summary = _run_trial(cfg, data, data_cfg, run_dir, hparams)
+    summary = _run_trial(cfg, data, data_cfg, run_dir, hparams, values["force"])
     eps = "-" if summary["epsilon"] is None else f"{summary['epsilon']:.2f}"
     sigma = f"{cfg.noise_multiplier:.4f}" if cfg.private else "-"
     lines.append(
@@ -142,73 +144,58 @@ def _markdown(rows, best) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  del argv
-  try:
-    preset = presets.get(_PRESET.value)
-    unknown = set(_SETTINGS.value) - set(preset.settings)
-    if unknown:
-      raise ValueError(f"unknown settings {sorted(unknown)}")
-    if _TRIALS.value < 1:
-      raise ValueError(f"--trials must be >= 1, got {_TRIALS.value}")
-    if not 0 < _VAL.value < 1:
-      raise ValueError(f"--validation_fraction must be in (0, 1), got {_VAL.value}")
-    if not _TARGET.value > 0:
-      raise ValueError(f"--target_epsilon must be > 0, got {_TARGET.value}")
-    data_cfg = dataclasses.replace(preset.data, seed=_SEED.value, validation_fraction=_VAL.value)
-  except ValueError as e:
-    print(f"tune: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  root = _OUTPUT_DIR.value or os.path.join("runs", "tune", preset.name)
-  data = loaders.load(data_cfg)
-  if _ABLATE.value:
-    if _ABLATE.value not in tuning.SEARCH_SPACE:
-      print(f"tune: error: --ablate={_ABLATE.value!r} is not a setting", file=sys.stderr)
-      sys.exit(2)
-    if not os.path.isfile(os.path.join(root, "chosen.json")):
-      print(f"tune: error: no chosen.json in {root}; run the search first", file=sys.stderr)
-      sys.exit(2)
-    if _RUNTIME.value == "tff":
-      runtime.start()
-    try:
-      _ablate(_ABLATE.value, preset, data, data_cfg, root)
-    finally:
-      runtime.shutdown()
-    return
-  rows, best, chosen = [], {}, {}
-  if _RUNTIME.value == "tff":
-    runtime.start()
-  try:
-    for setting in _SETTINGS.value:
-      base = dataclasses.replace(preset.settings[setting], seed=_SEED.value, runtime=_RUNTIME.value)
-      for i, params in enumerate(tuning.draw_trials(setting, _TRIALS.value, _SEARCH_SEED.value)):
-        cfg = tuning.trial_config(base, params, data, _TARGET.value)
-        run_dir = os.path.join(root, setting, f"trial_{i}")
-        hparams = json.loads(
-          json.dumps(
-            dict(dataclasses.asdict(cfg), trial=i, search=params), sort_keys=True, default=str
-          )
-        )
-        summary = _run_trial(cfg, data, data_cfg, run_dir, hparams)
-        rows.append(_row(setting, i, params, cfg, summary))
-        print(
-          f"{setting} trial {i}: {params} -> validation accuracy "
-          f"{summary['final_test_accuracy']:.4f}, epsilon {summary['epsilon']}",
-          flush=True,
-        )
-      mine = [r for r in rows if r["setting"] == setting]
-      top = max(mine, key=lambda r: r["validation_accuracy"])
-      best[setting] = top["trial"]
-      chosen[setting] = {
-        **{k[len("param_") :]: v for k, v in top.items() if k.startswith("param_")},
-        "validation_accuracy": top["validation_accuracy"],
-        "noise_multiplier_at_tuning": top["noise_multiplier"],
-      }
-  except KeyboardInterrupt:
-    print("tune: interrupted; run it again to resume the search", file=sys.stderr)
-    sys.exit(130)
-  finally:
-    runtime.shutdown()
+def _check(values) -> presets.Preset:
+  """The preset, after refusing impossible flags (ValueError), before any loading."""
+  preset = flags_lib.preset_settings(values["preset"], values["settings"])
+  if values["trials"] < 1:
+    raise ValueError(f"--trials must be >= 1, got {values['trials']}")
+  if not 0 < values["validation_fraction"] < 1:
+    raise ValueError(
+      f"--validation_fraction must be in (0, 1), got {values['validation_fraction']}"
+    )
+  if not values["target_epsilon"] > 0:
+    raise ValueError(f"--target_epsilon must be > 0, got {values['target_epsilon']}")
+  if values["ablate"] and values["ablate"] not in tuning.SEARCH_SPACE:
+    raise ValueError(f"--ablate={values['ablate']!r} is not a setting")
+  return preset
+
+
+def _search_setting(setting, preset, data, data_cfg, root, values) -> list[dict]:
+  """Every trial of one setting: its rows of search.csv."""
+  base = dataclasses.replace(
+    preset.settings[setting], seed=values["seed"], runtime=values["runtime"]
+  )
+  rows = []
+  trials = tuning.draw_trials(setting, values["trials"], values["search_seed"])
+  for i, params in enumerate(trials):
+    cfg = tuning.trial_config(base, params, data, values["target_epsilon"])
+    run_dir = os.path.join(root, setting, f"trial_{i}")
+    hparams = json.loads(
+      json.dumps(dict(dataclasses.asdict(cfg), trial=i, search=params), sort_keys=True, default=str)
+    )
+    summary = _run_trial(cfg, data, data_cfg, run_dir, hparams, values["force"])
+    rows.append(_row(setting, i, params, cfg, summary))
+    print(
+      f"{setting} trial {i}: {params} -> validation accuracy "
+      f"{summary['final_test_accuracy']:.4f}, epsilon {summary['epsilon']}",
+      flush=True,
+    )
+  return rows
+
+
+def _chosen(rows) -> dict:
+  """The best trial's parameters and score."""
+  top = max(rows, key=lambda r: r["validation_accuracy"])
+  return {
+    **{k[len("param_") :]: v for k, v in top.items() if k.startswith("param_")},
+    "trial": top["trial"],
+    "validation_accuracy": top["validation_accuracy"],
+    "noise_multiplier_at_tuning": top["noise_multiplier"],
+  }
+
+
+def _write_search(root, rows, chosen, preset, values) -> None:
+  best = {s: c["trial"] for s, c in chosen.items()}
   fields = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith("s"), k))
   with open(os.path.join(root, "search.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=fields)
@@ -217,21 +204,45 @@ def main(argv):
   text = _markdown(rows, best)
   with open(os.path.join(root, "search.md"), "w") as f:
     f.write(text + "\n")
+  blob = {
+    "preset": preset.name,
+    "trials_per_setting": values["trials"],
+    "validation_fraction": values["validation_fraction"],
+    "target_epsilon": values["target_epsilon"],
+    "search_seed": values["search_seed"],
+    "chosen": {s: {k: v for k, v in c.items() if k != "trial"} for s, c in chosen.items()},
+  }
   with open(os.path.join(root, "chosen.json"), "w") as f:
-    json.dump(
-      {
-        "preset": preset.name,
-        "trials_per_setting": _TRIALS.value,
-        "validation_fraction": _VAL.value,
-        "target_epsilon": _TARGET.value,
-        "search_seed": _SEARCH_SEED.value,
-        "chosen": chosen,
-      },
-      f,
-      indent=2,
-      sort_keys=True,
-    )
+    json.dump(blob, f, indent=2, sort_keys=True)
   print(text)
+
+
+def main(argv):
+  del argv
+  values = flags.FLAGS.flag_values_dict()
+  with flags_lib.one_line_errors("tune", "run it again to resume the search"):
+    preset = _check(values)
+    root = values["output_dir"] or os.path.join("runs", "tune", preset.name)
+    if values["ablate"] and not os.path.isfile(os.path.join(root, "chosen.json")):
+      raise ValueError(f"no chosen.json in {root}; run the search first")
+    data_cfg = dataclasses.replace(
+      preset.data, seed=values["seed"], validation_fraction=values["validation_fraction"]
+    )
+    data = loaders.load(data_cfg)
+    if values["runtime"] == "tff":
+      runtime.start()
+    try:
+      if values["ablate"]:
+        _ablate(values["ablate"], preset, data, data_cfg, root, values)
+        return
+      rows, chosen = [], {}
+      for setting in values["settings"]:
+        mine = _search_setting(setting, preset, data, data_cfg, root, values)
+        rows += mine
+        chosen[setting] = _chosen(mine)
+    finally:
+      runtime.shutdown()
+  _write_search(root, rows, chosen, preset, values)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def test_one_py_test_per_test_file_and_binaries_for_experiments():
     assert re.search(rf'py_test\(\s*name = "{name}"', text), name
   for path in glob.glob(os.path.join(ROOT, "experiments", "*.py")):
     name = os.path.basename(path)[:-3]
-    if name != "__init__":
+    if name.endswith("_lib"):  # shared by the binaries, not one
+      assert re.search(rf'py_library\(\s*name = "{name}"', text), name
+    elif name != "__init__":
       assert re.search(rf'py_binary\(\s*name = "{name}"', text), name
 
 
@@ -115,20 +117,24 @@ def _project_imports(path):
 
   with open(os.path.join(ROOT, path)) as f:
     tree = ast.parse(f.read())
-  names = set()
-  for node in ast.walk(tree):
-    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dopamine_tff"):
-      names.update(f"{node.module}.{a.name}" for a in node.names)
-      names.add(node.module)
-    elif isinstance(node, ast.Import):
-      names.update(a.name for a in node.names if a.name.startswith("dopamine_tff"))
-  files = set()
-  for name in names:
+
+  def resolve(name):
     base = os.path.join(*name.split("."))
     for candidate in (base + ".py", os.path.join(base, "__init__.py")):
       if os.path.isfile(os.path.join(ROOT, candidate)):
-        files.add(candidate)
-  return files - {path}
+        return candidate
+    return None
+
+  files = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dopamine_tff"):
+      # `from pkg import submodule` needs the submodule; `from module import
+      # name` (or a name a package __init__ defines) needs the module itself.
+      for a in node.names:
+        files.add(resolve(f"{node.module}.{a.name}") or resolve(node.module))
+    elif isinstance(node, ast.Import):
+      files.update(resolve(a.name) for a in node.names if a.name.startswith("dopamine_tff"))
+  return files - {path, None}
 
 
 def test_library_deps_match_the_imports():

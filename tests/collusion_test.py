@@ -6,14 +6,8 @@ import tempfile
 import pytest
 
 from dopamine_tff import configs
-from dopamine_tff import settings
-from dopamine_tff import training_loop
-from dopamine_tff.data import loaders
-
-
-@pytest.fixture(scope="module")
-def data():
-  return loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
+from dopamine_tff import trainers
+from dopamine_tff.program import loop
 
 
 def _cfg(**kw):
@@ -31,7 +25,7 @@ def _cfg(**kw):
 
 
 def _trainer(data, **kw):
-  return settings.make_trainer(_cfg(**kw), data, tempfile.mkdtemp())
+  return trainers.make_trainer(_cfg(**kw), data, tempfile.mkdtemp())
 
 
 def test_colluders_leave_sigma_sqrt_k_minus_c_over_k(data):
@@ -56,9 +50,9 @@ def test_provisioning_pays_for_the_colluders(data):
 
 
 def test_summary_reports_both_epsilons_and_budgets_the_worse(data, tmp_path):
-  quiet = dict(log=lambda _: None, options=training_loop.LoopOptions(tensorboard=False))
-  plain = training_loop.run(_cfg(), data, str(tmp_path / "plain"), **quiet)
-  colluded = training_loop.run(_cfg(assumed_colluders=2), data, str(tmp_path / "c2"), **quiet)
+  quiet = dict(log=lambda _: None, options=configs.LoopOptions(tensorboard=False))
+  plain = loop.run(_cfg(), data, str(tmp_path / "plain"), **quiet)
+  colluded = loop.run(_cfg(assumed_colluders=2), data, str(tmp_path / "c2"), **quiet)
   assert colluded["epsilon_no_collusion"] == pytest.approx(plain["epsilon"])
   assert colluded["epsilon_colluders"] > colluded["epsilon_no_collusion"]
   assert colluded["epsilon"] == colluded["epsilon_colluders"]
@@ -67,9 +61,8 @@ def test_summary_reports_both_epsilons_and_budgets_the_worse(data, tmp_path):
   # The budget stops on the colluders' epsilon: a target between their epsilon
   # after 2 and 3 rounds, above the no-collusion epsilon of all 4 rounds.
   from dopamine_tff import accounting
-  from dopamine_tff import settings
 
-  step = colluded["ledgers"][settings.COLLUDERS]["steps"][0]
+  step = colluded["ledgers"][accounting.COLLUDERS]["steps"][0]
 
   def colluders_eps(k):
     spec = accounting.StepSpec(step["sampling_prob"], step["noise_multiplier"], k)
@@ -77,7 +70,7 @@ def test_summary_reports_both_epsilons_and_budgets_the_worse(data, tmp_path):
 
   target = (colluders_eps(2) + colluders_eps(3)) / 2
   assert target > plain["epsilon"]  # without collusion all 4 rounds would fit
-  stopped = training_loop.run(
+  stopped = loop.run(
     _cfg(assumed_colluders=2, target_epsilon=target), data, str(tmp_path / "budget"), **quiet
   )
   assert stopped["stop_reason"].startswith("budget") and stopped["rounds_run"] == 2

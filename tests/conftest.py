@@ -22,3 +22,17 @@ def tff_runtime():
   rt = runtime.start()
   yield rt
   runtime.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits():
+  """The shared small federation: digits, K=4 hospitals, 400 examples."""
+  from dopamine_tff.data import loaders
+
+  return loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
+
+
+@pytest.fixture(scope="session")
+def data(digits):
+  """The same federation under the name most trainer tests use."""
+  return digits

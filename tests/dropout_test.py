@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 
 from dopamine_tff import accounting
-from dopamine_tff import checkpoint
 from dopamine_tff import configs
-from dopamine_tff import settings
-from dopamine_tff import training_loop
-from dopamine_tff.data import loaders
+from dopamine_tff import trainers
+from dopamine_tff.program import checkpoint
+from dopamine_tff.program import loop
 from experiments import run_experiment
-
-
-@pytest.fixture(scope="module")
-def data():
-  return loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
 
 
 def _cfg(**kw):
@@ -39,8 +33,8 @@ def _cfg(**kw):
 
 def _run(cfg, data):
   out = tempfile.mkdtemp()
-  summary = training_loop.run(
-    cfg, data, out, options=training_loop.LoopOptions(checkpoint_every=1), log=lambda _: None
+  summary = loop.run(
+    cfg, data, out, options=configs.LoopOptions(checkpoint_every=1), log=lambda _: None
   )
   with open(f"{out}/metrics.csv") as f:
     rows = f.read().splitlines()
@@ -57,14 +51,14 @@ def test_round_event_is_the_noise_actually_added(data, tff_runtime):
     momentum=0.0,
     secure_sum_bound=100.0,
   )
-  trainer = settings.make_trainer(cfg, data, tempfile.mkdtemp())
+  trainer = trainers.make_trainer(cfg, data, tempfile.mkdtemp())
   full, dropped = trainer.plan(0), trainer.plan(1)
   assert full.clients == (0, 1, 2, 3) and full.steps["all"].noise_multiplier == 1.0
   assert dropped.clients == (0, 2) and dropped.dropped == (1, 3)
   assert dropped.steps["all"].noise_multiplier == pytest.approx(math.sqrt(2 / 4))
   for r, plan in ((0, full), (1, dropped)):
     state0 = trainer.initial_state()
-    state, _ = trainer.run(state0, plan, r)
+    state = trainer.run(state0, plan, r).state
     noise = np.concatenate(
       [(a - b).ravel() for a, b in zip(trainer.weights(state0), trainer.weights(state))]
     )
@@ -118,9 +112,9 @@ def test_provisioned_noise_std_is_sigma_c_sqrt_k_over_m(data, tff_runtime):
     min_surviving_hospitals=2,
     secure_sum_bound=100.0,
   )
-  trainer = settings.make_trainer(cfg, data, tempfile.mkdtemp())
+  trainer = trainers.make_trainer(cfg, data, tempfile.mkdtemp())
   state0 = trainer.initial_state()
-  state, _ = trainer.run(state0, trainer.plan(0), 0)
+  state = trainer.run(state0, trainer.plan(0), 0).state
   noise = np.concatenate(
     [(a - b).ravel() for a, b in zip(trainer.weights(state0), trainer.weights(state))]
   )
@@ -130,7 +124,7 @@ def test_provisioned_noise_std_is_sigma_c_sqrt_k_over_m(data, tff_runtime):
 
 def test_m_larger_than_k_is_refused(data, tff_runtime):
   with pytest.raises(ValueError, match="min_surviving_hospitals=5 exceeds"):
-    settings.make_trainer(_cfg(min_surviving_hospitals=5), data, tempfile.mkdtemp())
+    trainers.make_trainer(_cfg(min_surviving_hospitals=5), data, tempfile.mkdtemp())
 
 
 def test_schedule_flag_parses_and_rejects():

@@ -12,16 +12,10 @@ import numpy as np
 import pytest
 
 from dopamine_tff import configs
-from dopamine_tff import settings
-from dopamine_tff.data import loaders
+from dopamine_tff import trainers
 
 
-@pytest.fixture(scope="module")
-def data():
-  return loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
-
-
-def _weights_after(data, setting, runtime_kind, rounds=3, trainers=None):
+def _weights_after(data, setting, runtime_kind, rounds=3, built=None):
   cfg = configs.TrainConfig(
     setting=setting,
     rounds=rounds,
@@ -35,14 +29,15 @@ def _weights_after(data, setting, runtime_kind, rounds=3, trainers=None):
     seed=7,
     insecure_seeded_noise=True,  # both runtimes must draw the same noise
   )
-  trainer = settings.make_trainer(cfg, data, tempfile.mkdtemp())
-  if trainers is not None:
-    trainers.append(trainer)
+  trainer = trainers.make_trainer(cfg, data, tempfile.mkdtemp())
+  if built is not None:
+    built.append(trainer)
   state = trainer.initial_state()
   out = []
   for r in range(rounds):
-    state, measurements = trainer.run(state, trainer.plan(r), r)
-    out.append((trainer.weights(state), measurements))
+    outcome = trainer.run(state, trainer.plan(r), r)
+    state = outcome.state
+    out.append((trainer.weights(state), outcome.measurements))
   return out
 
 
@@ -64,7 +59,7 @@ def test_same_weights_in_both_runtimes(setting, data, tff_runtime):
 def test_client_step_is_traced_once_over_rounds_and_hospitals(setting, data):
   # Every hospital's data and every round's Poisson batch differ in size; the
   # client computation must still be traced once (a retrace costs seconds).
-  trainers = []
-  _weights_after(data, setting, "in_process", rounds=3, trainers=trainers)
-  process = trainers[0].process
+  built = []
+  _weights_after(data, setting, "in_process", rounds=3, built=built)
+  process = built[0].round
   assert process._client.experimental_get_tracing_count() == 1  # noqa: SLF001

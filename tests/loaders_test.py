@@ -9,26 +9,13 @@ from PIL import Image
 import pytest
 
 from dopamine_tff.data import loaders
-
-
-def _write_aptos(root, rows, sizes=None):
-  os.makedirs(os.path.join(root, "train_images"), exist_ok=True)
-  rng = np.random.default_rng(0)
-  with open(os.path.join(root, "train.csv"), "w") as f:
-    f.write("id_code,diagnosis\n")
-    for i, (code, diag) in enumerate(rows):
-      f.write(f"{code},{diag}\n")
-      h, w = (sizes or [(40 + i, 50 + 2 * i)] * len(rows))[i]
-      Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-        os.path.join(root, "train_images", f"{code}.png")
-      )
-  return root
+from tests import aptos_files
 
 
 @pytest.fixture
 def aptos_dir(tmp_path):
   rows = [(f"img{i:03d}", i % 5) for i in range(30)]
-  return _write_aptos(str(tmp_path / "aptos"), rows)
+  return aptos_files.write_aptos(str(tmp_path / "aptos"), rows)
 
 
 def test_aptos_folder_loads_and_splits(aptos_dir):
@@ -75,17 +62,6 @@ def test_empty_csv_says_so(tmp_path, text, message):
     loaders.load(loaders.DataConfig(dataset="aptos", data_dir=str(tmp_path)))
 
 
-def _with_columns(aptos_dir, **columns):
-  """Adds columns (name -> value per row index) to the fixture's train.csv."""
-  path = os.path.join(aptos_dir, "train.csv")
-  lines = pathlib.Path(path).read_text().splitlines()
-  out = [lines[0] + "".join("," + c for c in columns)]
-  for i, line in enumerate(lines[1:]):
-    out.append(line + "".join(f",{fn(i)}" for fn in columns.values()))
-  with open(path, "w") as f:
-    f.write("\n".join(out) + "\n")
-
-
 def _codes(data, aptos_dir):
   """id_code of every image, recovered by matching pixels against the files."""
   raw = loaders.load_aptos(aptos_dir, 16)
@@ -98,7 +74,7 @@ def _codes(data, aptos_dir):
 
 
 def test_hospital_column_is_the_split(aptos_dir):
-  _with_columns(aptos_dir, hospital=lambda i: ["north", "south", "east"][i % 3])
+  aptos_files.with_columns(aptos_dir, hospital=lambda i: ["north", "south", "east"][i % 3])
   data = loaders.load(
     loaders.DataConfig(
       dataset="aptos", data_dir=aptos_dir, num_hospitals=3, image_size=16, test_fraction=0.5
@@ -115,8 +91,8 @@ def test_hospital_column_is_the_split(aptos_dir):
 
 
 def test_hospital_dirs_keep_their_data(tmp_path):
-  a = _write_aptos(str(tmp_path / "a"), [(f"a{i}", i % 5) for i in range(20)])
-  b = _write_aptos(str(tmp_path / "b"), [(f"b{i}", i % 5) for i in range(40)])
+  a = aptos_files.write_aptos(str(tmp_path / "a"), [(f"a{i}", i % 5) for i in range(20)])
+  b = aptos_files.write_aptos(str(tmp_path / "b"), [(f"b{i}", i % 5) for i in range(40)])
   data = loaders.load(
     loaders.DataConfig(
       dataset="aptos", hospital_dirs=(a, b), num_hospitals=2, test_fraction=0.2, image_size=16
@@ -129,7 +105,7 @@ def test_hospital_dirs_keep_their_data(tmp_path):
 
 
 def test_patient_ids_keep_a_patients_images_together(aptos_dir):
-  _with_columns(aptos_dir, patient_id=lambda i: f"p{i // 2}")  # two images per patient
+  aptos_files.with_columns(aptos_dir, patient_id=lambda i: f"p{i // 2}")  # two images per patient
   data = loaders.load(
     loaders.DataConfig(dataset="aptos", data_dir=aptos_dir, num_hospitals=3, image_size=16)
   )

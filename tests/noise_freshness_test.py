@@ -13,16 +13,15 @@ import os
 import shutil
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from dopamine_tff import configs
 from dopamine_tff import models
+from dopamine_tff import participation
 from dopamine_tff import seeds
-from dopamine_tff import settings
 from dopamine_tff import tf_rounds
-from dopamine_tff import training_loop
-from dopamine_tff.data import loaders
+from dopamine_tff.program import loop
+from dopamine_tff.trainers import fedavg
 
 SHAPE = (8, 8, 1)
 PAPER_ROUNDS, PAPER_HOSPITALS = 2920, 10  # FSCDP paper preset: 100 epochs at q=0.03425
@@ -155,8 +154,9 @@ def test_paper_length_fpdp_run_feeds_pairwise_distinct_seeds():
   # FPDP paper preset: 100 rounds, 5 of 10 hospitals, 5 local epochs of
   # ceil(293/50) = 6 batches: 30 local DP-SGD steps per hospital and round.
   cfg = configs.TrainConfig(setting="fpdp", rounds=100, client_fraction=0.5, seed=0)
-  trainer = settings.FedAvgTrainer.__new__(settings.FedAvgTrainer)
+  trainer = fedavg.FedAvgTrainer.__new__(fedavg.FedAvgTrainer)
   trainer.cfg, trainer.sizes, trainer.units = cfg, [293] * 10, [293] * 10
+  trainer.local_dp, trainer.centralised = True, False
   trainer.local = tf_rounds.LocalParams(5, 50, 0.002, 0.9, 2.0, 2.0)
   keys = [seeds.client_key(0, r, h) for r in range(100) for h in trainer.plan(r).clients]
   assert len(keys) == 500
@@ -167,17 +167,12 @@ def test_paper_length_fpdp_run_feeds_pairwise_distinct_seeds():
 
 def test_host_side_draws_use_the_full_derivation():
   cfg = configs.TrainConfig(setting="fscdp", dropout_prob=0.5, seed=3)
-  patterns = {tuple(sorted(cfg.dropped(r, 10))) for r in range(2000)}
+  patterns = {tuple(sorted(participation.dropped(cfg, r, 10))) for r in range(2000)}
   assert len(patterns) > 500  # 1024 patterns, well spread
   a = seeds.host_rng(3, 5, seeds.Purpose.DROPOUT).uniform(size=4)
   b = seeds.host_rng(3, 5, seeds.Purpose.SELECTION).uniform(size=4)
   c = seeds.host_rng(3, 6, seeds.Purpose.DROPOUT).uniform(size=4)
   assert not np.allclose(a, b) and not np.allclose(a, c)
-
-
-@pytest.fixture(scope="module")
-def digits():
-  return loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
 
 
 def test_resume_feeds_the_keys_of_the_rounds_it_runs(digits, tmp_path, monkeypatch):
@@ -202,18 +197,18 @@ def test_resume_feeds_the_keys_of_the_rounds_it_runs(digits, tmp_path, monkeypat
     eval_every=6,
   )
   out = str(tmp_path / "run")
-  opts = training_loop.LoopOptions(checkpoint_every=2, tensorboard=False)
-  full = training_loop.run(cfg, digits, out, options=opts, log=lambda _: None)
+  opts = configs.LoopOptions(checkpoint_every=2, tensorboard=False)
+  full = loop.run(cfg, digits, out, options=opts, log=lambda _: None)
   first = list(fed)
   assert first == [(r, h) for r in range(6) for h in range(4)]
   # Drop the newest checkpoint, resume from round 4: rounds 5 and 6 again.
   shutil.rmtree(os.path.join(out, "checkpoints", "ckpt_00000006"))
   fed.clear()
-  resumed = training_loop.run(
+  resumed = loop.run(
     cfg,
     digits,
     out,
-    options=training_loop.LoopOptions(checkpoint_every=2, tensorboard=False, resume=True),
+    options=configs.LoopOptions(checkpoint_every=2, tensorboard=False, resume=True),
     log=lambda _: None,
   )
   assert fed == [(r, h) for r in (4, 5) for h in range(4)]
@@ -279,11 +274,9 @@ def test_a_default_run_s_noise_cannot_be_regenerated_from_what_it_writes(
     runtime="in_process",
     eval_every=4,
   )
-  opts = training_loop.LoopOptions(checkpoint_every=2, tensorboard=False)
+  opts = configs.LoopOptions(checkpoint_every=2, tensorboard=False)
   out = str(tmp_path / "secret")
-  summary = training_loop.run(
-    configs.TrainConfig(**base), digits, out, options=opts, log=lambda _: None
-  )
+  summary = loop.run(configs.TrainConfig(**base), digits, out, options=opts, log=lambda _: None)
   assert summary["noise_randomness"].startswith("secret")
   assert len(fed) == 16
   written = dict(_run_files(out))
@@ -297,11 +290,11 @@ def test_a_default_run_s_noise_cannot_be_regenerated_from_what_it_writes(
   shutil.rmtree(os.path.join(out, "checkpoints", "ckpt_00000004"))
   first = {rh: key for rh, key in fed}
   fed.clear()
-  training_loop.run(
+  loop.run(
     configs.TrainConfig(**base),
     digits,
     out,
-    options=training_loop.LoopOptions(checkpoint_every=2, tensorboard=False, resume=True),
+    options=configs.LoopOptions(checkpoint_every=2, tensorboard=False, resume=True),
     log=lambda _: None,
   )
   assert [rh for rh, _ in fed] == [(r, h) for r in (2, 3) for h in range(4)]
@@ -310,7 +303,7 @@ def test_a_default_run_s_noise_cannot_be_regenerated_from_what_it_writes(
   w = {}
   for name, seeded in (("a", False), ("b", False), ("s1", True), ("s2", True)):
     cfg = configs.TrainConfig(**base, insecure_seeded_noise=seeded)
-    got = training_loop.run(cfg, digits, str(tmp_path / name), options=opts, log=lambda _: None)
+    got = loop.run(cfg, digits, str(tmp_path / name), options=opts, log=lambda _: None)
     w[name] = np.load(tmp_path / name / "final_weights.npz")
     if seeded:
       assert got["noise_randomness"] == "seeded: not private against anyone who knows the seed"

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dopamine_tff import dither
 from dopamine_tff import models
 from dopamine_tff import process
 from dopamine_tff import quantization
 from dopamine_tff import seeds
-from dopamine_tff import settings
+from dopamine_tff.program import loop
 
 SHAPE, CLASSES = (8, 8, 1), 4
 W0 = models.initial_weights("small_cnn", SHAPE, CLASSES, seed=0)
@@ -141,17 +142,16 @@ def test_many_hospitals_dither_on_a_connected_ring_with_the_same_release(monkeyp
   import numpy as np
 
   from dopamine_tff import configs
-  from dopamine_tff import training_loop
   from dopamine_tff.data import loaders
   from dopamine_tff.secagg import protocol
 
-  assert settings.dither_graph(10, b"r0") == {
+  assert dither.dither_graph(10, b"r0") == {
     i: tuple(j for j in range(10) if j != i) for i in range(10)
   }
-  ring = settings.dither_graph(40, b"r0")
+  ring = dither.dither_graph(40, b"r0")
   assert {len(v) for v in ring.values()} == {6}
   assert all(i in ring[j] for i in ring for j in ring[i])
-  assert settings.dither_graph(40, b"r1") != ring  # a new order every round
+  assert dither.dither_graph(40, b"r1") != ring  # a new order every round
   protocol.check_hidden(ring, set(range(40)))  # raises when disconnected
   data = loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=40, num_examples=1200))
   cfg = configs.TrainConfig(
@@ -165,10 +165,10 @@ def test_many_hospitals_dither_on_a_connected_ring_with_the_same_release(monkeyp
     runtime="in_process",
     eval_every=2,
   )
-  opts = dict(options=training_loop.LoopOptions(tensorboard=False), log=lambda _: None)
-  training_loop.run(cfg, data, str(tmp_path / "ring"), **opts)
-  monkeypatch.setattr(settings, "DENSE_DITHER_MAX", 1000)
-  training_loop.run(cfg, data, str(tmp_path / "complete"), **opts)
+  opts = dict(options=configs.LoopOptions(tensorboard=False), log=lambda _: None)
+  loop.run(cfg, data, str(tmp_path / "ring"), **opts)
+  monkeypatch.setattr(dither, "DENSE_DITHER_MAX", 1000)
+  loop.run(cfg, data, str(tmp_path / "complete"), **opts)
   a = np.load(tmp_path / "ring" / "final_weights.npz")
   b = np.load(tmp_path / "complete" / "final_weights.npz")
   for key in a.files:

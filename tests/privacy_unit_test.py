@@ -96,11 +96,11 @@ def test_joint_contribution_is_clipped_to_c_where_per_image_clipping_is_not():
 
 
 def _aptos_with_patients(root, patients=30):
-  from tests import loaders_test
+  from tests import aptos_files
 
   rows = [(f"img{i:03d}", (i // 2) % 5) for i in range(2 * patients)]
-  path = loaders_test._write_aptos(root, rows)
-  loaders_test._with_columns(path, patient_id=lambda i: f"patient{i // 2}")
+  path = aptos_files.write_aptos(root, rows)
+  aptos_files.with_columns(path, patient_id=lambda i: f"patient{i // 2}")
   return path
 
 

@@ -106,12 +106,12 @@ def test_default_output_data_overrides_reuse_and_force(tmp_path):
 
 
 def test_data_dir_is_honoured_or_refused(tmp_path):
-  from tests import loaders_test
+  from tests import aptos_files
 
   refused = _reproduce(["--preset=smoke", f"--data_dir={tmp_path}", f"--output_dir={tmp_path}"])
   assert refused.returncode == 2
   assert "trains on synthetic; add --dataset=aptos" in refused.stderr
-  aptos = loaders_test._write_aptos(
+  aptos = aptos_files.write_aptos(
     str(tmp_path / "aptos"), [(f"img{i:03d}", i % 5) for i in range(40)]
   )
   out = tmp_path / "out"

@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from dopamine_tff import checkpoint
+from dopamine_tff.program import checkpoint
+from dopamine_tff.program import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [
@@ -278,15 +279,14 @@ def test_tf_privacy_cdp_resume_draws_fresh_noise_and_keeps_momentum(tmp_path):
   """
   from dopamine_tff import configs
   from dopamine_tff import models
-  from dopamine_tff import training_loop
   from dopamine_tff.data import loaders
 
   data = loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=1, num_examples=200))
   quiet = dict(log=lambda _: None)
 
   def run(cfg, out, resume=False):
-    opts = training_loop.LoopOptions(checkpoint_every=1, tensorboard=False, resume=resume)
-    training_loop.run(cfg, data, out, options=opts, **quiet)
+    opts = configs.LoopOptions(checkpoint_every=1, tensorboard=False, resume=resume)
+    loop.run(cfg, data, out, options=opts, **quiet)
     return list(np.load(os.path.join(out, "final_weights.npz")).values())
 
   def round_one(out):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dopamine_tff.program import loop
 from dopamine_tff.secagg import masking
 from dopamine_tff.secagg import protocol
 
@@ -124,16 +125,8 @@ def test_bad_configuration(kwargs, message):
     protocol.SecAggConfig(**kwargs)
 
 
-@pytest.fixture(scope="module")
-def digits():
-  from dopamine_tff.data import loaders
-
-  return loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
-
-
 def _train(digits, tmp_path, name, **overrides):
   from dopamine_tff import configs
-  from dopamine_tff import training_loop
 
   cfg = configs.TrainConfig(
     setting="fscdp",
@@ -148,8 +141,8 @@ def _train(digits, tmp_path, name, **overrides):
     **overrides,
   )
   out = str(tmp_path / name)
-  opts = training_loop.LoopOptions(checkpoint_every=0, tensorboard=False)
-  summary = training_loop.run(cfg, digits, out, options=opts, log=lambda _: None)
+  opts = configs.LoopOptions(checkpoint_every=0, tensorboard=False)
+  summary = loop.run(cfg, digits, out, options=opts, log=lambda _: None)
   return summary, np.load(f"{out}/final_weights.npz")
 
 

@@ -8,19 +8,15 @@ import pytest
 
 from dopamine_tff import configs
 from dopamine_tff import tf_rounds
-from dopamine_tff import training_loop
-from dopamine_tff.data import loaders
+from dopamine_tff.program import checkpoint
+from dopamine_tff.program import loop
+from dopamine_tff.program import run_dir
 
 
 def test_cosine_factor():
   f = [float(tf_rounds.lr_factor(t, "cosine", 10)) for t in (0, 5, 10, 20)]
   assert f == pytest.approx([1.0, 0.5, 0.0, 0.0], abs=1e-6)
   assert float(tf_rounds.lr_factor(7, "constant", 10)) == 1.0
-
-
-@pytest.fixture(scope="module")
-def digits():
-  return loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
 
 
 def _cfg(**kw):
@@ -44,16 +40,14 @@ def _final(out):
 
 def test_ema_is_the_average_of_released_weights_and_resumes_exactly(digits, tmp_path):
   quiet = dict(log=lambda _: None)
-  opts = training_loop.LoopOptions(checkpoint_every=1, tensorboard=False)
+  opts = configs.LoopOptions(checkpoint_every=1, tensorboard=False)
   plain = str(tmp_path / "plain")
-  training_loop.run(_cfg(), digits, plain, options=opts, **quiet)
+  loop.run(_cfg(), digits, plain, options=opts, **quiet)
   ema_dir = str(tmp_path / "ema")
-  training_loop.run(_cfg(ema_decay=0.9), digits, ema_dir, options=opts, **quiet)
+  loop.run(_cfg(ema_decay=0.9), digits, ema_dir, options=opts, **quiet)
   ema = _final(ema_dir)
   assert not all(np.array_equal(a, b) for a, b in zip(ema, _final(plain)))
   # The EMA run's own state weights are the plain run's (post-processing only).
-  from dopamine_tff import checkpoint
-
   arrays, _ = checkpoint.load_latest(os.path.join(ema_dir, "checkpoints"))
   plain_arrays, _ = checkpoint.load_latest(os.path.join(plain, "checkpoints"))
   for a, b in zip(arrays["weights"], plain_arrays["weights"]):
@@ -63,11 +57,11 @@ def test_ema_is_the_average_of_released_weights_and_resumes_exactly(digits, tmp_
   # Resume from round 4: the same EMA as the uninterrupted run.
   for r in (5, 6):
     shutil.rmtree(os.path.join(ema_dir, "checkpoints", f"ckpt_{r:08d}"))
-  resumed = training_loop.run(
+  resumed = loop.run(
     _cfg(ema_decay=0.9),
     digits,
     ema_dir,
-    options=training_loop.LoopOptions(checkpoint_every=1, tensorboard=False, resume=True),
+    options=configs.LoopOptions(checkpoint_every=1, tensorboard=False, resume=True),
     **quiet,
   )
   assert resumed["rounds_run"] == 6
@@ -78,7 +72,7 @@ def test_ema_is_the_average_of_released_weights_and_resumes_exactly(digits, tmp_
 def test_ema_math():
   ema = None
   for t, w in enumerate([10.0, 20.0, 30.0], start=1):
-    ema = training_loop.ema_update(ema, [np.array([w], np.float32)], 0.5, t)
+    ema = loop.ema_update(ema, [np.array([w], np.float32)], 0.5, t)
   # t=1 sets 10; t=2: decay min(0.5, 3/12)=0.25 -> 17.5; t=3: min(0.5, 4/13) -> 26.15...
   d3 = 4 / 13
   assert float(ema[0][0]) == pytest.approx(d3 * 17.5 + (1 - d3) * 30.0)
@@ -86,29 +80,29 @@ def test_ema_math():
 
 def test_schedule_changes_training_and_pins_the_round_count_on_resume(digits, tmp_path):
   quiet = dict(log=lambda _: None)
-  opts = training_loop.LoopOptions(checkpoint_every=2, tensorboard=False)
+  opts = configs.LoopOptions(checkpoint_every=2, tensorboard=False)
   a, b = str(tmp_path / "const"), str(tmp_path / "cos")
-  training_loop.run(_cfg(), digits, a, options=opts, **quiet)
-  training_loop.run(_cfg(lr_schedule="cosine"), digits, b, options=opts, **quiet)
+  loop.run(_cfg(), digits, a, options=opts, **quiet)
+  loop.run(_cfg(lr_schedule="cosine"), digits, b, options=opts, **quiet)
   assert not all(np.array_equal(x, y) for x, y in zip(_final(a), _final(b)))
-  with pytest.raises(training_loop.RunDirError, match="--rounds 6 -> 8"):
-    training_loop.run(
+  with pytest.raises(run_dir.RunDirError, match="--rounds 6 -> 8"):
+    loop.run(
       _cfg(lr_schedule="cosine", rounds=8),
       digits,
       b,
-      options=training_loop.LoopOptions(checkpoint_every=2, tensorboard=False, resume=True),
+      options=configs.LoopOptions(checkpoint_every=2, tensorboard=False, resume=True),
       **quiet,
     )
 
 
 def test_fedavg_schedule_scales_the_server_step(digits, tmp_path):
   quiet = dict(log=lambda _: None)
-  opts = training_loop.LoopOptions(checkpoint_every=0, tensorboard=False)
+  opts = configs.LoopOptions(checkpoint_every=0, tensorboard=False)
   outs = {}
   for schedule in ("constant", "cosine"):
     out = str(tmp_path / schedule)
     cfg = _cfg(setting="f", rounds=3, batch_size=32, local_epochs=1, lr_schedule=schedule)
-    training_loop.run(cfg, digits, out, options=opts, **quiet)
+    loop.run(cfg, digits, out, options=opts, **quiet)
     outs[schedule] = _final(out)
   assert not all(np.array_equal(a, b) for a, b in zip(outs["constant"], outs["cosine"]))
 

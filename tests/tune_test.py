@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from dopamine_tff import accounting
+from dopamine_tff import participation
 from dopamine_tff import presets
+from dopamine_tff import trainers
 from dopamine_tff import tuning
 from dopamine_tff.data import loaders
 
@@ -104,16 +106,15 @@ def test_one_definition_of_epochs_selection_and_fpdp_steps():
   import tempfile
 
   from dopamine_tff import configs
-  from dopamine_tff import settings
 
   data = loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
   tfp = configs.TrainConfig(setting="cdp", cdp_impl="tf_privacy", rounds=3)
   assert tuning.base_epochs(tfp) == 3.0  # was rounds * q = 0.103 for the baseline
   fpdp = configs.TrainConfig(setting="fpdp", rounds=5, client_fraction=0.5, batch_size=16)
-  trainer = settings.make_trainer(fpdp, data, tempfile.mkdtemp())
+  trainer = trainers.make_trainer(fpdp, data, tempfile.mkdtemp())
   for r in range(5):
     plan = trainer.plan(r)
-    assert list(plan.clients) == fpdp.selected(r, 4)
+    assert list(plan.clients) == participation.selected(fpdp, r, 4)
     for c in plan.clients:
       q, count = fpdp.fpdp_steps(len(data.hospitals[c]))
       assert (plan.steps[str(c)].sampling_prob, plan.steps[str(c)].count) == (q, count)

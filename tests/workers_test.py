@@ -7,13 +7,7 @@ import pytest
 
 from dopamine_tff import configs
 from dopamine_tff import runtime
-from dopamine_tff import settings
-from dopamine_tff.data import loaders
-
-
-@pytest.fixture(scope="module")
-def data():
-  return loaders.load(loaders.DataConfig(dataset="digits", num_hospitals=4, num_examples=400))
+from dopamine_tff import trainers
 
 
 def _weights(data, setting, num_workers, rounds=3):
@@ -32,11 +26,12 @@ def _weights(data, setting, num_workers, rounds=3):
       seed=4,
       insecure_seeded_noise=True,  # one and two workers must draw the same noise
     )
-    trainer = settings.make_trainer(cfg, data, tempfile.mkdtemp())
+    trainer = trainers.make_trainer(cfg, data, tempfile.mkdtemp())
     state = trainer.initial_state()
     pids = runtime.worker_pids()
     for r in range(rounds):
-      state, measurements = trainer.run(state, trainer.plan(r), r)
+      outcome = trainer.run(state, trainer.plan(r), r)
+      state, measurements = outcome.state, outcome.measurements
     return trainer.weights(state), measurements, pids
   finally:
     runtime.start()  # back to the single-worker runtime of the other tests

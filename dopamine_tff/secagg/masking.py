@@ -65,8 +65,3 @@ def add_streams(total, keys, signs, nonce, prg: str):
 
   _, total = tf.while_loop(lambda i, _: i < tf.shape(keys)[0], body, (tf.constant(0), total))
   return total
-
-
-def unflatten(flat, shapes):
-  sizes = [int(tf.TensorShape(s).num_elements()) for s in shapes]
-  return [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]

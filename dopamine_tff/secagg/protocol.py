@@ -37,14 +37,7 @@ execution, so EVERY ROUND IS A FRESH PROTOCOL INSTANCE (:meth:`start_round`):
 Because keys are fresh each round, a private key revealed for a dropout
 unmasks nothing in any other round.
 
-Parameters (:class:`SecAggConfig`): SecAgg uses the complete graph and a
-threshold t (default: a majority of K). SecAgg+ derives its degree k and t
-from K, an assumed adversarial fraction gamma and dropout rate delta for 40
-bits of security and 20 of correctness, as Bell et al. and Google's
-federated-compute parameter finder do (:func:`harary_parameters`); explicit
-values are checked against the same bounds. ``colluders`` (c hospitals
-colluding with the server) must stay below t (and below gamma K for
-SecAgg+): the run refuses any c its bounds do not cover.
+Parameters: :class:`SecAggConfig` (dopamine_tff/secagg/config.py).
 
 Simulation boundary: one process plays every party, so this object holds all
 secrets; the protocol's messages, costs, refusals and failure behaviour are
@@ -55,8 +48,6 @@ by a ``seeds.Randomness``: the OS CSPRNG by default.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 import struct
 
 from cryptography.hazmat.primitives import hashes
@@ -64,348 +55,30 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 import numpy as np
-from scipy import stats
 import tensorflow as tf
 
 from dopamine_tff import seeds
 from dopamine_tff.secagg import chacha
+from dopamine_tff.secagg import config as config_lib
 from dopamine_tff.secagg import masking
 from dopamine_tff.secagg import shamir
 
-MODES = ("none", "secagg", "secagg_plus")
 _INFO = b"dopamine_tff/secagg/v1/pair-mask"
 _DITHER_INFO = b"dopamine_tff/secagg/v1/pair-dither"
-SECURITY_BITS = 40  # statistical security of SecAgg+'s parameters (Bell et al.)
-CORRECTNESS_BITS = 20  # chance of an abort when the dropout assumption holds
-_SMALL = 1e-14  # keeps floor(rate * K) from rounding down across an integer
 
 
-class RoundAborted(RuntimeError):
-  """The round cannot be unmasked safely: it releases nothing."""
-
-
-class UpdateNotEncodable(RoundAborted):
-  """A hospital's update had a non-finite or out-of-range coordinate: the round
-  is abandoned (only this flag, never the count, leaves the hospitals)."""
-
-
-class ProtocolViolation(RoundAborted):
-  """A request an honest holder refuses (e.g. both secrets of one hospital)."""
-
-
-# ---------------------------------------------------------------------------
-# Parameters: Harary-graph degree and Shamir threshold from the threat model.
-
-
-def _log_disconnected(k: int, degree: int, bad: int) -> float:
-  """log of a bound on P(a random Harary graph H(degree, k) loses connectivity
-  when `bad` uniformly placed nodes are removed).
-
-  Disconnecting a Harary graph takes two runs of degree/2 consecutive removed
-  nodes on its ring; union bound over the k (k - degree - 1) / 2 pairs of run
-  positions, each fully removed with probability C(k - degree, bad - degree)
-  / C(k, bad) (Bell et al. 2020; the federated-compute finder's bound).
-  """
-  if degree > bad:
-    return -math.inf
-  pairs = math.log(k) + math.log(max(k - degree - 1, 1)) - math.log(2)
-  return (
-    pairs
-    + math.lgamma(bad + 1)
-    + math.lgamma(k - degree + 1)
-    - math.lgamma(k + 1)
-    - math.lgamma(bad - degree + 1)
-  )
-
-
-@dataclasses.dataclass(frozen=True)
-class Guarantee:
-  """Failure probabilities (log2) of a SecAgg instance under its assumptions."""
-
-  security_log2: float  # P(some update exposed to server + adversaries)
-  correctness_log2: float  # P(a round aborts though the dropout rate holds)
-
-  def to_json(self) -> dict:
-    def fmt(x):
-      return None if x == -math.inf else round(x, 2)
-
-    return {
-      "security_failure_log2": fmt(self.security_log2),
-      "correctness_failure_log2": fmt(self.correctness_log2),
-    }
-
-
-def _log2(p: float) -> float:
-  return math.log2(p) if p > 0 else -math.inf
-
-
-def guarantee(k: int, degree: int, t: int, gamma: float, delta: float) -> Guarantee:
-  """The failure probabilities of (degree, t) for K=k, adversarial fraction
-  gamma and dropout rate delta (union bounds over the k hospitals)."""
-  adversaries = math.floor((gamma + _SMALL) * k)
-  survivors = math.ceil((1 - delta - _SMALL) * k)
-  if degree >= k - 1:  # complete graph: deterministic under the assumptions
-    sec = 0.0 if adversaries >= t else -math.inf
-    cor = 0.0 if survivors < t else -math.inf
-    return Guarantee(sec, cor)
-  log_disc = _log_disconnected(k, degree, adversaries + k - survivors)
-  # A hospital is exposed when t of its neighbours are adversarial.
-  p_adv = k * float(stats.hypergeom.sf(t - 1, k, adversaries, degree))
-  sec = _log2(min(1.0, math.exp(log_disc) + p_adv))
-  # A round aborts when fewer than t of a hospital's neighbours survive.
-  p_short = k * float(stats.hypergeom.cdf(t - 1, k, survivors, degree))
-  return Guarantee(sec, _log2(min(1.0, p_short)))
-
-
-def harary_parameters(k: int, gamma: float, delta: float) -> tuple[int, int] | None:
-  """The smallest even degree and its smallest threshold that meet 2^-40
-  security and 2^-20 correctness (None: no degree below k - 1 does).
-
-  For a degree: the graph of honest survivors must stay connected with
-  probability 1 - 2^-41; t - 1 must bound the adversarial neighbours of
-  every hospital but with probability 2^-41 (t = t1 + 1), and t the surviving
-  ones but with probability 2^-20 (t <= t2).
-  """
-  adversaries = math.floor((gamma + _SMALL) * k)
-  survivors = math.ceil((1 - delta - _SMALL) * k)
-  per_event = math.log(2.0 ** -(SECURITY_BITS + 1))
-  for degree in range(2, k - 1, 2):
-    if _log_disconnected(k, degree, adversaries + k - survivors) >= per_event:
-      continue
-    adv = stats.hypergeom(k, adversaries, degree)
-    alive = stats.hypergeom(k, survivors, degree)
-    # t1: the smallest x with P(adversarial neighbours > x) <= 2^-41 / k.
-    xs = np.arange(degree + 1)
-    t1 = int(xs[adv.sf(xs) <= 2.0 ** -(SECURITY_BITS + 1) / k][0])
-    # t2: the smallest x with P(surviving neighbours <= x) >= 2^-20 / k.
-    ok = alive.cdf(xs) >= 2.0**-CORRECTNESS_BITS / k
-    t2 = int(xs[ok][0]) if ok.any() else degree
-    if t2 > t1:
-      return degree, max(t1 + 1, 2)
-  return None
-
-
-@dataclasses.dataclass(frozen=True)
-class SecAggConfig:
-  """Secure aggregation of one run.
-
-  Attributes:
-    mode: 'secagg' (everyone masks with everyone) or 'secagg_plus' (k
-      neighbours on a Harary graph resampled every round).
-    num_hospitals: K.
-    threshold: shares needed to reconstruct a secret (None: a majority of K
-      for SecAgg; derived for SecAgg+). Must be >= 2.
-    neighbours: k of SecAgg+ (None: derived). Even.
-    prg: 'chacha20', or 'philox_insecure' (fast, not cryptographic).
-    adversarial_fraction: gamma, the share of hospitals assumed corrupted
-      (colluding with the server) that SecAgg+'s parameters must withstand.
-    dropout_rate: delta, the share of hospitals assumed to drop in a round.
-    colluders: c, the hospitals the run's colluder ledger assumes; refused
-      when c >= t, or (SecAgg+) c > gamma K.
-  """
-
-  mode: str
-  num_hospitals: int
-  threshold: int | None = None
-  neighbours: int | None = None
-  prg: str = "chacha20"
-  adversarial_fraction: float = 0.05
-  dropout_rate: float = 0.33
-  colluders: int = 0
-
-  def __post_init__(self):
-    k = self.num_hospitals
-    if self.mode not in MODES[1:]:
-      raise ValueError(f"secure_aggregation={self.mode!r}: must be one of {MODES[1:]}")
-    if k < 1:
-      raise ValueError(f"secure aggregation needs >= 1 hospital, got {k}")
-    if self.prg not in masking.PRGS:
-      raise ValueError(f"secagg_prg={self.prg!r}: must be one of {masking.PRGS}")
-    if not 0.0 <= self.adversarial_fraction < 1.0:
-      raise ValueError(
-        f"secagg_adversarial_fraction={self.adversarial_fraction}: must be in [0, 1)"
-      )
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"secagg_dropout_rate={self.dropout_rate}: must be in [0, 1)")
-    if self.adversarial_fraction + self.dropout_rate > 0.9:
-      raise ValueError(
-        f"secagg_adversarial_fraction + secagg_dropout_rate = "
-        f"{self.adversarial_fraction + self.dropout_rate:.3g}: must be <= 0.9 for any "
-        "SecAgg+ parameters to exist"
-      )
-    if self.neighbours is not None:
-      if self.mode != "secagg_plus":
-        raise ValueError("secagg_neighbours applies to secagg_plus only")
-      if self.neighbours < 2 or self.neighbours % 2 or self.neighbours > k - 1:
-        lo = max(2, self.neighbours - self.neighbours % 2)
-        raise ValueError(
-          f"secagg_neighbours={self.neighbours}: must be even, in [2, {k - 1}] (the ring gives "
-          f"k/2 neighbours per side); nearest valid: {sorted({min(lo, k - 1), min(lo + 2, k - 1)})}"
-        )
-    degree, derived_t = self._parameters()
-    object.__setattr__(self, "_degree", degree)
-    t = self.threshold if self.threshold is not None else derived_t
-    object.__setattr__(self, "_t", t)
-    holders = degree + 1
-    if self.threshold is not None and not 2 <= self.threshold <= holders:
-      raise ValueError(
-        f"secagg_threshold={self.threshold}: must be in [2, {holders}] (the holders of each "
-        "secret); with t = 1 any single holder recovers a hospital's keys"
-      )
-    if self.colluders >= t:
-      raise ValueError(
-        f"assumed_colluders={self.colluders}: must be below the Shamir threshold t={t}, "
-        f"since {t} colluding holders reconstruct a victim's keys and unmask its update"
-      )
-    if self.mode == "secagg_plus" and self.colluders > math.floor(
-      (self.adversarial_fraction + _SMALL) * k
-    ):
-      raise ValueError(
-        f"assumed_colluders={self.colluders}: SecAgg+'s parameters assume at most "
-        f"{math.floor((self.adversarial_fraction + _SMALL) * k)} corrupted hospitals "
-        f"(secagg_adversarial_fraction={self.adversarial_fraction} of {k}); raise it"
-      )
-    g = self.guarantee
-    if self.mode == "secagg_plus" and g.security_log2 > -SECURITY_BITS:
-      raise ValueError(
-        f"secagg_plus with {degree} neighbours and threshold {t}: an update is exposed with "
-        f"probability 2^{g.security_log2:.1f} > 2^-{SECURITY_BITS} under "
-        f"secagg_adversarial_fraction={self.adversarial_fraction}, "
-        f"secagg_dropout_rate={self.dropout_rate}; leave --secagg_neighbours and "
-        "--secagg_threshold unset to derive them"
-      )
-
-  def _parameters(self) -> tuple[int, int]:
-    k = self.num_hospitals
-    complete = (k - 1, k // 2 + 1 if k > 1 else 1)
-    if self.mode == "secagg":
-      return complete
-    if self.neighbours is not None:
-      degree = self.neighbours
-      if self.threshold is not None:
-        return degree, self.threshold
-      found = harary_parameters(k, self.adversarial_fraction, self.dropout_rate)
-      t = found[1] if found and found[0] <= degree else (degree + 1) // 2 + 1
-      return degree, min(t, degree + 1)
-    found = harary_parameters(k, self.adversarial_fraction, self.dropout_rate)
-    return found if found is not None else complete
-
-  @property
-  def degree(self) -> int:
-    """Neighbours per hospital."""
-    return self._degree
-
-  @property
-  def holders_per_secret(self) -> int:
-    return self.degree + 1  # the neighbours and the hospital itself
-
-  @property
-  def t(self) -> int:
-    return self._t
-
-  @property
-  def complete(self) -> bool:
-    return self.degree >= self.num_hospitals - 1
-
-  @property
-  def guarantee(self) -> Guarantee:
-    return guarantee(
-      self.num_hospitals, self.degree, self.t, self.adversarial_fraction, self.dropout_rate
-    )
-
-  def to_json(self) -> dict:
-    """Assumptions and failure probabilities (for summary.json)."""
-    return {
-      "mode": self.mode,
-      "num_hospitals": self.num_hospitals,
-      "neighbours": self.degree,
-      "graph": "complete" if self.complete else "Harary, resampled every round",
-      "threshold": self.t,
-      "holders_per_secret": self.holders_per_secret,
-      "assumed_adversarial_fraction": self.adversarial_fraction,
-      "assumed_dropout_rate": self.dropout_rate,
-      "assumed_colluders": self.colluders,
-      "threat_model": (
-        f"semi-honest server; updates hidden against it with up to {self.colluders} colluding "
-        f"hospitals (checked every round); keys secret against any {self.t - 1}"
-        if self.complete
-        else "semi-honest server; updates hidden against it with up to "
-        f"{math.floor((self.adversarial_fraction + _SMALL) * self.num_hospitals)} corrupted "
-        f"hospitals but with probability 2^{self.guarantee.security_log2:.1f}"
-      )
-      + "; keys, shares and graph fresh every round",
-      "prg": self.prg,
-      **self.guarantee.to_json(),
-    }
-
-
-def neighbour_graph(cfg: SecAggConfig, order_seed: bytes = b"") -> dict[int, tuple[int, ...]]:
-  """Hospital -> its neighbours (symmetric): complete, or a Harary graph of
-  even degree over the random order keyed by `order_seed` (32 secret bytes)."""
-  k = cfg.num_hospitals
-  if cfg.degree >= k - 1:
-    return {i: tuple(j for j in range(k) if j != i) for i in range(k)}
-  return harary_graph(k, cfg.degree, order_seed)
-
-
-def harary_graph(k: int, degree: int, order_seed: bytes) -> dict[int, tuple[int, ...]]:
-  """H(degree, k) over a random order: each hospital's degree/2 ring neighbours per side."""
-  rng = np.random.default_rng(np.random.SeedSequence(int.from_bytes(order_seed or b"\0", "big")))
-  order = rng.permutation(k)
-  pos = {int(h): p for p, h in enumerate(order)}
-  half = degree // 2
-  graph = {}
-  for i in range(k):
-    near = {int(order[(pos[i] + d) % k]) for d in range(-half, half + 1) if d}
-    graph[i] = tuple(sorted(near))
-  return graph
-
-
-def check_hidden(graph: dict, alive, colluders: int = 0, exact_limit: int = 20_000) -> None:
-  """RoundAborted unless the delivering hospitals' graph hides every update.
-
-  The server learns the sum of every connected component of the honest
-  delivering hospitals (pair masks with dropped hospitals are removed, those
-  with colluders known). So: each hospital must have more than `colluders`
-  delivering neighbours, and the graph on `alive` must stay connected after
-  removing any `colluders` of them (checked exactly while the subsets number
-  at most `exact_limit`; beyond, the probabilistic bound of the parameters
-  covers it).
-  """
-  alive = set(alive)
-  if len(alive) <= 1:
-    return
-  for i in alive:
-    live = sum(1 for j in graph[i] if j in alive)
-    if live <= colluders:
-      raise RoundAborted(
-        f"hospital {i} has {live} delivering neighbours, not more than the "
-        f"{colluders} assumed colluders: its update would be exposed"
-      )
-
-  def connected(nodes):
-    if not nodes:
-      return True
-    start = min(nodes)
-    seen, todo = {start}, [start]
-    while todo:
-      for j in graph[todo.pop()]:
-        if j in nodes and j not in seen:
-          seen.add(j)
-          todo.append(j)
-    return seen == nodes
-
-  if not connected(alive):
-    raise RoundAborted(
-      "the delivering hospitals' graph is disconnected: a partial sum would be released"
-    )
-  if colluders and math.comb(len(alive), colluders) <= exact_limit:
-    for removed in itertools.combinations(sorted(alive), colluders):
-      if not connected(alive - set(removed)):
-        raise RoundAborted(
-          f"removing {colluders} hospital(s) {list(removed)} disconnects the delivering "
-          "hospitals' graph: colluders could learn a partial sum"
-        )
+# Re-exported from dopamine_tff/secagg/config.py (the parameters and graphs).
+RoundAborted = config_lib.RoundAborted
+UpdateNotEncodable = config_lib.UpdateNotEncodable
+ProtocolViolation = config_lib.ProtocolViolation
+SecAggConfig = config_lib.SecAggConfig
+Guarantee = config_lib.Guarantee
+guarantee = config_lib.guarantee
+harary_parameters = config_lib.harary_parameters
+harary_graph = config_lib.harary_graph
+neighbour_graph = config_lib.neighbour_graph
+check_hidden = config_lib.check_hidden
+MODES = config_lib.MODES
 
 
 def _raw(private_key: x25519.X25519PrivateKey) -> bytes:

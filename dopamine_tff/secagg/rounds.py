@@ -2,8 +2,9 @@
 
 Runs a ``MaskedDpSgd`` (TFF, dopamine_tff/process.py) or its in-process twin
 (dopamine_tff/inprocess.py) around the protocol's phases
-(dopamine_tff/secagg/protocol.py). Has the ``initialize()`` / ``next()``
-shape of the other processes, with the round's senders and responders.
+(dopamine_tff/secagg/protocol.py). Has the ``initialize()`` / ``run()``
+shape of the other round objects (``run(state, tf_rounds.RoundInputs)``,
+with the round's senders and responders).
 
 Every round starts a fresh protocol instance (keys, shares, graph); the pair
 dithers come from the same per-round agreements, and the server's correction
@@ -21,7 +22,7 @@ from dopamine_tff.secagg import protocol as protocol_lib
 
 
 class SecureDpSgd:
-  """Dopamine's round with masks; ``next`` raises RoundAborted (nothing released)."""
+  """Dopamine's round with masks; ``run`` raises RoundAborted (nothing released)."""
 
   def __init__(self, computations, protocol: protocol_lib.Protocol, correction_fn: Callable):
     """
@@ -38,13 +39,21 @@ class SecureDpSgd:
   def initialize(self):
     return self.computations.initialize()
 
-  def next(self, state, datasets, keys, *, round_num, senders, responders):
-    """Runs round `round_num` for the hospitals `senders` (their data, keys in order)."""
+  def run(self, state, inputs):
+    """Runs round `inputs.round_num` for the hospitals `inputs.senders`.
+
+    Args:
+      state: the server state.
+      inputs: a tf_rounds.RoundInputs: the senders' data and keys (in
+        `senders` order), the round and the responders to the unmasking.
+    """
+    round_num, senders, responders = inputs.round_num, list(inputs.senders), inputs.responders
+    datasets, keys = inputs.datasets, inputs.keys
     proto = self.protocol
     proto.start_round(round_num)
     # Cheap abort before any computation: the same check guards the unmasking.
     protocol_lib.check_hidden(proto.graph, senders, proto.cfg.colluders)
-    inputs = [proto.client_inputs(h) for h in senders]
+    masks = [proto.client_inputs(h) for h in senders]
     dithers = [proto.dither_inputs(h) for h in senders]
     t0 = time.monotonic()
     masked_sum, examples, flagged = self.computations.masked_round(
@@ -53,7 +62,7 @@ class SecureDpSgd:
       keys,
       [d[0] for d in dithers],
       [d[1] for d in dithers],
-      *[[x[i] for x in inputs] for i in range(3)],
+      *[[x[i] for x in masks] for i in range(3)],
     )
     if int(flagged):
       raise protocol_lib.UpdateNotEncodable(

@@ -1,0 +1,318 @@
+"""Runs rounds of a setting: budget check, round, ledger, EMA, outputs, checkpoint.
+
+``run`` is the entry point. It checks everything before writing anything,
+assembles the parts (trainer, parties' ledgers, evaluator, output sinks,
+checkpointer, stop request) and hands them to a ``Loop``, which runs:
+
+    plan -> budget -> run -> record -> EMA -> row -> sinks -> checkpoint
+
+Algorithm 1, lines 17-19: before each round we ask the ledgers what epsilon
+would be after it; if that exceeds the target, we stop and keep the weights of
+the previous round. With ``resume`` a killed run continues from its newest
+checkpoint: rows of metrics.csv after that round are dropped and recomputed,
+so the files end up as an uninterrupted run's (timings aside).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from dopamine_tff import accounting
+from dopamine_tff import audit
+from dopamine_tff import configs
+from dopamine_tff import seeds
+from dopamine_tff import trainers
+from dopamine_tff.data import loaders
+from dopamine_tff.program import evaluation
+from dopamine_tff.program import outputs
+from dopamine_tff.program import resume
+from dopamine_tff.program import run_dir
+from dopamine_tff.program import summary as summary_lib
+
+
+class BudgetError(ValueError):
+  """--target_epsilon admits not even the first round."""
+
+
+def ema_update(ema, weights, decay: float, rounds_run: int):
+  """One step of the released weights' moving average (post-processing).
+
+  The first call (``ema`` None) starts it at ``weights``; after that the decay
+  ramps up as min(decay, (1 + t) / (10 + t)) at round t.
+  """
+  if ema is None:
+    return [np.array(w, np.float32) for w in weights]
+  d = min(decay, (1 + rounds_run) / (10 + rounds_run))
+  return [d * e + (1 - d) * np.asarray(w) for e, w in zip(ema, weights)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+  """What the loop runs with; built by ``run`` (tests may build their own)."""
+
+  trainer: trainers.base.Trainer
+  parties: accounting.Parties
+  evaluator: evaluation.Evaluator
+  sinks: list  # each with write(row)
+  checkpointer: resume.Checkpointer | None
+  stop: resume.StopOnSigint
+  log: Callable[[str], None]
+
+
+class Loop:
+  """The round loop over injected parts."""
+
+  def __init__(self, cfg: configs.TrainConfig, parts: Parts, start: resume.Restored):
+    self.cfg, self.parts = cfg, parts
+    self.start_round = start.round
+    self.clock = time.monotonic() - start.wall_time_s
+    self.ema = start.ema  # EMA of the released weights (cfg.ema_decay > 0)
+    self.skipped = start.skipped
+    self.last_eval: dict = {}
+
+  def wall(self) -> float:
+    return time.monotonic() - self.clock
+
+  def model_weights(self, state):
+    """The weights evaluated and saved: the EMA when enabled, else the state's."""
+    if self.cfg.ema_decay > 0 and self.ema is not None:
+      return self.ema
+    return self.parts.trainer.weights(state)
+
+  def rounds(self, state) -> tuple[object, int, str]:
+    """Runs rounds until the last, the budget or a stop request.
+
+    Returns (state, rounds run, stop reason); raises resume.Interrupted.
+    """
+    cfg, parts, rounds_run, first = self.cfg, self.parts, self.start_round, time.monotonic()
+    for r in range(self.start_round, cfg.rounds):
+      if parts.stop.requested:
+        self.save_last(state, rounds_run, again=True)
+        raise resume.Interrupted(rounds_run, parts.checkpointer is not None)
+      plan = parts.trainer.plan(r)
+      if parts.parties.would_exceed(plan.steps, cfg.target_epsilon):
+        reason = f"budget: round {r + 1} would exceed epsilon {cfg.target_epsilon}"
+        parts.log(f"stopping before round {r + 1}: {reason}")
+        return state, rounds_run, reason
+      state, row = self.one_round(state, plan, r)
+      rounds_run = r + 1
+      self.save_due(state, rounds_run)
+      if not math.isnan(row["test_accuracy"]):
+        self._progress(row, (time.monotonic() - first) / (rounds_run - self.start_round))
+    return state, rounds_run, "completed"
+
+  def one_round(self, state, plan, r: int):
+    """Runs round `r` of `plan`; records it; returns (state, its row)."""
+    t0 = time.monotonic()
+    if plan.skipped:
+      # Too few hospitals delivered: nothing is applied or released, so the
+      # weights and the ledgers stay as they were.
+      self.parts.log(f"round {r + 1} skipped: {len(plan.clients)} hospitals delivered")
+      measurements = {}
+    else:
+      outcome = self.parts.trainer.run(state, plan, r)
+      state, measurements = outcome.state, outcome.measurements
+      if not outcome.released:
+        # The protocol could not unmask: nothing was released, so the weights
+        # and the ledgers stay as they were.
+        self.parts.log(f"round {r + 1} skipped: {outcome.reason}")
+        plan = dataclasses.replace(plan, steps={}, skipped=True)
+    self.parts.parties.record(plan.steps)
+    if not plan.skipped and self.cfg.ema_decay > 0:  # post-processing: no privacy cost
+      weights = self.parts.trainer.weights(state)
+      self.ema = ema_update(self.ema, weights, self.cfg.ema_decay, r + 1)
+    self.skipped += int(plan.skipped)
+    row = self._row(state, plan, measurements, r + 1, time.monotonic() - t0)
+    for sink in self.parts.sinks:
+      sink.write(row)
+    return state, row
+
+  def _row(self, state, plan, measurements, rounds_run, round_time):
+    cfg, parties = self.cfg, self.parts.parties
+    row = dict.fromkeys(outputs.METRIC_FIELDS, float("nan"))
+    row.update(
+      round=rounds_run,
+      epochs=self.parts.trainer.epochs(rounds_run),
+      epsilon=parties.epsilon(),
+      num_clients=len(plan.clients),
+      skipped=int(plan.skipped),
+      secure_clipped=int(measurements.get("secure_clipped_count", 0)),
+      round_time_s=round_time,
+      wall_time_s=self.wall(),
+    )
+    evaluate = rounds_run % cfg.eval_every == 0 or rounds_run == cfg.rounds
+    for kind in ("rdp", "pld"):
+      # PLD costs ~0.2 s a call: every round only when it is the budget.
+      if cfg.reports(kind) and (evaluate or kind == cfg.budget_accountant):
+        row[f"epsilon_{kind}"] = parties.epsilon(kind)
+    if evaluate:
+      row.update(self.parts.evaluator(self.model_weights(state)))
+      self.last_eval = dict(row)
+    return row
+
+  def _progress(self, row, per_round: float) -> None:
+    cfg = self.cfg
+    self.parts.log(
+      f"round {row['round']}/{cfg.rounds}"
+      + (f" ({self.skipped} skipped)" if self.skipped else "")
+      + f" epochs {row['epochs']:.2f} "
+      f"test_acc {row['test_accuracy']:.4f} test_loss {row['test_loss']:.4f} "
+      f"eps {row['epsilon']:.3f} ({row['round_time_s']:.2f} s/round, "
+      f"ETA {per_round * (cfg.rounds - row['round']):.0f} s)"
+    )
+
+  def save_due(self, state, rounds_run: int) -> None:
+    """Checkpoints every `checkpoint_every` rounds."""
+    ckpt = self.parts.checkpointer
+    if ckpt is not None and rounds_run % ckpt.every == 0:
+      ckpt.save(rounds_run, state, self.ema, self.wall())
+
+  def save_last(self, state, rounds_run: int, *, again: bool = False) -> None:
+    """Checkpoints the last round run if this start ran it and it is unsaved (or `again`)."""
+    ckpt = self.parts.checkpointer
+    if ckpt is None or rounds_run <= self.start_round:
+      return
+    if again or rounds_run % ckpt.every:
+      ckpt.save(rounds_run, state, self.ema, self.wall())
+
+
+def _first_round_cost(cfg, trainer, parties) -> float | None:
+  """Epsilon of round 1 when the target budget admits it not; else None."""
+  plan = trainer.plan(0)
+  if not parties.would_exceed(plan.steps, cfg.target_epsilon):
+    return None
+  return parties.epsilon_if(plan.steps)
+
+
+def _start(cfg, data, output_dir, trainer, parties, options) -> resume.Restored:
+  """The restored checkpoint, or a fresh start (a previous run's files removed)."""
+  ckpt_dir = os.path.join(output_dir, "checkpoints")
+  restored = resume.restore(trainer, parties, ckpt_dir, cfg, data) if options.resume else None
+  if restored is not None:
+    return restored
+  cost = _first_round_cost(cfg, trainer, parties) if cfg.target_epsilon else None
+  if cost is not None:
+    raise BudgetError(
+      f"--target_epsilon={cfg.target_epsilon:g} admits no round: the first round alone "
+      f"costs epsilon {cost:.4g} at delta {cfg.delta:g}; raise the target or the noise, "
+      "or lower the sampling rate"
+    )
+  # A fresh start replaces whatever a previous run left (checked in run()).
+  run_dir.remove_run_files(output_dir)
+  return resume.Restored(trainer.initial_state(), 0, 0.0, None)
+
+
+def _log_start(cfg, trainer, options, start_round, log) -> None:
+  log(trainer.describe())
+  if cfg.insecure_seeded_noise:
+    log(seeds.SEEDED_WARNING)
+  elif cfg.private:
+    log("noise randomness: secret (OS CSPRNG, fresh per hospital and round, never written)")
+  if options.resume:
+    fresh = "" if cfg.insecure_seeded_noise else " with fresh secret randomness (nothing replayed)"
+    log(
+      f"resuming after round {start_round}{fresh}"
+      if start_round
+      else "no checkpoint: starting afresh"
+    )
+
+
+def run(
+  cfg: configs.TrainConfig,
+  data: loaders.FederatedData,
+  output_dir: str,
+  *,
+  hparams: dict | None = None,
+  data_config: loaders.DataConfig | None = None,
+  options: configs.LoopOptions = configs.LoopOptions(),
+  log: Callable[[str], None] = print,
+) -> dict:
+  """Trains `cfg.setting` on `data`; returns the summary (also in summary.json).
+
+  Nothing is written before the checks pass: a directory holding another run
+  (without `options.resume` or `options.overwrite`), a configuration the data
+  refutes (e.g. a dropout schedule naming hospitals that do not exist), or a
+  budget that admits no round raise RunDirError, ValueError or BudgetError.
+  Ctrl-C (SIGINT, main thread) ends the round under way, checkpoints it and
+  raises resume.Interrupted.
+  """
+  cfg.check_hospitals(len(data.hospitals))
+  run_dir.check_output_dir(output_dir, options)
+  hparams = dict(hparams or {})
+  if data_config is not None:
+    hparams["data"] = dict(
+      dataclasses.asdict(data_config), image_size=data_config.resolved_image_size
+    )
+  hparams.setdefault("num_train_examples", data.num_train)
+  # The hospitals' shard files are scratch: rebuilt from the data on resume.
+  with tempfile.TemporaryDirectory(prefix="dopamine_tff_") as scratch:
+    trainer = trainers.make_trainer(cfg, data, scratch)
+    return _run(cfg, data, output_dir, trainer, hparams, options, log)
+
+
+def _sinks(output_dir, options, start_round):
+  metrics = outputs.MetricsFile(os.path.join(output_dir, "metrics.csv"), start_round)
+  sinks = [metrics]
+  if options.tensorboard:
+    sinks.append(outputs.TensorBoardSink(os.path.join(output_dir, "tensorboard")))
+  return metrics, sinks
+
+
+def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
+  parties = accounting.Parties(trainer.parties(), cfg.delta, cfg.budget_accountant, cfg.private)
+  start = _start(cfg, data, output_dir, trainer, parties, options)
+  os.makedirs(output_dir, exist_ok=True)
+  run_dir.write_json(os.path.join(output_dir, "hparams.json"), hparams)
+  _log_start(cfg, trainer, options, start.round, log)
+  metrics, sinks = _sinks(output_dir, options, start.round)
+  start = dataclasses.replace(start, skipped=metrics.skipped)
+  evaluator = evaluation.Evaluator(cfg, data)
+  checkpointer = (
+    resume.Checkpointer(
+      os.path.join(output_dir, "checkpoints"), options.checkpoint_every, cfg, data, trainer, parties
+    )
+    if options.checkpoint_every
+    else None
+  )
+  try:
+    with resume.StopOnSigint() as stop:
+      parts = Parts(trainer, parties, evaluator, sinks, checkpointer, stop, log)
+      loop = Loop(cfg, parts, start)
+      state, rounds_run, stop_reason = loop.rounds(start.state)
+  finally:
+    for sink in sinks:
+      sink.close()
+  loop.save_last(state, rounds_run)  # so --rounds can be raised later
+  facts = summary_lib.RunFacts(rounds_run, loop.skipped, stop_reason, loop.wall())
+  weights = loop.model_weights(state)
+  summary = summary_lib.finish(
+    output_dir, cfg, data, trainer, parties, evaluator, weights, loop.last_eval, facts, log
+  )
+  if options.audit:
+    summary["audit"] = _audit(cfg, evaluator, weights, summary, log)
+    run_dir.write_json(os.path.join(output_dir, "summary.json"), summary)
+  return summary
+
+
+def _audit(cfg, evaluator, weights, summary, log) -> dict:
+  """Membership-inference attacks on the released model (dopamine_tff/audit.py)."""
+  result = audit.membership_audit(
+    evaluator.model,
+    weights,
+    (evaluator.pooled.images, evaluator.pooled.labels),
+    evaluator.test,
+    seed=cfg.seed,
+  )
+  log(
+    f"audit: attack AUC {result['max_auc']:.3f}, advantage "
+    f"{result['max_advantage']:.3f}, empirical epsilon lower bound "
+    f"{result['epsilon_lower_bound']:.3f} (reported epsilon {summary['epsilon']})"
+  )
+  return result

@@ -1,0 +1,156 @@
+"""Resuming a killed run: what a checkpoint belongs to, restoring it, Ctrl-C.
+
+A checkpoint records a fingerprint of every configuration field that changes
+past rounds; resume refuses a mismatch and names the differing flags. A
+resumed run draws fresh secret randomness (nothing is replayed); only the
+insecure seeded mode continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import signal
+import threading
+
+from dopamine_tff import accounting
+from dopamine_tff import configs
+from dopamine_tff.data import loaders
+from dopamine_tff.program import checkpoint
+from dopamine_tff.program import run_dir
+
+# Fields that may change when a run is resumed: they do not alter past rounds.
+RESUMABLE_CHANGES = ("rounds", "target_epsilon", "eval_every")
+
+
+class Interrupted(Exception):  # noqa: N818 (a stop, not an error)
+  """Ctrl-C: the run stopped after a completed, checkpointed round."""
+
+  def __init__(self, rounds_run: int, checkpointed: bool):
+    self.rounds_run, self.checkpointed = rounds_run, checkpointed
+    super().__init__(
+      f"interrupted after round {rounds_run}; rerun with --resume to continue"
+      if checkpointed
+      else f"interrupted after round {rounds_run} (no checkpoint: --checkpoint_every=0)"
+    )
+
+
+def run_identity(cfg: configs.TrainConfig, data: loaders.FederatedData) -> dict:
+  """What a checkpoint belongs to: every field that changes past rounds.
+
+  With a learning-rate schedule the round count shapes every step, so it must
+  not change on resume.
+  """
+  free = [k for k in RESUMABLE_CHANGES if not (k == "rounds" and cfg.lr_schedule != "constant")]
+  ident = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
+  ident.update(
+    data=data.name,
+    image_shape=list(data.image_shape),
+    hospital_sizes=[len(h) for h in data.hospitals],
+  )
+  return json.loads(json.dumps(ident, sort_keys=True, default=str))
+
+
+def fingerprint(cfg: configs.TrainConfig, data: loaders.FederatedData) -> str:
+  """Identifies what a checkpoint belongs to (resume refuses a mismatch)."""
+  blob = json.dumps(run_identity(cfg, data), sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _differences(saved: dict, now: dict) -> str:
+  keys = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+  return ", ".join(f"--{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A checkpoint's program state, ready to continue."""
+
+  state: object
+  round: int
+  wall_time_s: float
+  ema: list | None
+  skipped: int = 0  # rounds before `round` that released nothing (from metrics.csv)
+
+
+def _check_identity(meta: dict, ckpt_dir: str, cfg, data) -> None:
+  if meta.get("fingerprint") == fingerprint(cfg, data):
+    return
+  saved = meta.get("identity")
+  what = (
+    f"these settings differ: {_differences(saved, run_identity(cfg, data))}"
+    if saved is not None
+    else f"fingerprint {meta.get('fingerprint')} (a checkpoint of an older version)"
+  )
+  raise run_dir.RunDirError(
+    f"cannot resume: the checkpoint in {ckpt_dir} belongs to another configuration; "
+    f"{what}. Only {', '.join('--' + k for k in RESUMABLE_CHANGES)} may change on "
+    "resume; use --overwrite or a new --output_dir"
+  )
+
+
+def restore(trainer, parties: accounting.Parties, ckpt_dir: str, cfg, data) -> Restored | None:
+  """The newest checkpoint's state (ledgers restored into `parties`); None if none."""
+  found = checkpoint.load_latest(ckpt_dir)
+  if found is None:
+    return None
+  arrays, meta = found
+  _check_identity(meta, ckpt_dir, cfg, data)
+  if meta["round"] > cfg.rounds:
+    raise run_dir.RunDirError(
+      f"cannot resume: the checkpoint in {ckpt_dir} is at round {meta['round']}, "
+      f"beyond --rounds={cfg.rounds}; raise --rounds"
+    )
+  parties.restore(meta["ledgers"])
+  ema = arrays.pop("ema", None)
+  state = trainer.state_from_arrays(arrays)
+  return Restored(state, meta["round"], meta.get("wall_time_s", 0.0), ema)
+
+
+class Checkpointer:
+  """Saves the program state, the ledgers and the EMA with the run's identity."""
+
+  def __init__(self, ckpt_dir: str, every: int, cfg, data, trainer, parties):
+    self.ckpt_dir, self.every = ckpt_dir, every
+    self.trainer, self.parties = trainer, parties
+    self.ident = (fingerprint(cfg, data), run_identity(cfg, data))
+
+  def save(self, rounds_run: int, state, ema, wall_time_s: float) -> None:
+    meta = {
+      "fingerprint": self.ident[0],
+      "identity": self.ident[1],
+      "ledgers": self.parties.to_json(),
+      "wall_time_s": wall_time_s,
+    }
+    arrays = dict(self.trainer.state_arrays(state))
+    if ema is not None:
+      arrays["ema"] = ema
+    checkpoint.save(self.ckpt_dir, rounds_run, arrays, meta)
+
+
+class StopOnSigint:
+  """Turns the first SIGINT into a request to stop after the current round.
+
+  A second SIGINT interrupts at once. Outside the main thread (where Python
+  cannot install handlers) it does nothing.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+    return False

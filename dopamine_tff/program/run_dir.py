@@ -1,0 +1,71 @@
+"""What a run writes into its output directory, and when a start may clobber it.
+
+* hparams.json: every hyper-parameter of the run (written first);
+* metrics.csv: one row per round (flushed every round);
+* tensorboard/: the same scalars as TensorBoard events;
+* checkpoints/: program state, ledgers and round (dopamine_tff/program/checkpoint.py);
+* summary.json: final accuracy, epsilon, delta, rounds run, why it stopped;
+* model.keras and final_weights.npz: the final global model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from dopamine_tff import configs
+from dopamine_tff.program import checkpoint
+
+# What a run writes into its directory (and --overwrite removes).
+RUN_FILES = (
+  "checkpoints",
+  "tensorboard",
+  "metrics.csv",
+  "summary.json",
+  "model.keras",
+  "final_weights.npz",
+  "hparams.json",
+)
+
+
+class RunDirError(ValueError):
+  """The output directory holds a run that this start would clobber or mismatch."""
+
+
+def write_json(path: str, blob: dict) -> None:
+  """Writes `blob` to `path` atomically (a killed write leaves the old file)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(blob, f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+
+
+def previous_run_files(output_dir: str) -> list[str]:
+  """The run files (RUN_FILES, hparams.json aside) already in `output_dir`."""
+  if not os.path.isdir(output_dir):
+    return []
+  found = [n for n in RUN_FILES[:-1] if os.path.exists(os.path.join(output_dir, n))]
+  if "checkpoints" in found and not checkpoint.rounds(os.path.join(output_dir, "checkpoints")):
+    found.remove("checkpoints")
+  return found
+
+
+def check_output_dir(output_dir: str, options: configs.LoopOptions) -> None:
+  """RunDirError when `output_dir` holds a run and neither resume nor overwrite is set."""
+  found = previous_run_files(output_dir)
+  if found and not (options.resume or options.overwrite):
+    raise RunDirError(
+      f"{output_dir} holds a previous run ({', '.join(found)}); pass --resume to continue "
+      "it or --overwrite to replace it"
+    )
+
+
+def remove_run_files(output_dir: str) -> None:
+  """Deletes what a run wrote (RUN_FILES), leaving anything else in place."""
+  for name in RUN_FILES:
+    path = os.path.join(output_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)

@@ -1,0 +1,71 @@
+"""The plain secure sum's pair dithers: graph, cancellation, correction."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dopamine_tff import dither
+from dopamine_tff import quantization
+from dopamine_tff import seeds
+from dopamine_tff.secagg import protocol
+
+WORDS = 50
+
+
+def _dithers(keys, signs):
+  """Each sender's own dither vector, as its client computes it."""
+  return [
+    quantization.dither(tf.constant(k), tf.constant(s), WORDS).numpy() for k, s in zip(keys, signs)
+  ]
+
+
+def test_degree_is_complete_up_to_the_dense_limit_then_logarithmic():
+  assert dither.dither_degree(2) == 1
+  assert dither.dither_degree(dither.DENSE_DITHER_MAX) == dither.DENSE_DITHER_MAX - 1
+  assert dither.dither_degree(100) == 8  # 2 * ceil(log2(100) / 2)
+  ring = dither.dither_graph(100, b"k")
+  assert {len(v) for v in ring.values()} == {8}
+  assert all(i in ring[j] for i in ring for j in ring[i])  # symmetric
+
+
+def test_dithers_cancel_when_everyone_delivers():
+  rnd = seeds.Randomness(1, seeded=True)
+  keys, signs, correction = dither.round_dithers(
+    rnd, 0, 5, [0, 1, 2, 3, 4], dither.Correction(WORDS)
+  )
+  np.testing.assert_array_equal(correction, np.zeros(WORDS))
+  assert all(k.shape == (4, 2) for k in keys)
+  total = np.sum(_dithers(keys, signs), axis=0)
+  np.testing.assert_allclose(total, 0.0, atol=1e-12)
+  # Not vacuous: each hospital's own dither is far from zero.
+  assert np.abs(_dithers(keys, signs)[0]).max() > 0.5
+
+
+def test_the_correction_is_what_the_senders_dithers_leave_in_the_sum():
+  rnd = seeds.Randomness(2, seeded=True)
+  senders = [0, 2, 3]  # 1 and 4 did not deliver
+  keys, signs, correction = dither.round_dithers(rnd, 3, 5, senders, dither.Correction(WORDS))
+  left = np.sum(_dithers(keys, signs), axis=0)
+  assert np.abs(left).max() > 0.1
+  np.testing.assert_allclose(correction, left, atol=1e-12)
+
+
+def test_pair_keys_are_shared_and_signs_opposite():
+  rnd = seeds.Randomness(3, seeded=True)
+  keys, signs, _ = dither.round_dithers(rnd, 0, 3, [0, 1, 2], dither.Correction(WORDS))
+  # Hospital 0's partner 1 (index 0) and hospital 1's partner 0 (index 0).
+  np.testing.assert_array_equal(keys[0][0], keys[1][0])
+  assert signs[0][0] == -signs[1][0] == 1
+
+
+def test_a_disconnected_ring_aborts_the_round():
+  """Two delivering hospitals that are not ring neighbours share no dither:
+  each one's code would be readable apart, so the round must not run."""
+  rnd = seeds.Randomness(4, seeded=True)
+  k = 40
+  graph = dither.dither_graph(k, rnd.secret_bytes(0, seeds.Purpose.SECAGG_GRAPH, -1))
+  far = next(h for h in range(1, k) if h not in graph[0])
+  with pytest.raises(protocol.RoundAborted):
+    dither.round_dithers(rnd, 0, k, [0, far], dither.Correction(WORDS))
+  # Neighbours are fine: the guard is not always firing.
+  dither.round_dithers(rnd, 0, k, [0, graph[0][0]], dither.Correction(WORDS))

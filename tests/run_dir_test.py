@@ -1,0 +1,42 @@
+"""The output directory: a previous run is refused, resumed or replaced, never clobbered."""
+
+import os
+
+import pytest
+
+from dopamine_tff import configs
+from dopamine_tff.program import checkpoint
+from dopamine_tff.program import run_dir
+
+
+def test_a_previous_run_is_refused_without_resume_or_overwrite(tmp_path):
+  out = str(tmp_path)
+  run_dir.check_output_dir(out, configs.LoopOptions())  # empty: fine
+  (tmp_path / "metrics.csv").write_text("round\n")
+  with pytest.raises(run_dir.RunDirError, match=r"holds a previous run \(metrics.csv\)"):
+    run_dir.check_output_dir(out, configs.LoopOptions())
+  run_dir.check_output_dir(out, configs.LoopOptions(resume=True))
+  run_dir.check_output_dir(out, configs.LoopOptions(overwrite=True))
+
+
+def test_an_empty_checkpoint_folder_is_not_a_run(tmp_path):
+  os.makedirs(tmp_path / "checkpoints")
+  assert run_dir.previous_run_files(str(tmp_path)) == []
+  checkpoint.save(str(tmp_path / "checkpoints"), 3, {"weights": []}, {})
+  assert run_dir.previous_run_files(str(tmp_path)) == ["checkpoints"]
+
+
+def test_removing_a_run_leaves_the_user_s_files(tmp_path):
+  for name in ("metrics.csv", "summary.json", "hparams.json", "notes.txt"):
+    (tmp_path / name).write_text("x")
+  os.makedirs(tmp_path / "tensorboard")
+  run_dir.remove_run_files(str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+def test_json_is_written_atomically(tmp_path):
+  path = str(tmp_path / "s.json")
+  run_dir.write_json(path, {"b": 1, "a": float("inf")})
+  with open(path) as f:
+    assert f.read().splitlines()[1].strip() == '"a": Infinity,'
+  assert not os.path.exists(path + ".tmp")

@@ -1,0 +1,35 @@
+"""Shard files: what the TFF worker reads is what the hospital holds."""
+
+import numpy as np
+import pytest
+
+from dopamine_tff.data import loaders
+from dopamine_tff.data import shards
+
+
+def _set(n, patients=None):
+  rng = np.random.default_rng(n)
+  return loaders.ImageSet(
+    rng.normal(size=(n, 4, 4, 1)).astype(np.float32),
+    rng.integers(0, 3, n).astype(np.int32),
+    patients,
+  )
+
+
+@pytest.mark.parametrize("with_groups", [False, True])
+def test_round_trip(tmp_path, with_groups):
+  sets = [_set(5, np.array([10, 3, 10, 7, 3])), _set(3, np.array([5, 6, 5]))]
+  paths = shards.write_shards(sets, str(tmp_path), with_groups)
+  assert [p.rsplit("/", 1)[1] for p in paths] == ["hospital_0000.tfrec", "hospital_0001.tfrec"]
+  for s, path in zip(sets, paths):
+    (elem,) = list(shards.hospital_dataset(path, (4, 4, 1), with_groups))
+    np.testing.assert_array_equal(elem[0].numpy(), s.images)
+    np.testing.assert_array_equal(elem[1].numpy(), s.labels)
+    if with_groups:
+      np.testing.assert_array_equal(elem[2].numpy(), shards.patient_ids(s))
+  assert list(shards.patient_ids(sets[0])) == [2, 0, 2, 1, 0]  # dense, by sorted id
+
+
+def test_patient_unit_without_patient_ids_names_the_problem():
+  with pytest.raises(ValueError, match="privacy_unit=patient needs patient ids"):
+    shards.patient_ids(_set(4))
