@@ -204,6 +204,26 @@ class NoisySum(NamedTuple):
   batch_size: tf.Tensor
 
 
+def _clipped_sum(model, xb, yb, mask, groups, augmentations, l2_norm_clip, seed):
+  """The sampled batch's sum of clipped per-unit gradients (see noisy_clipped_sum)."""
+  if augmentations:
+    xa, ya, index = augmented_copies(
+      xb, yb, augmentations, seeds.stream(seed, seeds.Purpose.AUGMENT)
+    )
+    unit = index if groups is None else tf.gather(tf.boolean_mask(groups, mask), index)
+    # Sum of the unit's m copies clipped to m*C, divided by m: its mean clipped to C.
+    summed, _ = clipped_group_sum(model, xa, ya, unit, augmentations * l2_norm_clip)
+    return [g / augmentations for g in summed]
+  if groups is not None:
+    return clipped_group_sum(model, xb, yb, tf.boolean_mask(groups, mask), l2_norm_clip)[0]
+  if fast_clip.supports(model):
+    summed, _ = fast_clip.clipped_sum(model, xb, yb, l2_norm_clip, loss_per_example)
+    return summed
+  grads = per_example_gradients(model, xb, yb)
+  clipped, _ = clip_per_example(grads, l2_norm_clip)
+  return [tf.reduce_sum(g, axis=0) for g in clipped]
+
+
 def noisy_clipped_sum(
   model,
   x,
@@ -250,22 +270,7 @@ def noisy_clipped_sum(
   xb, yb = tf.boolean_mask(x, mask), tf.boolean_mask(y, mask)
 
   def clipped_sum():
-    if augmentations:
-      xa, ya, index = augmented_copies(
-        xb, yb, augmentations, seeds.stream(seed, seeds.Purpose.AUGMENT)
-      )
-      unit = index if groups is None else tf.gather(tf.boolean_mask(groups, mask), index)
-      # Sum of the unit's m copies clipped to m*C, divided by m: its mean clipped to C.
-      summed, _ = clipped_group_sum(model, xa, ya, unit, augmentations * l2_norm_clip)
-      return [g / augmentations for g in summed]
-    if groups is not None:
-      return clipped_group_sum(model, xb, yb, tf.boolean_mask(groups, mask), l2_norm_clip)[0]
-    if fast_clip.supports(model):
-      summed, _ = fast_clip.clipped_sum(model, xb, yb, l2_norm_clip, loss_per_example)
-      return summed
-    grads = per_example_gradients(model, xb, yb)
-    clipped, _ = clip_per_example(grads, l2_norm_clip)
-    return [tf.reduce_sum(g, axis=0) for g in clipped]
+    return _clipped_sum(model, xb, yb, mask, groups, augmentations, l2_norm_clip, seed)
 
   def zeros():
     return [tf.zeros_like(v) for v in model.trainable_variables]

@@ -228,6 +228,47 @@ def _band_note(runs) -> str:
   return f"lines: mean over n={n} seeds; bands: ± 1 std (ddof=1)"
 
 
+def _plot_runs(ax, runs, x_key, y_key, private_only) -> None:
+  """One curve per setting (mean over seeds, a band of one std)."""
+  for setting, group in runs.items():
+    if private_only and group[0]["summary"]["epsilon"] is None:
+      continue
+    curve = _curves(group, x_key, y_key)
+    if curve is None:
+      continue
+    x, mean, std = curve
+    kw = style(setting)
+    every = max(1, len(x) // 8)
+    offset = (ORDER.index(setting) if setting in ORDER else 0) * every // len(ORDER)
+    ax.plot(
+      x,
+      mean,
+      label=f"{LABELS.get(setting, setting)} (n={len(group)})",
+      markevery=(offset, every),  # staggered: coinciding curves keep their own markers
+      markersize=5,
+      **kw,
+    )
+    if len(group) > 1:
+      ax.fill_between(x, mean - std, mean + std, color=kw["color"], alpha=0.15, linewidth=0)
+
+
+def _plot_paper_points(ax) -> None:
+  """The paper's published (epsilon, accuracy) points, as hollow markers."""
+  for setting, (eps, acc) in PAPER_POINTS.items():
+    kw = style(setting)
+    ax.plot(
+      [eps],
+      [acc],
+      linestyle="none",
+      marker=kw["marker"],
+      markersize=9,
+      markerfacecolor="none",
+      markeredgecolor=kw["color"],
+      markeredgewidth=1.8,
+      label=f"paper: {setting.upper()} (APTOS, 100 epochs)",
+    )
+
+
 def draw_figures(runs: dict[str, list[dict]], out_dir: str, title: str = "") -> list[str]:
   """Draws the three Figure-1 panels as PNG and PDF; returns the paths."""
   import matplotlib
@@ -243,29 +284,8 @@ def draw_figures(runs: dict[str, list[dict]], out_dir: str, title: str = "") -> 
   eps_label = f"epsilon (delta = {deltas.pop():g})" if len(deltas) == 1 else "epsilon"
   paths = []
   for name, x_key, y_key, x_label, y_label, private_only in PANELS:
-    x_label = eps_label if x_key == "epsilon" else x_label
-    y_label = eps_label if y_key == "epsilon" else y_label
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for setting, group in runs.items():
-      if private_only and group[0]["summary"]["epsilon"] is None:
-        continue
-      curve = _curves(group, x_key, y_key)
-      if curve is None:
-        continue
-      x, mean, std = curve
-      kw = style(setting)
-      every = max(1, len(x) // 8)
-      offset = (ORDER.index(setting) if setting in ORDER else 0) * every // len(ORDER)
-      ax.plot(
-        x,
-        mean,
-        label=f"{LABELS.get(setting, setting)} (n={len(group)})",
-        markevery=(offset, every),  # staggered: coinciding curves keep their own markers
-        markersize=5,
-        **kw,
-      )
-      if len(group) > 1:
-        ax.fill_between(x, mean - std, mean + std, color=kw["color"], alpha=0.15, linewidth=0)
+    _plot_runs(ax, runs, x_key, y_key, private_only)
     if y_key == "test_accuracy" and majority:
       ax.axhline(
         float(np.mean(majority)),
@@ -275,21 +295,9 @@ def draw_figures(runs: dict[str, list[dict]], out_dir: str, title: str = "") -> 
         label=f"majority class ({100 * float(np.mean(majority)):.1f} %)",
       )
     if name == "accuracy_vs_epsilon":
-      for setting, (eps, acc) in PAPER_POINTS.items():
-        kw = style(setting)
-        ax.plot(
-          [eps],
-          [acc],
-          linestyle="none",
-          marker=kw["marker"],
-          markersize=9,
-          markerfacecolor="none",
-          markeredgecolor=kw["color"],
-          markeredgewidth=1.8,
-          label=f"paper: {setting.upper()} (APTOS, 100 epochs)",
-        )
-    ax.set_xlabel(x_label)
-    ax.set_ylabel(y_label)
+      _plot_paper_points(ax)
+    ax.set_xlabel(eps_label if x_key == "epsilon" else x_label)
+    ax.set_ylabel(eps_label if y_key == "epsilon" else y_label)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, title=note, title_fontsize=7)

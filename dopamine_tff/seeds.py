@@ -47,6 +47,14 @@ Two sources of the secret keys (:class:`Randomness`):
 ``--seed`` always chooses what is not secret: the data split, the initial
 weights, the simulated dropouts and FedAvg's client selection (host_rng and
 host_int below, which are public by design).
+
+TensorFlow's global seed is set in two places only, both documented here:
+``models.initial_weights`` sets it to ``--seed`` to draw the (public) initial
+weights; the TF Privacy baseline (trainers/tf_privacy_cdp.py) sets it to
+``--seed`` while building its model, and then, before tracing its train
+function, to None in the secret mode (each noise kernel then seeds itself
+from the OS) or, in the seeded mode, to its per-epoch value (TFP_EPOCH).
+Our own trainers' noise never reads the global seed: every draw is stateless.
 """
 
 from __future__ import annotations

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import resource
+import statistics
 import tempfile
+import time
 
 from dopamine_tff import configs
+from dopamine_tff import profiling
 from dopamine_tff import trainers
 from dopamine_tff.data import loaders
 
@@ -35,3 +39,35 @@ def round_step(trainer):
     holder["r"] += 1
 
   return step
+
+
+def rss_kb(pid: int | None = None) -> int:
+  with open(f"/proc/{pid or 'self'}/status") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1])
+  return 0
+
+
+def time_calls(fn, repeats, warmup) -> dict:
+  """Median (and every) time of `repeats` calls after `warmup` untimed ones; RSS growth."""
+  for _ in range(warmup):
+    fn()
+  peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  peak1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return {
+    "median_s": statistics.median(times),
+    "times_s": times,
+    "peak_rss_growth_mb": (peak1 - peak0) / 1024,
+  }
+
+
+def interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, dict]:
+  """Median times of several functions called round-robin (profiling.interleaved)."""
+  times = profiling.interleaved(fns, repeats, warmup)
+  return {k: {"median_s": statistics.median(t), "times_s": t} for k, t in times.items()}

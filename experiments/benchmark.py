@@ -19,15 +19,10 @@ TFF worker is read from /proc.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
-import resource
-import statistics
-import subprocess
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -35,12 +30,11 @@ import numpy as np
 import tensorflow as tf
 
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
-from dopamine_tff import models
-from dopamine_tff import profiling
 from dopamine_tff import quantization
 from dopamine_tff import runtime
 from dopamine_tff.data import loaders
 from experiments import bench_lib
+from experiments import client_steps_lib
 
 _OUTPUT = flags.DEFINE_string(
   "output", "runs/benchmark.json", "Where the JSON goes (results/ holds the committed one)."
@@ -68,186 +62,6 @@ _MEMORY_PROBE = flags.DEFINE_string(
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class Options:
-  """How hard every section works (from the flags, read in main only)."""
-
-  quick: bool = False
-  repeats: int = 5
-  warmup: int = 2
-  squeezenet_224: bool = True
-  xla: bool = True
-  baseline: str | None = None
-
-
-def _rss_kb(pid: int | None = None) -> int:
-  with open(f"/proc/{pid or 'self'}/status") as f:
-    for line in f:
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1])
-  return 0
-
-
-def _time(fn, repeats, warmup) -> dict:
-  for _ in range(warmup):
-    fn()
-  peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  peak1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return {
-    "median_s": statistics.median(times),
-    "times_s": times,
-    "peak_rss_growth_mb": (peak1 - peak0) / 1024,
-  }
-
-
-def _interleaved(fns: dict, repeats: int, warmup: int) -> dict[str, dict]:
-  """Median times of several functions called round-robin (profiling.interleaved)."""
-  times = profiling.interleaved(fns, repeats, warmup)
-  return {k: {"median_s": statistics.median(t), "times_s": t} for k, t in times.items()}
-
-
-def _case_inputs(name, size, batch):
-  tf.keras.utils.set_random_seed(0)
-  shape = (size, size, 3)
-  x = tf.random.normal([batch, *shape])
-  y = tf.random.uniform([batch], 0, 5, tf.int32)
-  return shape, x, y
-
-
-def memory_probe(spec: str) -> dict[str, float]:
-  """Peak MiB in use during one plain and one DP step (run under the BFC allocator)."""
-  name, size, batch = spec.split(":")
-  shape, x, y = _case_inputs(name, int(size), int(batch))
-  fns = profiling.step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01)
-  out = {}
-  for impl in ("plain_sgd", "ours_fast"):
-    fns[impl]()  # trace and run once
-    tf.config.experimental.reset_memory_stats("CPU:0")
-    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    fns[impl]()
-    out[impl] = (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20
-  return out
-
-
-def _peak_memory(name, size, batch) -> dict[str, float] | None:
-  """memory_probe in a child process with the BFC allocator, or None if it failed."""
-  env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
-  proc = subprocess.run(
-    [sys.executable, "-m", "experiments.benchmark", f"--memory_probe={name}:{size}:{batch}"],
-    capture_output=True,
-    text=True,
-    env=env,
-    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-  )
-  lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-  if proc.returncode != 0 or not lines:
-    print(f"  memory probe {name} {size}px b{batch} failed: {proc.stderr[-300:]}", flush=True)
-    return None
-  return json.loads(lines[-1])
-
-
-def _tfp_fn(name, shape, classes, x, y, clip, sigma, lr, vectorized):
-  from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras
-  from tensorflow_privacy.privacy.optimizers import dp_optimizer_keras_vectorized
-
-  model = models.build(name, shape, classes)
-  cls = (
-    dp_optimizer_keras_vectorized.VectorizedDPKerasSGDOptimizer
-    if vectorized
-    else dp_optimizer_keras.DPKerasSGDOptimizer
-  )
-  opt = cls(l2_norm_clip=clip, noise_multiplier=sigma, num_microbatches=None, learning_rate=lr)
-  loss = tf.keras.losses.SparseCategoricalCrossentropy(
-    from_logits=True, reduction=tf.losses.Reduction.NONE
-  )
-  model.compile(optimizer=opt, loss=loss)
-  return lambda: model.train_on_batch(x, y)
-
-
-def client_steps(opts: Options) -> list[dict]:
-  """Plain SGD, our DP steps and TF Privacy's, per model, size and batch."""
-  cases = [
-    ("small_cnn", 64, 32),
-    ("small_cnn", 64, 100),
-    ("squeezenet", 64, 32),
-    ("squeezenet", 64, 100),
-  ]
-  if opts.squeezenet_224 and not opts.quick:
-    cases += [("squeezenet", 224, 32), ("squeezenet", 224, 100)]
-  if opts.quick:
-    cases = [("small_cnn", 16, 8), ("squeezenet", 32, 8)]
-  baselines = {}
-  if opts.baseline:
-    baselines[opts.baseline] = profiling.fast_clip_at(opts.baseline)
-  out = []
-  for name, size, batch in cases:
-    out += _client_step_case(name, size, batch, opts, baselines)
-  return out
-
-
-def _tf_privacy_fns(name, shape, size, batch, x, y, quick) -> tuple[dict, list[dict]]:
-  """TF Privacy's steps that fit this machine, and rows for those that do not."""
-  slow, skipped = {}, []
-  if size * size * batch <= 224 * 224 * 32:
-    slow["tf_privacy_vectorized"] = _tfp_fn(name, shape, 5, x, y, 1.0, 1.0, 0.01, True)
-  else:
-    # Seen here: it asked for > 24 GiB and the kernel's OOM killer ended the run.
-    skipped.append(
-      dict(
-        model=name,
-        image_size=size,
-        batch=batch,
-        impl="tf_privacy_vectorized",
-        error="skipped: needs more than 24 GiB (OOM-killed when tried)",
-      )
-    )
-  if name == "small_cnn" or quick:
-    slow["tf_privacy_microbatch_loop"] = _tfp_fn(name, shape, 5, x, y, 1.0, 1.0, 0.01, False)
-  return slow, skipped
-
-
-def _client_step_case(name, size, batch, opts, baselines) -> list[dict]:
-  """The rows of one (model, image size, batch): every implementation timed."""
-  shape, x, y = _case_inputs(name, size, batch)
-  fns = profiling.step_fns(
-    models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, baselines=baselines, hardened_noise=True
-  )
-  results = _interleaved(fns, opts.repeats, opts.warmup)
-  if opts.xla and size <= 64:
-    xla = profiling.step_fns(models.build(name, shape, 5), x, y, 1.0, 1.0, 0.01, jit_compile=True)
-    results.update(_interleaved(xla, opts.repeats, opts.warmup))
-  memory = {} if opts.quick and name != "small_cnn" else (_peak_memory(name, size, batch) or {})
-  slow, out = _tf_privacy_fns(name, shape, size, batch, x, y, opts.quick)
-  for impl, fn in slow.items():
-    try:
-      # 40-80 s a call here: 3 calls (1 at 224x224) bound the run's length.
-      results[impl] = _time(fn, 1 if size == 224 else min(opts.repeats, 3), 1)
-    except (tf.errors.ResourceExhaustedError, tf.errors.InternalError) as e:
-      # Seen: TF Privacy's vectorized optimizer at 224x224, batch 100, needs > 20 GB.
-      first = str(e).splitlines()[0][:200]
-      print(f"  {name:10s} {size:3d}px b{batch:<3d} {impl:28s} failed: {first}", flush=True)
-      out.append(dict(model=name, image_size=size, batch=batch, impl=impl, error=first))
-  for impl, r in results.items():
-    r.update(
-      model=name, image_size=size, batch=batch, impl=impl, examples_per_s=batch / r["median_s"]
-    )
-    if impl in memory:
-      r["peak_memory_mb"] = memory[impl]
-    out.append(r)
-    mem = f"  peak {memory[impl]:8.1f} MiB" if impl in memory else ""
-    print(
-      f"  {name:10s} {size:3d}px b{batch:<3d} {impl:28s} {r['median_s'] * 1e3:9.1f} ms  "
-      f"{r['examples_per_s']:8.1f} ex/s{mem}",
-      flush=True,
-    )
-  return out
-
-
 def _trainer(k, per_hospital, rt, size=16):
   data_cfg = loaders.DataConfig(
     dataset="synthetic",
@@ -260,29 +74,29 @@ def _trainer(k, per_hospital, rt, size=16):
   return bench_lib.fscdp_trainer(data_cfg, runtime=rt, insecure_seeded_noise=True)
 
 
-def rounds_tff_vs_in_process(opts: Options) -> dict:
+def rounds_tff_vs_in_process(opts: client_steps_lib.Options) -> dict:
   quick, repeats, warmup = opts.quick, opts.repeats, opts.warmup
   out = {}
   for rt in ("tff", "in_process"):
     trainer = _trainer(10, 30 if quick else 240, rt, size=16 if quick else 32)
-    out[rt] = _time(bench_lib.round_step(trainer), repeats * 2, warmup)
+    out[rt] = bench_lib.time_calls(bench_lib.round_step(trainer), repeats * 2, warmup)
     print(f"  FSCDP round K=10 {rt:10s} {out[rt]['median_s'] * 1e3:8.1f} ms", flush=True)
   return out
 
 
-def scaling(opts: Options) -> dict:
+def scaling(opts: client_steps_lib.Options) -> dict:
   quick, repeats = opts.quick, opts.repeats
   out = {"hospitals": []}
   ks = (10, 100) if quick else (10, 100, 1000)
   for k in ks:
     trainer = _trainer(k, 10, "tff")
-    r = _time(bench_lib.round_step(trainer), max(2, repeats // 2), 1)
+    r = bench_lib.time_calls(bench_lib.round_step(trainer), max(2, repeats // 2), 1)
     worker = runtime.worker_pids()
     r.update(
       k=k,
       examples=sum(trainer.sizes),
-      python_rss_mb=_rss_kb() / 1024,
-      worker_rss_mb=_rss_kb(worker[0]) / 1024 if worker else None,
+      python_rss_mb=bench_lib.rss_kb() / 1024,
+      worker_rss_mb=bench_lib.rss_kb(worker[0]) / 1024 if worker else None,
     )
     out["hospitals"].append(r)
     print(
@@ -296,14 +110,14 @@ def scaling(opts: Options) -> dict:
   for _ in range(rounds):
     step()
     worker = runtime.worker_pids()
-    rss.append(_rss_kb() / 1024 + (_rss_kb(worker[0]) / 1024 if worker else 0))
+    rss.append(bench_lib.rss_kb() / 1024 + (bench_lib.rss_kb(worker[0]) / 1024 if worker else 0))
   out["memory_over_rounds_mb"] = rss
   out["memory_growth_after_first_round"] = (rss[-1] - rss[0]) / rss[0]
   print(f"  memory over {rounds} rounds: {rss[0]:.0f} -> {rss[-1]:.0f} MB", flush=True)
   return out
 
 
-def secure_sum_path(opts: Options) -> dict:
+def secure_sum_path(opts: client_steps_lib.Options) -> dict:
   quick, repeats, warmup = opts.quick, opts.repeats, opts.warmup
   n_params = 20_000 if quick else 725_061  # SqueezeNet 1.1 with a 5-class head
   k = 10
@@ -332,8 +146,8 @@ def secure_sum_path(opts: Options) -> dict:
     return tf.add_n([u[0] for u in updates])
 
   out = {
-    "secure": _time(secure, repeats, warmup),
-    "plain": _time(plain, repeats, warmup),
+    "secure": bench_lib.time_calls(secure, repeats, warmup),
+    "plain": bench_lib.time_calls(plain, repeats, warmup),
     "params": n_params,
     "hospitals": k,
   }
@@ -344,7 +158,7 @@ def secure_sum_path(opts: Options) -> dict:
   return out
 
 
-def workers(opts: Options) -> dict:
+def workers(opts: client_steps_lib.Options) -> dict:
   """The same FSCDP rounds over 1 and 2 local TFF workers (mergeable form)."""
   quick, repeats, warmup = opts.quick, opts.repeats, opts.warmup
   out = {}
@@ -353,7 +167,7 @@ def workers(opts: Options) -> dict:
     runtime.start(runtime.RuntimeConfig(num_workers=n))
     trainer = _trainer(10, 30 if quick else 240, "tff", size=16 if quick else 32)
     step = bench_lib.round_step(trainer)
-    out[f"workers_{n}"] = _time(step, repeats * 2, warmup)
+    out[f"workers_{n}"] = bench_lib.time_calls(step, repeats * 2, warmup)
     fresh = _trainer(10, 30 if quick else 240, "tff", size=16 if quick else 32)
     state = fresh.initial_state()
     for r in range(3):
@@ -399,11 +213,11 @@ SECTIONS = {
   "rounds": ("rounds", rounds_tff_vs_in_process, "rounds_k10"),
   "workers": ("workers", workers, "workers"),
   "secure_sum": ("secure sum", secure_sum_path, "secure_sum"),
-  "client_steps": ("client steps", client_steps, "client_steps"),
+  "client_steps": ("client steps", client_steps_lib.client_steps, "client_steps"),
 }
 
 
-def run_sections(names, opts: Options) -> dict:
+def run_sections(names, opts: client_steps_lib.Options) -> dict:
   """JSON key -> the section's figures (None for sections not run)."""
   results = {key: None for _, _, key in SECTIONS.values()}
   results["client_steps"] = []
@@ -475,10 +289,10 @@ def _machine() -> dict:
 def main(argv):
   del argv
   if _MEMORY_PROBE.value:
-    print(json.dumps(memory_probe(_MEMORY_PROBE.value)), flush=True)
+    print(json.dumps(client_steps_lib.memory_probe(_MEMORY_PROBE.value)), flush=True)
     return
   quick = _QUICK.value
-  opts = Options(
+  opts = client_steps_lib.Options(
     quick=quick,
     repeats=1 if quick else _REPEATS.value,
     warmup=1 if quick else _WARMUP.value,

@@ -234,6 +234,7 @@ def test_import_filter_keeps_other_tensorflow_messages():
     ),
     (["--privacy_unit=patient"], "privacy_unit=patient needs patient ids"),
     (["--num_hospitals=4", "--min_surviving_hospitals=5"], "min_surviving_hospitals=5 exceeds"),
+    (["--num_hospitals=4", "--dropout_schedule=2:1,7"], "round 2 names hospital(s) [7]"),
     (
       ["--secure_aggregation=secagg", "--num_hospitals=10", "--assumed_colluders=6"],
       "below the Shamir threshold t=6",

@@ -165,6 +165,25 @@ class SecAggConfig:
   colluders: int = 0
 
   def __post_init__(self):
+    self._check_assumptions()
+    degree, derived_t = self._parameters()
+    object.__setattr__(self, "_degree", degree)
+    t = self.threshold if self.threshold is not None else derived_t
+    object.__setattr__(self, "_t", t)
+    self._check_threshold(degree, t)
+    self._check_colluders(t)
+    g = self.guarantee
+    if self.mode == "secagg_plus" and g.security_log2 > -SECURITY_BITS:
+      raise ValueError(
+        f"secagg_plus with {degree} neighbours and threshold {t}: an update is exposed with "
+        f"probability 2^{g.security_log2:.1f} > 2^-{SECURITY_BITS} under "
+        f"secagg_adversarial_fraction={self.adversarial_fraction}, "
+        f"secagg_dropout_rate={self.dropout_rate}; leave --secagg_neighbours and "
+        "--secagg_threshold unset to derive them"
+      )
+
+  def _check_assumptions(self) -> None:
+    """The mode, K, the PRG, the threat model's fractions and an explicit degree."""
     k = self.num_hospitals
     if self.mode not in MODES[1:]:
       raise ValueError(f"secure_aggregation={self.mode!r}: must be one of {MODES[1:]}")
@@ -193,16 +212,18 @@ class SecAggConfig:
           f"secagg_neighbours={self.neighbours}: must be even, in [2, {k - 1}] (the ring gives "
           f"k/2 neighbours per side); nearest valid: {sorted({min(lo, k - 1), min(lo + 2, k - 1)})}"
         )
-    degree, derived_t = self._parameters()
-    object.__setattr__(self, "_degree", degree)
-    t = self.threshold if self.threshold is not None else derived_t
-    object.__setattr__(self, "_t", t)
+
+  def _check_threshold(self, degree: int, t: int) -> None:
     holders = degree + 1
     if self.threshold is not None and not 2 <= self.threshold <= holders:
       raise ValueError(
         f"secagg_threshold={self.threshold}: must be in [2, {holders}] (the holders of each "
         "secret); with t = 1 any single holder recovers a hospital's keys"
       )
+
+  def _check_colluders(self, t: int) -> None:
+    """c colluders must stay below t (and SecAgg+'s assumed corrupted count)."""
+    k = self.num_hospitals
     if self.colluders >= t:
       raise ValueError(
         f"assumed_colluders={self.colluders}: must be below the Shamir threshold t={t}, "
@@ -215,15 +236,6 @@ class SecAggConfig:
         f"assumed_colluders={self.colluders}: SecAgg+'s parameters assume at most "
         f"{math.floor((self.adversarial_fraction + _SMALL) * k)} corrupted hospitals "
         f"(secagg_adversarial_fraction={self.adversarial_fraction} of {k}); raise it"
-      )
-    g = self.guarantee
-    if self.mode == "secagg_plus" and g.security_log2 > -SECURITY_BITS:
-      raise ValueError(
-        f"secagg_plus with {degree} neighbours and threshold {t}: an update is exposed with "
-        f"probability 2^{g.security_log2:.1f} > 2^-{SECURITY_BITS} under "
-        f"secagg_adversarial_fraction={self.adversarial_fraction}, "
-        f"secagg_dropout_rate={self.dropout_rate}; leave --secagg_neighbours and "
-        "--secagg_threshold unset to derive them"
       )
 
   def _parameters(self) -> tuple[int, int]:

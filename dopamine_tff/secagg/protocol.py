@@ -265,20 +265,10 @@ class Protocol:
       dropped hospitals' dither keys with their senders as
       ``"lost_dithers"``: [(int64[2] key, sign seen by the sender)]).
     """
-    r, cfg = self._round, self.cfg
+    cfg = self.cfg
     senders, responders = set(senders), set(responders) & set(senders)
     dropped = set(range(cfg.num_hospitals)) - senders
-    # Checks before anything is revealed.
-    check_hidden(r.graph, senders, cfg.colluders)
-    for kind, owners in ((SELF, senders), (KEY, dropped)):
-      for owner in sorted(owners):
-        holders = {h - 1 for h in (r.self_shares if kind == SELF else r.key_shares)[owner]}
-        have = len(holders & responders)
-        if have < cfg.t:
-          raise RoundAborted(
-            f"hospital {owner}'s {kind} has {have} of the {cfg.t} shares needed "
-            f"({len(responders)} hospitals answered the unmasking); nothing was revealed"
-          )
+    self._check_recoverable(senders, responders, dropped)  # before anything is revealed
     request = {SELF: frozenset(senders), KEY: frozenset(dropped)}
     received: dict = {}
     for h in sorted(responders):
@@ -289,15 +279,7 @@ class Protocol:
       value = self._reconstruct(shares, owner, kind)
       (seeds_ if kind == SELF else keys_)[owner] = value
     self_keys = [chacha.key_words(shamir.int_to_bytes(v, 32)) for v in seeds_.values()]
-    pair_keys, pair_signs, lost = [], [], []
-    for d, value in keys_.items():
-      private = x25519.X25519PrivateKey.from_private_bytes(shamir.int_to_bytes(value, 32))
-      for j in r.graph[d]:
-        if j in senders:  # j added sign(j, d) * PRG(k_jd); remove it
-          secret = private.exchange(r.public[j])
-          pair_keys.append(pair_key(secret, r.round_num, d, j))
-          pair_signs.append(1 if j < d else -1)
-          lost.append((dither_key(secret, r.round_num, d, j), 1 if j < d else -1))
+    pair_keys, pair_signs, lost = self._dropped_pairs(keys_, senders)
     total = self._masks(
       tf.constant(masked_sum, tf.int64),
       tf.constant(np.reshape(self_keys, [-1, 8]), tf.uint32),
@@ -310,6 +292,35 @@ class Protocol:
       "lost_dithers": lost,
     }
     return total.numpy(), stats_
+
+  def _check_recoverable(self, senders, responders, dropped) -> None:
+    """RoundAborted unless the updates stay hidden and every needed secret has t shares."""
+    r, cfg = self._round, self.cfg
+    check_hidden(r.graph, senders, cfg.colluders)
+    for kind, owners in ((SELF, senders), (KEY, dropped)):
+      for owner in sorted(owners):
+        holders = {h - 1 for h in (r.self_shares if kind == SELF else r.key_shares)[owner]}
+        have = len(holders & responders)
+        if have < cfg.t:
+          raise RoundAborted(
+            f"hospital {owner}'s {kind} has {have} of the {cfg.t} shares needed "
+            f"({len(responders)} hospitals answered the unmasking); nothing was revealed"
+          )
+
+  def _dropped_pairs(self, keys_: dict, senders) -> tuple[list, list, list]:
+    """The pair masks senders share with dropped hospitals (whose keys were revealed),
+    and the pair dithers left in the sum: (mask keys, signs, [(dither key, sign)])."""
+    r = self._round
+    pair_keys, pair_signs, lost = [], [], []
+    for d, value in keys_.items():
+      private = x25519.X25519PrivateKey.from_private_bytes(shamir.int_to_bytes(value, 32))
+      for j in r.graph[d]:
+        if j in senders:  # j added sign(j, d) * PRG(k_jd); remove it
+          secret = private.exchange(r.public[j])
+          pair_keys.append(pair_key(secret, r.round_num, d, j))
+          pair_signs.append(1 if j < d else -1)
+          lost.append((dither_key(secret, r.round_num, d, j), 1 if j < d else -1))
+    return pair_keys, pair_signs, lost
 
   def _reconstruct(self, shares: dict, owner: int, kind: str) -> int:
     try:

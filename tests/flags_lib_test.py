@@ -1,0 +1,85 @@
+"""The binaries' shared flags -> configs mapping and error policy."""
+
+import pytest
+
+from dopamine_tff import configs
+from dopamine_tff.data import loaders
+from dopamine_tff.program import resume
+from experiments import flags_lib
+
+
+def _values(**kw):
+  """Every flag run_experiment defines, at its default (as flag_values_dict gives)."""
+  default = configs.TrainConfig()
+  values = {f: getattr(default, f) for f in default.__dataclass_fields__}
+  values.update(
+    dataset="digits",
+    data_dir=None,
+    hospital_dirs=[],
+    image_size=None,
+    num_hospitals=4,
+    partition="iid",
+    dirichlet_alpha=0.5,
+    test_fraction=0.2,
+    num_examples=0,
+    dropout_schedule="",
+    checkpoint_every=10,
+    resume=False,
+    tensorboard=True,
+    audit=False,
+    overwrite=False,
+    max_concurrent_calls=-1,
+    worker_binary=None,
+    worker_address=None,
+    num_workers=1,
+    output_dir="/tmp/x",  # not a field: ignored
+    verbosity=0,  # absl's own: ignored
+  )
+  values.update(kw)
+  return values
+
+
+def test_one_mapping_fills_every_config_from_same_named_flags():
+  cfgs = flags_lib.run_configs(
+    _values(rounds=7, seed=3, dropout_schedule="2:1", resume=True, num_workers=2), set()
+  )
+  assert cfgs.train.rounds == 7 and cfgs.train.seed == 3 and cfgs.data.seed == 3
+  assert cfgs.train.dropout_schedule == ((2, (1,)),)
+  assert cfgs.options.resume and cfgs.runtime.num_workers == 2
+  assert cfgs.data == loaders.DataConfig(dataset="digits", num_hospitals=4, seed=3)
+
+
+def test_k_follows_the_hospital_folders_unless_given():
+  dirs = ["/a", "/b", "/c"]
+  cfgs = flags_lib.run_configs(_values(dataset="aptos", hospital_dirs=dirs), set())
+  assert cfgs.data.num_hospitals == 3 and cfgs.data.hospital_dirs == tuple(dirs)
+  given = flags_lib.run_configs(
+    _values(dataset="aptos", hospital_dirs=dirs, num_hospitals=3), {"num_hospitals"}
+  )
+  assert given.data.num_hospitals == 3
+
+
+def test_what_the_data_config_refutes_is_refused_by_the_mapping():
+  with pytest.raises(ValueError, match="min_surviving_hospitals=5 exceeds the 4"):
+    flags_lib.run_configs(_values(min_surviving_hospitals=5), set())
+  with pytest.raises(ValueError, match="cannot parse 'x'"):
+    flags_lib.run_configs(_values(dropout_schedule="x"), set())
+
+
+@pytest.mark.parametrize(
+  "error, code, text",
+  [
+    (ValueError("bad q"), 2, "tool: error: bad q"),
+    (resume.Interrupted(3, True), 130, "tool: interrupted after round 3"),
+    (KeyboardInterrupt(), 130, "tool: interrupted; start again"),
+  ],
+)
+def test_one_error_policy(error, code, text, capsys):
+  with (
+    pytest.raises(SystemExit) as exit_info,
+    flags_lib.one_line_errors("tool", "start again", where="/out"),
+  ):
+    raise error
+  assert exit_info.value.code == code
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(text) and len(err.splitlines()) == 1
