@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 from dopamine_tff import models
 from dopamine_tff import seeds
@@ -106,6 +107,10 @@ class TrainConfig:
       seen as m random flips/shifts; DP settings average their gradients
       before clipping (sensitivity still C), C and F average their losses.
       0: off. Costs m times the compute of a step.
+    init_weights: starting weights from a file (.npz of our variables,
+      .weights.h5 or .keras; dopamine_tff/init_weights.py), e.g. public
+      pretraining; None: drawn from `seed`.
+    reinit_head: with init_weights, draw a head of another class count afresh.
   """
 
   setting: str = "fscdp"
@@ -145,6 +150,8 @@ class TrainConfig:
   ema_decay: float = 0.0
   lr_schedule: str = "constant"
   augmentations: int = 0
+  init_weights: str | None = None
+  reinit_head: bool = False
 
   def __post_init__(self):
     self._check_choices()
@@ -152,6 +159,7 @@ class TrainConfig:
     self._check_dp()
     self._check_federation()
     self._check_secagg()
+    self._check_init()
     self._check_tf_privacy()
 
   def _bad(self, name, why):
@@ -235,6 +243,10 @@ class TrainConfig:
     ):
       if not 0.0 <= getattr(self, name) < 1.0:
         bad(name, "must be in [0, 1)")
+
+  def _check_init(self):
+    if self.reinit_head and not self.init_weights:
+      self._bad("reinit_head", "needs --init_weights (there is no head to replace otherwise)")
 
   def _check_tf_privacy(self):
     if not (self.setting == "cdp" and self.cdp_impl == "tf_privacy"):
@@ -360,7 +372,13 @@ def check_compatible(train: TrainConfig, data) -> None:
     data: its data/loaders.DataConfig: K, and whether the source has patient ids.
   """
   train.check_hospitals(data.num_hospitals)
-  if train.private and train.privacy_unit == "patient" and data.dataset in ("synthetic", "digits"):
+  if train.init_weights and not os.path.isfile(train.init_weights):
+    raise ValueError(f"--init_weights={train.init_weights}: no such file")
+  if (
+    train.private
+    and train.privacy_unit == "patient"
+    and data.dataset in ("synthetic", "synthetic_public", "digits")
+  ):
     raise ValueError(
       f"privacy_unit=patient needs patient ids, and --dataset={data.dataset} has none (use "
       "eyepacs, or aptos with a patient_id column)"

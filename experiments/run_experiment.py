@@ -190,6 +190,15 @@ flags.DEFINE_enum(
   "What epsilon protects: one image, or all images of one patient (sampled together, "
   "their summed gradient clipped to C; needs patient ids).",
 )
+flags.DEFINE_string(
+  "init_weights",
+  None,
+  "Start from these weights (.npz of our variables, e.g. from experiments/pretrain_public.py; "
+  ".weights.h5 or .keras). Default: drawn from --seed.",
+)
+flags.DEFINE_bool(
+  "reinit_head", False, "With --init_weights: draw a head of another class count afresh."
+)
 flags.DEFINE_bool("audit", False, "Run membership-inference attacks on the final model.")
 flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every N rounds (0: never).")
 flags.DEFINE_bool(

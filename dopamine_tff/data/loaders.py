@@ -2,6 +2,9 @@
 
 Sources:
 * ``synthetic``: built-in synthetic fundus photographs (data/synthetic.py).
+* ``synthetic_public``: the built-in PUBLIC source for pretraining: the same
+  renderer through another camera, with EyePACS's grade balance, drawn from a
+  stream disjoint from ``synthetic``'s (data/synthetic.py, PUBLIC_*).
 * ``digits``: scikit-learn's 8x8 handwritten digits (real images, 10 classes,
   shipped inside scikit-learn).
 * ``aptos``: the APTOS 2019 Kaggle release format: ``train.csv`` with columns
@@ -29,11 +32,17 @@ from dopamine_tff.data import sources
 from dopamine_tff.data import splits
 from dopamine_tff.data import synthetic
 
-DATASETS = ("synthetic", "digits", "aptos", "eyepacs")
+DATASETS = ("synthetic", "synthetic_public", "digits", "aptos", "eyepacs")
 # Re-exported: callers catch loaders.DataError and read loaders.load_aptos.
 DataError = sources.DataError
 load_aptos = sources.load_aptos
-DEFAULT_IMAGE_SIZE = {"synthetic": 64, "digits": 8, "aptos": 224, "eyepacs": 224}
+DEFAULT_IMAGE_SIZE = {
+  "synthetic": 64,
+  "synthetic_public": 64,
+  "digits": 8,
+  "aptos": 224,
+  "eyepacs": 224,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,14 +160,17 @@ class DataConfig:
     return self.image_size or DEFAULT_IMAGE_SIZE[self.dataset]
 
 
-def _synthetic_cached(config: DataConfig, size: int):
+def _synthetic_cached(config: DataConfig, size: int, camera: str = "aptos"):
   n = config.num_examples or 3000
   cache_dir = os.environ.get("DOPAMINE_TFF_CACHE", os.path.expanduser("~/.cache/dopamine_tff"))
-  path = os.path.join(cache_dir, f"synthetic_v1_n{n}_s{size}_seed{config.seed}.npz")
+  name = "synthetic_v1" if camera == "aptos" else f"synthetic_{camera}_v1"
+  path = os.path.join(cache_dir, f"{name}_n{n}_s{size}_seed{config.seed}.npz")
   if os.path.isfile(path):
     with np.load(path) as f:
       return sources.Raw(f["images"], f["labels"], synthetic.NUM_CLASSES)
-  images, labels = synthetic.make_synthetic_retina(n, image_size=size, seed=config.seed)
+  images, labels = synthetic.make_synthetic_retina(
+    n, image_size=size, seed=config.seed, camera=camera
+  )
   os.makedirs(cache_dir, exist_ok=True)
   tmp = path + f".{os.getpid()}.tmp.npz"
   np.savez(tmp, images=images, labels=labels)
@@ -170,6 +182,8 @@ def _raw(config: DataConfig) -> sources.Raw:
   size = config.resolved_image_size
   if config.dataset == "synthetic":
     return _synthetic_cached(config, size)
+  if config.dataset == "synthetic_public":
+    return _synthetic_cached(config, size, camera="public")
   if config.dataset == "digits":
     raw = sources.load_digits(size)
     if config.num_examples:

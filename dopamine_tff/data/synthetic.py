@@ -27,6 +27,14 @@ NUM_CLASSES = 5
 CLASS_PRIORS = np.array([1805, 370, 999, 193, 295], dtype=np.float64) / 3662.0
 # Probability that the recorded grade differs by one from the drawn one.
 GRADER_DISAGREEMENT = 0.08
+# The built-in PUBLIC source (camera="public"): another camera and population,
+# shifted the way EyePACS differs from APTOS. EyePACS 2015 train grades
+# (25810/2443/5292/873/708 of 35126), noisier grading, and a camera with a
+# cooler, darker, lower-contrast and slightly blurred picture.
+PUBLIC_PRIORS = np.array([25810, 2443, 5292, 873, 708], dtype=np.float64) / 35126.0
+PUBLIC_DISAGREEMENT = 0.15
+PUBLIC_CAMERA = dict(gain=(0.86, 1.05, 1.3), gamma=1.3, contrast=0.8, blur=True)
+CAMERAS = ("aptos", "public")
 
 
 def _stamp_disc(img, cy, cx, radius, color, alpha=1.0, soft=True):
@@ -133,22 +141,53 @@ def render_fundus(rng: np.random.Generator, grade: int, size: int) -> np.ndarray
   return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
+def _public_camera(img: np.ndarray) -> np.ndarray:
+  """The public source's camera: colour gain, exposure (gamma), contrast, a 3x3 blur."""
+  cam = PUBLIC_CAMERA
+  out = np.clip(img * np.asarray(cam["gain"]), 0.0, 1.0) ** cam["gamma"]
+  mean = out.mean(axis=(0, 1), keepdims=True)
+  out = mean + cam["contrast"] * (out - mean)
+  if cam["blur"]:
+    padded = np.pad(out, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    out = (
+      sum(
+        padded[dy : dy + out.shape[0], dx : dx + out.shape[1]] for dy in range(3) for dx in range(3)
+      )
+      / 9.0
+    )
+  return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 def make_synthetic_retina(
-  num_examples: int, *, image_size: int = 64, seed: int = 0
+  num_examples: int, *, image_size: int = 64, seed: int = 0, camera: str = "aptos"
 ) -> tuple[np.ndarray, np.ndarray]:
   """Returns (images float32 [N,S,S,3] in [0,1], labels int32 [N]).
 
+  ``camera="public"`` draws the built-in public source instead: EyePACS-like
+  grades and camera (PUBLIC_*), from a random stream disjoint from every
+  ``camera="aptos"`` seed's, so no private picture is ever one of its.
+
   Raises:
-    ValueError: if num_examples < 1 or image_size < 16.
+    ValueError: if num_examples < 1, image_size < 16 or camera is unknown.
   """
   if num_examples < 1:
     raise ValueError(f"num_examples must be >= 1, got {num_examples}")
   if image_size < 16:
     raise ValueError(f"image_size must be >= 16, got {image_size}")
-  rng = np.random.default_rng(seed)
-  grades = rng.choice(NUM_CLASSES, size=num_examples, p=CLASS_PRIORS)
+  if camera not in CAMERAS:
+    raise ValueError(f"camera must be one of {CAMERAS}, got {camera!r}")
+  public = camera == "public"
+  # The public stream is keyed apart: SeedSequence([seed, tag]) never equals a
+  # plain integer seed's stream.
+  rng = np.random.default_rng([seed, 0x5EED_0F_E7E] if public else seed)
+  priors, disagreement = (
+    (PUBLIC_PRIORS, PUBLIC_DISAGREEMENT) if public else (CLASS_PRIORS, GRADER_DISAGREEMENT)
+  )
+  grades = rng.choice(NUM_CLASSES, size=num_examples, p=priors)
   images = np.stack([render_fundus(rng, int(g), image_size) for g in grades])
-  shift = rng.uniform(size=num_examples) < GRADER_DISAGREEMENT
+  if public:
+    images = np.stack([_public_camera(im) for im in images])
+  shift = rng.uniform(size=num_examples) < disagreement
   step = np.where(rng.uniform(size=num_examples) < 0.5, -1, 1)
   labels = np.where(shift, np.clip(grades + step, 0, NUM_CLASSES - 1), grades)
   return images, labels.astype(np.int32)

@@ -27,6 +27,7 @@ import numpy as np
 from dopamine_tff import accounting
 from dopamine_tff import audit
 from dopamine_tff import configs
+from dopamine_tff import init_weights
 from dopamine_tff import seeds
 from dopamine_tff import trainers
 from dopamine_tff.data import loaders
@@ -251,6 +252,8 @@ def run(
       dataclasses.asdict(data_config), image_size=data_config.resolved_image_size
     )
   hparams.setdefault("num_train_examples", data.num_train)
+  if cfg.init_weights:
+    hparams["init_weights_sha256"] = init_weights.sha256_of(cfg.init_weights)
   # The hospitals' shard files are scratch: rebuilt from the data on resume.
   with tempfile.TemporaryDirectory(prefix="dopamine_tff_") as scratch:
     trainer = trainers.make_trainer(cfg, data, scratch)
@@ -274,6 +277,11 @@ def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
   metrics, sinks = _sinks(output_dir, options, start.round)
   start = dataclasses.replace(start, skipped=metrics.skipped)
   evaluator = evaluation.Evaluator(cfg, data)
+  initial = evaluator(trainer.weights(trainer.initial_state()), with_train=False)
+  log(
+    f"round 0 (starting weights: {_origin(trainer)}): test_acc {initial['test_accuracy']:.4f} "
+    f"test_loss {initial['test_loss']:.4f}"
+  )
   checkpointer = (
     resume.Checkpointer(
       os.path.join(output_dir, "checkpoints"), options.checkpoint_every, cfg, data, trainer, parties
@@ -290,7 +298,7 @@ def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
     for sink in sinks:
       sink.close()
   loop.save_last(state, rounds_run)  # so --rounds can be raised later
-  facts = summary_lib.RunFacts(rounds_run, loop.skipped, stop_reason, loop.wall())
+  facts = summary_lib.RunFacts(rounds_run, loop.skipped, stop_reason, loop.wall(), initial)
   weights = loop.model_weights(state)
   summary = summary_lib.finish(
     output_dir, cfg, data, trainer, parties, evaluator, weights, loop.last_eval, facts, log
@@ -299,6 +307,15 @@ def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
     summary["audit"] = _audit(cfg, evaluator, weights, summary, log)
     run_dir.write_json(os.path.join(output_dir, "summary.json"), summary)
   return summary
+
+
+def _origin(trainer) -> str:
+  p = trainer.provenance
+  if p.path is None:
+    return "random"
+  return f"{p.path}, sha256 {p.sha256[:12]}" + (
+    ", head re-initialised" if p.head_reinitialised else ""
+  )
 
 
 def _audit(cfg, evaluator, weights, summary, log) -> dict:

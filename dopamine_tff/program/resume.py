@@ -16,6 +16,7 @@ import threading
 
 from dopamine_tff import accounting
 from dopamine_tff import configs
+from dopamine_tff import init_weights
 from dopamine_tff.data import loaders
 from dopamine_tff.program import checkpoint
 from dopamine_tff.program import run_dir
@@ -40,10 +41,12 @@ def run_identity(cfg: configs.TrainConfig, data: loaders.FederatedData) -> dict:
   """What a checkpoint belongs to: every field that changes past rounds.
 
   With a learning-rate schedule the round count shapes every step, so it must
-  not change on resume.
+  not change on resume. Starting weights count by their SHA-256.
   """
   free = [k for k in RESUMABLE_CHANGES if not (k == "rounds" and cfg.lr_schedule != "constant")]
   ident = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}
+  if cfg.init_weights:  # the weights' content, not where the file lies
+    ident["init_weights"] = "sha256:" + init_weights.sha256_of(cfg.init_weights)
   ident.update(
     data=data.name,
     image_shape=list(data.image_shape),

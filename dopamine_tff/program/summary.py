@@ -25,6 +25,7 @@ class RunFacts:
   rounds_skipped: int  # rounds that released nothing (aborted, too few hospitals)
   stop_reason: str
   wall_time_s: float
+  initial: dict = dataclasses.field(default_factory=dict)  # the starting weights' evaluation
 
 
 def summarize(cfg, data, trainer, parties: accounting.Parties, evaluator, last, facts) -> dict:
@@ -43,6 +44,9 @@ def summarize(cfg, data, trainer, parties: accounting.Parties, evaluator, last, 
     "stop_reason": facts.stop_reason,
     "final_test_accuracy": last.get("test_accuracy"),
     "final_test_loss": last.get("test_loss"),
+    # Round 0: does private training beat the starting (e.g. public) weights?
+    "initial_test_accuracy": facts.initial.get("test_accuracy"),
+    "init_weights": trainer.provenance.to_json(),
     **accounting.privacy_summary(
       parties,
       delta=cfg.delta,

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from dopamine_tff import configs
+from dopamine_tff import init_weights
 from dopamine_tff import models
 from dopamine_tff import tf_rounds
 from dopamine_tff.data import shards
@@ -59,6 +60,8 @@ class Trainer(Protocol):
   overflow_per_round: float | None
   # The secure-aggregation protocol's parameters (None: no protocol).
   secagg: object | None
+  # Where the starting weights came from (init_weights.Provenance).
+  provenance: object
 
   def parties(self) -> list[str]: ...
 
@@ -94,7 +97,9 @@ class TffTrainer:
     self.sizes = [len(s) for s in sets]
     self.image_shape = image_shape
     self.model_fn = lambda: models.build(cfg.model, image_shape, num_classes)
-    self.initial_weights = models.initial_weights(cfg.model, image_shape, num_classes, cfg.seed)
+    self.initial_weights, self.provenance = init_weights.starting_weights(
+      cfg, image_shape, num_classes
+    )
     self.num_words = int(sum(np.size(w) for w in self.initial_weights))
     self.patient_unit = cfg.private and cfg.privacy_unit == "patient"
     # Secret keys: OS CSPRNG unless --insecure_seeded_noise (dopamine_tff/seeds.py).

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from dopamine_tff import accounting
+from dopamine_tff import init_weights
 from dopamine_tff import models
 from dopamine_tff import seeds
 from dopamine_tff.data import loaders
@@ -35,7 +36,8 @@ class TfPrivacyCdpTrainer:
     self.data = pooled
     tf.keras.utils.set_random_seed(cfg.seed)
     self.model = models.build(cfg.model, image_shape, num_classes)
-    self.model.set_weights(models.initial_weights(cfg.model, image_shape, num_classes, cfg.seed))
+    weights, self.provenance = init_weights.starting_weights(cfg, image_shape, num_classes)
+    self.model.set_weights(weights)
     opt = dp_optimizer_keras_vectorized.VectorizedDPKerasSGDOptimizer(
       l2_norm_clip=cfg.l2_norm_clip,
       noise_multiplier=cfg.noise_multiplier,
