@@ -136,6 +136,13 @@ def table_rows(runs: dict[str, list[dict]]) -> list[dict]:
         "audit_epsilon_lb": _mean_std(
           [(r["summary"].get("audit") or {}).get("epsilon_lower_bound") for r in group]
         )[0],
+        # Round 0: the starting weights' accuracy; "file" when they were loaded.
+        "initial_accuracy": _mean_std([r["summary"].get("initial_test_accuracy") for r in group])[
+          0
+        ],
+        "init": ",".join(
+          sorted({(r["summary"].get("init_weights") or {}).get("source", "random") for r in group})
+        ),
       }
     )
   return rows
@@ -184,6 +191,13 @@ def markdown(rows: list[dict]) -> str:
       else ""
     )
   )
+  start = [r["initial_accuracy"] for r in rows if r.get("init") == "file"]
+  start = [a for a in start if not math.isnan(a)]
+  if start:
+    lines.append(
+      f"Every run starts from pretrained weights loaded from a file (--init_weights); "
+      f"those weights alone score {100 * float(np.mean(start)):.2f} % on the test set."
+    )
   return "\n".join(lines)
 
 

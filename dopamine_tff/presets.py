@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 
 from dopamine_tff import configs
+from dopamine_tff import pretraining
 from dopamine_tff.data import loaders
 
-PRESETS = ("smoke", "cpu", "paper")
+PRESETS = ("smoke", "smoke_pretrained", "cpu", "cpu_pretrained", "paper")
 APTOS_TRAIN = 2931  # the paper's training split
 
 
@@ -32,6 +33,8 @@ class Preset:
   data: loaders.DataConfig
   seeds: int
   settings: dict  # setting -> configs.TrainConfig (seed 0)
+  # Public pretraining every setting starts from (None: random weights).
+  pretrain: pretraining.PretrainConfig | None = None
 
 
 def _paper() -> Preset:
@@ -182,12 +185,30 @@ def _smoke() -> Preset:
   return Preset("smoke", data, 2, settings)
 
 
+def _pretrained(preset: Preset, *, epochs: int, num_examples: int) -> Preset:
+  """`preset` with every setting starting from weights pretrained on the built-in public
+  source (synthetic_public: another camera, EyePACS's grade balance; disjoint from the
+  private synthetic set). The settings' hyper-parameters are the preset's own (not
+  retuned for the pretrained start)."""
+  public = dataclasses.replace(
+    preset.data, dataset="synthetic_public", num_examples=num_examples, num_hospitals=1,
+    test_fraction=0.1,
+  )  # fmt: skip
+  model = preset.settings["c"].model
+  pretrain = pretraining.PretrainConfig(public, model=model, epochs=epochs)
+  return dataclasses.replace(preset, name=f"{preset.name}_pretrained", pretrain=pretrain)
+
+
 def get(name: str) -> Preset:
   """The preset of that name. Raises ValueError for an unknown one."""
   if name == "paper":
     return _paper()
   if name == "cpu":
     return _cpu()
+  if name == "cpu_pretrained":
+    return _pretrained(_cpu(), epochs=10, num_examples=6000)
+  if name == "smoke_pretrained":
+    return _pretrained(_smoke(), epochs=1, num_examples=200)
   if name == "smoke":
     return _smoke()
   raise ValueError(f"unknown preset {name!r}; expected one of {PRESETS}")

@@ -17,20 +17,14 @@ really is public, never the hospitals'.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-
 from absl import app
 from absl import flags
 from absl import logging
 
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
-from dopamine_tff import configs
-from dopamine_tff import init_weights
 from dopamine_tff import models
+from dopamine_tff import pretraining
 from dopamine_tff.data import loaders
-from dopamine_tff.program import loop
 from experiments import flags_lib
 
 flags.DEFINE_enum("dataset", "synthetic_public", list(loaders.DATASETS), "Public data source.")
@@ -43,51 +37,19 @@ flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_float("learning_rate", 0.02, "Learning rate.")
 flags.DEFINE_float("momentum", 0.9, "Momentum.")
 flags.DEFINE_integer("seed", 0, "Seed of the split and the initial weights.")
-flags.DEFINE_enum("runtime", "in_process", list(configs.RUNTIMES), "Runtime of the rounds.")
 _OUTPUT = flags.DEFINE_string("output", "runs/public/weights.npz", "The weights file (.npz).")
 
 
-def pretrain(values) -> dict:
-  """Trains on the public set; writes the weights and their provenance; returns it."""
-  output = values["output"]
-  if not output.endswith(".npz"):
-    raise ValueError(f"--output={output}: must end in .npz")
-  data_cfg = flags_lib.config_from(loaders.DataConfig, values, num_hospitals=1, test_fraction=0.1)
-  train = flags_lib.config_from(
-    configs.TrainConfig, values, setting="c", rounds=values["epochs"], eval_every=values["epochs"]
-  )
-  data = loaders.load(data_cfg)
-  run_dir = output + ".run"
-  summary = loop.run(
-    train,
-    data,
-    run_dir,
-    data_config=data_cfg,
-    options=configs.LoopOptions(overwrite=True, tensorboard=False, checkpoint_every=0),
-    log=logging.info,
-  )
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  shutil.copyfile(os.path.join(run_dir, "final_weights.npz"), output)
-  provenance = {
-    "dataset": data.name,
-    "data_dir": data_cfg.data_dir,
-    "num_train_examples": data.num_train,
-    "image_size": data_cfg.resolved_image_size,
-    "model": train.model,
-    "epochs": train.rounds,
-    "public_test_accuracy": summary["final_test_accuracy"],
-    "sha256": init_weights.sha256_of(output),
-  }
-  with open(output + ".json", "w") as f:
-    json.dump(provenance, f, indent=2, sort_keys=True)
-  return provenance
+def _config(values) -> pretraining.PretrainConfig:
+  data = flags_lib.config_from(loaders.DataConfig, values, num_hospitals=1, test_fraction=0.1)
+  return flags_lib.config_from(pretraining.PretrainConfig, values, data=data)
 
 
 def main(argv):
   del argv
   values = flags.FLAGS.flag_values_dict()
   with flags_lib.one_line_errors("pretrain_public", "run it again"):
-    provenance = pretrain(values)
+    provenance = pretraining.pretrain(_config(values), values["output"], log=logging.info)
   print(
     f"public weights: {_OUTPUT.value} ({provenance['dataset']}, "
     f"{provenance['num_train_examples']} examples, held-out public accuracy "

@@ -12,7 +12,9 @@ the committed results/ tree. A finished run whose hyper-parameters and data
 match is reused, and the driver says how many were reused; --force reruns
 everything. An unfinished run resumes from its checkpoint. At the end:
 results.csv, results.md (mean, std and 95 % interval over seeds) and the
-figures as PNG and PDF.
+figures as PNG and PDF. A *_pretrained preset first pretrains on the built-in
+public source once (<output_dir>/public/, reused by content hash) and starts
+every setting and seed from those weights.
 
 The data is the preset's unless --dataset, --data_dir, --image_size or
 --num_examples say otherwise; every run's hparams.json records the data used.
@@ -33,6 +35,7 @@ from dopamine_tff import configs
 from dopamine_tff import devices
 from dopamine_tff import plotting
 from dopamine_tff import presets
+from dopamine_tff import pretraining
 from dopamine_tff import runtime
 from dopamine_tff.data import loaders
 from dopamine_tff.program import loop
@@ -189,7 +192,13 @@ def main(argv):
     data_cfg = data_config(preset, values)
     devices.configure(devices.parse_gpus(values["gpus"]))
     root = values["output_dir"] or os.path.join("runs", "reproduce", preset.name)
-    ran, reused = _run_all(_plan(preset, data_cfg, values), root, values)
+    plan = _plan(preset, data_cfg, values)
+    if preset.pretrain is not None:  # once, cached by content hash: every run starts there
+      public = pretraining.cached(preset.pretrain, os.path.join(root, "public"), logging.info)
+      plan = [
+        (d, [(s, dataclasses.replace(c, init_weights=public)) for s, c in runs]) for d, runs in plan
+      ]
+    ran, reused = _run_all(plan, root, values)
   if reused:
     print(
       f"{reused}/{ran + reused} runs reused from {root} (finished earlier with the same "

@@ -245,3 +245,21 @@ def test_cpu_preset_reproduces_the_papers_ordering(tmp_path):
   assert all(e <= 10.4 for e in eps.values())
   assert acc["fscdp"] > acc["fpdp"]
   assert eps["fscdp"] == pytest.approx(eps["cdp"])
+
+
+def test_a_pretrained_preset_pretrains_once_and_every_run_starts_there(tmp_path):
+  """Issue 19: the public weights are made once (cached) and named in every run."""
+  out = tmp_path / "pre"
+  args = ["--preset=smoke_pretrained", "--settings=c,fscdp", "--seeds=1", f"--output_dir={out}"]
+  proc = _reproduce(args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (public,) = sorted((out / "public").glob("public_*.npz"))
+  sha = json.loads(public.with_suffix(".npz.json").read_text())["sha256"]
+  for setting in ("c", "fscdp"):
+    summary = json.loads((out / setting / "seed_0" / "summary.json").read_text())
+    assert summary["init_weights"]["sha256"] == sha
+    assert summary["initial_test_accuracy"] is not None
+  assert "starts from pretrained weights" in (out / "results.md").read_text()
+  again = _reproduce([*args, "--force"])
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "public weights reused" in again.stderr
