@@ -76,11 +76,15 @@ def read_run(run_dir: str) -> dict:
 
 
 def collect(root: str) -> dict[str, list[dict]]:
-  """Completed runs under root, grouped by setting (in the paper's order)."""
+  """Completed runs under root, grouped by setting (in the paper's order).
+
+  ``public/`` holds a pretrained preset's public weights and their training
+  run (dopamine_tff/pretraining.py): not one of the compared runs.
+  """
   out: dict[str, list[dict]] = {}
   for setting in sorted(os.listdir(root), key=lambda s: ORDER.index(s) if s in ORDER else 99):
     sdir = os.path.join(root, setting)
-    if not os.path.isdir(sdir):
+    if not os.path.isdir(sdir) or setting == "public":
       continue
     runs = [
       read_run(os.path.join(sdir, d))

@@ -22,6 +22,7 @@ from absl import flags
 from absl import logging
 
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
+from dopamine_tff import configs
 from dopamine_tff import models
 from dopamine_tff import pretraining
 from dopamine_tff.data import loaders
@@ -36,6 +37,7 @@ flags.DEFINE_integer("epochs", 10, "Epochs over the public set.")
 flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_float("learning_rate", 0.02, "Learning rate.")
 flags.DEFINE_float("momentum", 0.9, "Momentum.")
+flags.DEFINE_enum("lr_schedule", "constant", list(configs.LR_SCHEDULES), "Learning-rate schedule.")
 flags.DEFINE_integer("seed", 0, "Seed of the split and the initial weights.")
 _OUTPUT = flags.DEFINE_string("output", "runs/public/weights.npz", "The weights file (.npz).")
 

@@ -259,7 +259,9 @@ def test_a_pretrained_preset_pretrains_once_and_every_run_starts_there(tmp_path)
     summary = json.loads((out / setting / "seed_0" / "summary.json").read_text())
     assert summary["init_weights"]["sha256"] == sha
     assert summary["initial_test_accuracy"] is not None
-  assert "starts from pretrained weights" in (out / "results.md").read_text()
+  table = (out / "results.md").read_text()
+  assert "starts from pretrained weights" in table
+  assert "| public |" not in table  # the pretraining run is not one of the compared runs
   again = _reproduce([*args, "--force"])
   assert again.returncode == 0, again.stderr[-3000:]
   assert "public weights reused" in again.stderr
