@@ -185,7 +185,9 @@ def _smoke() -> Preset:
   return Preset("smoke", data, 2, settings)
 
 
-def _pretrained(preset: Preset, *, epochs: int, num_examples: int) -> Preset:
+def _pretrained(
+  preset: Preset, *, epochs: int, num_examples: int, learning_rate: float = 0.02
+) -> Preset:
   """`preset` with every setting starting from weights pretrained on the built-in public
   source (synthetic_public: another camera, EyePACS's grade balance; disjoint from the
   private synthetic set). The settings' hyper-parameters are the preset's own (not
@@ -195,7 +197,9 @@ def _pretrained(preset: Preset, *, epochs: int, num_examples: int) -> Preset:
     test_fraction=0.1,
   )  # fmt: skip
   model = preset.settings["c"].model
-  pretrain = pretraining.PretrainConfig(public, model=model, epochs=epochs)
+  pretrain = pretraining.PretrainConfig(
+    public, model=model, epochs=epochs, learning_rate=learning_rate
+  )
   return dataclasses.replace(preset, name=f"{preset.name}_pretrained", pretrain=pretrain)
 
 
@@ -206,7 +210,10 @@ def get(name: str) -> Preset:
   if name == "cpu":
     return _cpu()
   if name == "cpu_pretrained":
-    return _pretrained(_cpu(), epochs=10, num_examples=6000)
+    # Chosen on the public source's own held-out split (never private data):
+    # 9 recipes tried, lr 0.01 for 20 epochs scored best (79.8 % against a
+    # majority rate of 69.7 %; README, "Public pretraining").
+    return _pretrained(_cpu(), epochs=20, num_examples=6000, learning_rate=0.01)
   if name == "smoke_pretrained":
     return _pretrained(_smoke(), epochs=1, num_examples=200)
   if name == "smoke":

@@ -35,6 +35,7 @@ from dopamine_tff import runtime
 from dopamine_tff.data import loaders
 from experiments import bench_lib
 from experiments import client_steps_lib
+from experiments import flags_lib
 
 _OUTPUT = flags.DEFINE_string(
   "output", "runs/benchmark.json", "Where the JSON goes (results/ holds the committed one)."
@@ -318,4 +319,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags_lib.run(main, "benchmark")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app
 from absl import flags
 
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
@@ -64,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags_lib.run(main, "convert_squeezenet")

@@ -15,6 +15,9 @@ import contextlib
 import dataclasses
 import sys
 
+from absl import app
+from absl import flags
+
 from dopamine_tff import configs
 from dopamine_tff import presets
 from dopamine_tff import runtime
@@ -48,15 +51,18 @@ class RunConfigs:
   train: configs.TrainConfig
   runtime: runtime.RuntimeConfig
   options: configs.LoopOptions
+  warnings: tuple = ()  # flags given that this setting does not use
 
 
-def run_configs(values: Mapping, present: set) -> RunConfigs:
+def run_configs(values: Mapping, present: set, given: set | None = None) -> RunConfigs:
   """run_experiment's configs from its flag values, checked before any data is read.
 
   Args:
     values: flag name -> value.
     present: the flags given on the command line (K defaults to the number of
       --hospital_dirs unless --num_hospitals is given).
+    given: the flags given with a value other than their default (default:
+      `present`); each must act in this run (check_flags_act).
   """
   num_hospitals = values["num_hospitals"]
   if values["hospital_dirs"] and "num_hospitals" not in present:
@@ -71,13 +77,90 @@ def run_configs(values: Mapping, present: set) -> RunConfigs:
     configs.TrainConfig, values, dropout_schedule=parse_schedule(values["dropout_schedule"])
   )
   configs.check_compatible(train, data)
+  warnings = check_flags_act(present if given is None else given, train, data)
+  options = config_from(configs.LoopOptions, values)
+  if options.resume and options.overwrite:
+    raise ValueError("--resume and --overwrite: pick one (continue the run, or replace it)")
   rt = runtime.RuntimeConfig(
     max_concurrent_computation_calls=values["max_concurrent_calls"],
     worker_binary=values["worker_binary"],
     address=values["worker_address"],
     num_workers=values["num_workers"],
   )
-  return RunConfigs(data, train, rt, config_from(configs.LoopOptions, values))
+  return RunConfigs(data, train, rt, options, tuple(warnings))
+
+
+def _tfp(t):
+  return t.setting == "cdp" and t.cdp_impl == "tf_privacy"
+
+
+def _dp_sgd(t):
+  return t.setting == "fscdp" or (t.setting == "cdp" and not _tfp(t))
+
+
+_SECAGG = "with --secure_aggregation=secagg or secagg_plus"
+_SETTING_FLAGS = {
+  "sampling_prob": (lambda t, d: _dp_sgd(t), "fscdp and cdp (ours); the others use --batch_size"),
+  "batch_size": (lambda t, d: not _dp_sgd(t), "c, f, fpdp and cdp with --cdp_impl=tf_privacy"),
+  "local_epochs": (lambda t, d: t.setting in ("f", "fpdp"), "f and fpdp"),
+  "client_fraction": (lambda t, d: t.setting in ("f", "fpdp"), "f and fpdp"),
+  "cdp_impl": (lambda t, d: t.setting == "cdp", "cdp"),
+  "secure_sum_bound": (lambda t, d: _dp_sgd(t), "fscdp and cdp (ours)"),
+  "min_surviving_hospitals": (lambda t, d: t.setting == "fscdp", "fscdp"),
+  "dropout_prob": (lambda t, d: t.setting in ("f", "fpdp", "fscdp"), "f, fpdp and fscdp"),
+  "dropout_schedule": (lambda t, d: t.setting in ("f", "fpdp", "fscdp"), "f, fpdp and fscdp"),
+  **{
+    name: (lambda t, d: t.private, "the private settings cdp, fpdp and fscdp")
+    for name in (
+      "noise_multiplier",
+      "l2_norm_clip",
+      "delta",
+      "target_epsilon",
+      "accountant",
+      "hardened_noise",
+      "privacy_unit",
+    )
+  },
+}
+# Flags that act only with another flag: given without it, they are refused
+# (a run never silently ignores them).
+_DEPENDENT_FLAGS = {
+  "dirichlet_alpha": (lambda t, d: d.partition == "dirichlet", "--partition=dirichlet"),
+  "data_dir": (lambda t, d: d.dataset in ("aptos", "eyepacs"), "--dataset=aptos or eyepacs"),
+  **{
+    name: (lambda t, d: t.secure_aggregation != "none", _SECAGG)
+    for name in (
+      "secagg_threshold",
+      "secagg_neighbours",
+      "secagg_prg",
+      "secagg_adversarial_fraction",
+      "secagg_dropout_rate",
+      "secagg_unmask_dropout_prob",
+    )
+  },
+  **{
+    name: (lambda t, d: t.runtime == "tff" and not _tfp(t), "--runtime=tff (TFF's worker)")
+    for name in ("num_workers", "max_concurrent_calls", "worker_binary", "worker_address")
+  },
+}
+
+
+def check_flags_act(given: set, train: configs.TrainConfig, data: loaders.DataConfig) -> list:
+  """Refuses a flag given (with a non-default value) that only acts with another flag
+  (ValueError); returns warnings for hyper-parameters this setting does not use (a
+  command line shared by the five settings is legitimate)."""
+  for name in sorted(given & set(_DEPENDENT_FLAGS)):
+    acts, where = _DEPENDENT_FLAGS[name]
+    if not acts(train, data):
+      raise ValueError(f"--{name} has no effect in this run; it acts only {where}")
+  warnings = []
+  for name in sorted(given & set(_SETTING_FLAGS)):
+    acts, where = _SETTING_FLAGS[name]
+    if not acts(train, data):
+      warnings.append(
+        f"--{name} has no effect with --setting={train.setting} (it applies to {where})"
+      )
+  return warnings
 
 
 def preset_settings(name: str, settings) -> presets.Preset:
@@ -109,3 +192,46 @@ def one_line_errors(binary: str, resume_hint: str, where: str | None = None):
   except KeyboardInterrupt:  # a second Ctrl-C, or one outside the round loop
     print(f"{binary}: interrupted; {resume_hint}", file=sys.stderr)
     sys.exit(130)
+
+
+HELP_FLAGS = ("--help", "-help", "--helpshort", "--helpfull", "--helpxml", "-h", "-?")
+
+
+def _parser(binary: str, positional: bool):
+  def parse(argv):
+    try:
+      rest = flags.FLAGS(argv)
+    except flags.Error as e:  # a malformed or unknown flag: one line, the usage code
+      print(f"{binary}: error: {e}", file=sys.stderr)
+      sys.exit(2)
+    except SystemExit as e:  # absl's --help prints the help, then exits 1
+      if e.code == 1 and any(a.split("=")[0] in HELP_FLAGS for a in argv[1:]):
+        sys.exit(0)
+      raise
+    if len(rest) > 1 and not positional:
+      print(
+        f"{binary}: error: unexpected arguments {rest[1:]} (flags start with --)", file=sys.stderr
+      )
+      sys.exit(2)
+    return rest
+
+  return parse
+
+
+def run(main, binary: str, positional: bool = False) -> None:
+  """absl's app.run with the project's exit codes: --help 0, any usage error 2 in one line.
+
+  Args:
+    main: the binary's main(argv).
+    binary: its name, starting every error line.
+    positional: whether it takes positional arguments (otherwise one is refused).
+  """
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except app.UsageError as e:  # absl would print the whole help first
+      print(f"{binary}: error: {e}", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(guarded, flags_parser=_parser(binary, positional))

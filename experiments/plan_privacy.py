@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 import sys
 
-from absl import app
 from absl import flags
 
 from dopamine_tff import accounting
+from experiments import flags_lib
 
 _N = flags.DEFINE_integer("num_examples", None, "Training examples N over all hospitals.")
 _EPS = flags.DEFINE_float("target_epsilon", None, "Target epsilon.")
@@ -79,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags_lib.run(main, "plan_privacy")

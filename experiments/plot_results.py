@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 from dopamine_tff import plotting
+from experiments import flags_lib
 
 _RUNS_DIR = flags.DEFINE_string(
   "runs_dir", None, "Root holding <setting>/seed_<n>/ runs.", required=True
@@ -40,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags_lib.run(main, "plot_results")

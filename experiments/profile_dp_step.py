@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from dopamine_tff import models
 from dopamine_tff import profiling
+from experiments import flags_lib
 
 _MODEL = flags.DEFINE_enum("model", "small_cnn", ["small_cnn", "squeezenet"], "Model.")
 _SIZE = flags.DEFINE_integer("image_size", 64, "Square image side in pixels.")
@@ -118,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags_lib.run(main, "profile_dp_step")

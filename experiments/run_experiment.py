@@ -15,7 +15,6 @@ import json
 import math
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -218,21 +217,28 @@ parse_schedule = flags_lib.parse_schedule
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv  # flags_lib.run refuses positional arguments
   values = flags.FLAGS.flag_values_dict()
   present = {name for name in values if flags.FLAGS[name].present}
+  given = {n for n in present if flags.FLAGS[n].value != flags.FLAGS[n].default}
   own = flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])
   hint = f"rerun with --resume to continue from the newest checkpoint in {_OUTPUT_DIR.value}"
   with flags_lib.one_line_errors("run_experiment", hint, where=values["output_dir"]):
-    summary, cfgs, data = _main(values, present, {f.name: f.value for f in own})
+    summary, cfgs, data = _main(values, present, given, {f.name: f.value for f in own})
   _report(summary, cfgs.train, data.name, values["output_dir"])
 
 
-def _main(values, present, hparams):
+def _main(values, present, given, hparams):
   """Checks everything, loads the data, runs; ValueError for any bad input."""
-  cfgs = flags_lib.run_configs(values, present)
+  cfgs = flags_lib.run_configs(values, present, given)
+  for warning in cfgs.warnings:
+    print(f"run_experiment: warning: {warning}", file=sys.stderr)
   run_dir.check_output_dir(values["output_dir"], cfgs.options)
+  if cfgs.options.resume and not run_dir.has_checkpoint(values["output_dir"]):
+    raise ValueError(
+      f"--resume: {values['output_dir']} holds no checkpoint to continue; drop --resume to "
+      "start a run there"
+    )
   data = loaders.load(cfgs.data)
   gpus = devices.configure(devices.parse_gpus(values["gpus"]), values["memory_growth"])
   logging.info("visible GPUs: %s", gpus or "none (CPU)")
@@ -281,4 +287,4 @@ def _report(summary, train, data_name, output_dir) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags_lib.run(main, "run_experiment")

@@ -27,7 +27,6 @@ import json
 import os
 import sys
 
-from absl import app
 from absl import flags
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers import Cipher
@@ -44,6 +43,7 @@ from dopamine_tff.secagg import masking
 from dopamine_tff.secagg import protocol
 from dopamine_tff.secagg import shamir
 from experiments import bench_lib
+from experiments import flags_lib
 
 _OUTPUT = flags.DEFINE_string(
   "output", "runs/benchmark_secagg.json", "Where the JSON goes (results/ holds the committed one)."
@@ -285,4 +285,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags_lib.run(main, "secagg_benchmark")

@@ -16,6 +16,8 @@ import sys
 
 from absl import app
 
+from experiments import flags_lib
+
 HEADER = (
   "| run | setting | test accuracy | epsilon (delta) | rounds | epochs | stopped | wall time |"
 )
@@ -41,8 +43,11 @@ def row(run_dir: str) -> str:
     raise ValueError(f"cannot read {path}: {e}") from None
   eps = "not private" if s["epsilon"] is None else f"{s['epsilon']:.3f} ({s['delta']:g})"
   stop = "budget" if s["stop_reason"].startswith("budget") else s["stop_reason"]
+  setting = s["setting"].upper()
+  if s.get("cdp_impl") == "tf_privacy":  # the two CDP implementations apart
+    setting = "CDP (TF Privacy)"
   return (
-    f"| {label(run_dir)} | {s['setting'].upper()} | "
+    f"| {label(run_dir)} | {setting} | "
     f"{100 * s['final_test_accuracy']:.2f} % | {eps} | {s['rounds_run']} | "
     f"{s['epochs']:.2f} | {stop} | {s['wall_time_s']:.0f} s |"
   )
@@ -75,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags_lib.run(main, "summarize", positional=True)

@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -246,4 +245,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flags_lib.run(main, "tune")

@@ -83,3 +83,13 @@ def test_one_error_policy(error, code, text, capsys):
   assert exit_info.value.code == code
   err = capsys.readouterr().err.strip()
   assert err.startswith(text) and len(err.splitlines()) == 1
+
+
+def test_a_hyper_parameter_this_setting_ignores_is_named_in_a_warning():
+  cfgs = flags_lib.run_configs(_values(batch_size=16), {"batch_size"})
+  assert cfgs.warnings == (
+    "--batch_size has no effect with --setting=fscdp (it applies to c, f, fpdp and cdp with "
+    "--cdp_impl=tf_privacy)",
+  )
+  quiet = flags_lib.run_configs(_values(setting="f", batch_size=16), {"setting", "batch_size"})
+  assert quiet.warnings == ()

@@ -40,3 +40,18 @@ def test_json_is_written_atomically(tmp_path):
   with open(path) as f:
     assert f.read().splitlines()[1].strip() == '"a": Infinity,'
   assert not os.path.exists(path + ".tmp")
+
+
+def test_a_file_or_an_unwritable_place_is_one_line_before_anything_runs(tmp_path):
+  """Issue 22 item 3: these were a FileExistsError / PermissionError traceback."""
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(run_dir.RunDirError, match="is a file, not a directory"):
+    run_dir.check_output_dir(str(tmp_path / "a_file"), configs.LoopOptions())
+  with pytest.raises(run_dir.RunDirError, match="is a file, not a directory"):
+    run_dir.check_output_dir(str(tmp_path / "a_file" / "run"), configs.LoopOptions())
+  # /proc refuses new files even to root (a read-only place for any user).
+  with pytest.raises(run_dir.RunDirError, match="cannot write in /proc"):
+    run_dir.check_output_dir("/proc/dopamine_tff_run", configs.LoopOptions())
+  run_dir.check_output_dir(str(tmp_path / "new" / "deeper"), configs.LoopOptions())
+  assert not (tmp_path / "new").exists()  # the check creates nothing
+  assert sorted(os.listdir(tmp_path)) == ["a_file"]

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -201,6 +202,7 @@ def test_help_has_no_cuda_noise_and_keeps_example_line_breaks():
     text=True,
     timeout=120,
   )
+  assert proc.returncode == 0  # issue 22 item 9: it was 1
   assert "Unable to register" not in proc.stdout + proc.stderr
   assert "--dataset=digits \\\n      --num_hospitals=10" in proc.stdout
   assert "--[no]overwrite" in proc.stdout and "--hospital_dirs" in proc.stdout
@@ -235,6 +237,18 @@ def test_import_filter_keeps_other_tensorflow_messages():
     (["--privacy_unit=patient"], "privacy_unit=patient needs patient ids"),
     (["--num_hospitals=4", "--min_surviving_hospitals=5"], "min_surviving_hospitals=5 exceeds"),
     (["--num_hospitals=4", "--dropout_schedule=2:1,7"], "round 2 names hospital(s) [7]"),
+    # Issue 22 item 4: flags that were silently ignored or rounded.
+    (["--secagg_threshold=3"], "--secagg_threshold has no effect in this run"),
+    (["--secagg_unmask_dropout_prob=0.2"], "--secagg_unmask_dropout_prob has no effect"),
+    (["--dataset=digits", "--data_dir=/tmp"], "--data_dir has no effect in this run"),
+    (["--runtime=in_process", "--num_workers=2"], "--num_workers has no effect"),
+    (
+      ["--secure_aggregation=secagg_plus", "--secagg_neighbours=12"],
+      "secagg_neighbours=12: must be even, in [2, 8] (the ring gives k/2 neighbours per side); "
+      "nearest valid: [8]",
+    ),
+    (["--resume", "--overwrite"], "--resume and --overwrite: pick one"),
+    (["--resume"], "holds no checkpoint to continue"),
     (
       ["--secure_aggregation=secagg", "--num_hospitals=10", "--assumed_colluders=6"],
       "below the Shamir threshold t=6",
@@ -283,3 +297,26 @@ def test_the_final_line_counts_released_and_skipped_rounds(tmp_path):
   clean = _run(["--setting=fscdp", *TINY, "--runtime=in_process"], tmp_path / "clean")
   assert "after 3 rounds (" in clean.stdout and "skipped" not in clean.stdout
   assert _read(tmp_path / "clean")[1]["rounds_skipped"] == 0
+
+
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (["--setting=zzz"], "run_experiment: error: flag --setting=zzz: value should be one of"),
+    (["--no_such_flag=1"], "run_experiment: error: Unknown command line flag 'no_such_flag'"),
+    (["stray"], "run_experiment: error: unexpected arguments ['stray']"),
+  ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args, message):
+  """Issue 22 item 9: absl's errors exited 1, a stray argument printed 164 lines of help."""
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.run_experiment", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 2
+  lines = [li for li in proc.stderr.splitlines() if not re.match(r"[IWEF]\d{4} ", li)]
+  assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
+  assert proc.stdout == ""

@@ -61,12 +61,17 @@ class ImageSet:
 
 @dataclasses.dataclass(frozen=True)
 class FederatedData:
-  """The hospitals' training sets and one held-out test set."""
+  """The hospitals' training sets and one held-out evaluation set.
+
+  `test` is the test set, or (tuning: ``evaluation == "validation"``) a
+  validation share of the training data; the test set is then never loaded.
+  """
 
   name: str
   hospitals: tuple[ImageSet, ...]
   test: ImageSet
   num_classes: int
+  evaluation: str = "test"
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -214,10 +219,10 @@ def load(config: DataConfig) -> FederatedData:
     parts, test = splits.given_split(raw, config)
   else:
     parts, test = splits.dealt_split(raw, config)
-  name = config.dataset
+  name, evaluation = config.dataset, "test"
   if config.validation_fraction > 0:  # tuning never sees the test set
     parts, test = splits.validation_carve(raw, parts, config)
-    name = f"{config.dataset} (validation split)"
+    name, evaluation = f"{config.dataset} (validation split)", "validation"
   images, patients = raw.images * 2.0 - 1.0, raw.patients
 
   def subset(idx):
@@ -228,4 +233,5 @@ def load(config: DataConfig) -> FederatedData:
     hospitals=tuple(subset(p) for p in parts),
     test=subset(test),
     num_classes=raw.num_classes,
+    evaluation=evaluation,
   )

@@ -42,6 +42,7 @@ class Evaluator:
     sub = np.random.default_rng(cfg.seed).permutation(len(pooled))[:TRAIN_EVAL_EXAMPLES]
     self.train = (pooled.images[sub], pooled.labels[sub])
     self.test = (data.test.images, data.test.labels)
+    self.split = "val" if data.evaluation == "validation" else "test"  # for the log
 
   def __call__(self, weights, with_train=True) -> dict:
     out = {}

@@ -158,14 +158,19 @@ class Loop:
       self.last_eval = dict(row)
     return row
 
+  @property
+  def _split(self) -> str:
+    return getattr(self.parts.evaluator, "split", "test")
+
   def _progress(self, row, per_round: float) -> None:
     cfg = self.cfg
     self.parts.log(
       f"round {row['round']}/{cfg.rounds}"
       + (f" ({self.skipped} skipped)" if self.skipped else "")
       + f" epochs {row['epochs']:.2f} "
-      f"test_acc {row['test_accuracy']:.4f} test_loss {row['test_loss']:.4f} "
-      f"eps {row['epsilon']:.3f} ({row['round_time_s']:.2f} s/round, "
+      f"{self._split}_acc {row['test_accuracy']:.4f} {self._split}_loss {row['test_loss']:.4f} "
+      + (f"eps {row['epsilon']:.3f}" if math.isfinite(row["epsilon"]) else "not private")
+      + f" ({row['round_time_s']:.2f} s/round, "
       f"ETA {per_round * (cfg.rounds - row['round']):.0f} s)"
     )
 
@@ -279,8 +284,8 @@ def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
   evaluator = evaluation.Evaluator(cfg, data)
   initial = evaluator(trainer.weights(trainer.initial_state()), with_train=False)
   log(
-    f"round 0 (starting weights: {_origin(trainer)}): test_acc {initial['test_accuracy']:.4f} "
-    f"test_loss {initial['test_loss']:.4f}"
+    f"round 0 (starting weights: {_origin(trainer)}): {evaluator.split}_acc "
+    f"{initial['test_accuracy']:.4f} {evaluator.split}_loss {initial['test_loss']:.4f}"
   )
   checkpointer = (
     resume.Checkpointer(

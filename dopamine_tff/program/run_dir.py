@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 
 from dopamine_tff import configs
 from dopamine_tff.program import checkpoint
@@ -51,8 +52,34 @@ def previous_run_files(output_dir: str) -> list[str]:
   return found
 
 
+def has_checkpoint(output_dir: str) -> bool:
+  """Whether `output_dir` holds a complete checkpoint to resume from."""
+  return bool(checkpoint.rounds(os.path.join(output_dir, "checkpoints")))
+
+
+def check_writable(output_dir: str) -> None:
+  """RunDirError unless `output_dir` is (or can be made) a directory this process writes in.
+
+  Probes the nearest existing ancestor with a temporary file (removed at once),
+  so a file in the way or a read-only place is one line before anything runs.
+  """
+  path = os.path.abspath(output_dir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise RunDirError(f"--output_dir={output_dir}: {path} is a file, not a directory")
+  try:
+    fd, probe = tempfile.mkstemp(prefix=".write_probe_", dir=path)
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise RunDirError(f"--output_dir={output_dir}: cannot write in {path} ({e.strerror})") from None
+
+
 def check_output_dir(output_dir: str, options: configs.LoopOptions) -> None:
-  """RunDirError when `output_dir` holds a run and neither resume nor overwrite is set."""
+  """RunDirError when `output_dir` cannot be written, or holds a run and neither
+  resume nor overwrite is set."""
+  check_writable(output_dir)
   found = previous_run_files(output_dir)
   if found and not (options.resume or options.overwrite):
     raise RunDirError(

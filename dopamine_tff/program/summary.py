@@ -33,6 +33,7 @@ def summarize(cfg, data, trainer, parties: accounting.Parties, evaluator, last, 
   test = data.test.labels
   return {
     "setting": cfg.setting,
+    "cdp_impl": cfg.cdp_impl if cfg.setting == "cdp" else None,
     "seed": cfg.seed,
     "privacy_unit": cfg.privacy_unit if cfg.private else None,
     "dataset": data.name,

@@ -206,11 +206,15 @@ class SecAggConfig:
     if self.neighbours is not None:
       if self.mode != "secagg_plus":
         raise ValueError("secagg_neighbours applies to secagg_plus only")
+      top = (k - 1) - (k - 1) % 2  # the largest even degree K allows
       if self.neighbours < 2 or self.neighbours % 2 or self.neighbours > k - 1:
+        if top < 2:
+          raise ValueError(f"secagg_neighbours: secagg_plus needs K >= 3 hospitals, got {k}")
         lo = max(2, self.neighbours - self.neighbours % 2)
+        near = sorted({min(lo, top), min(lo + 2, top)} if self.neighbours % 2 else {min(lo, top)})
         raise ValueError(
-          f"secagg_neighbours={self.neighbours}: must be even, in [2, {k - 1}] (the ring gives "
-          f"k/2 neighbours per side); nearest valid: {sorted({min(lo, k - 1), min(lo + 2, k - 1)})}"
+          f"secagg_neighbours={self.neighbours}: must be even, in [2, {top}] (the ring gives "
+          f"k/2 neighbours per side); nearest valid: {near}"
         )
 
   def _check_threshold(self, degree: int, t: int) -> None:
