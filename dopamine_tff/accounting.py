@@ -291,14 +291,22 @@ def noise_multiplier_for(
   def make_event(sigma):
     return StepSpec(sampling_prob, sigma, steps).event()
 
+  if kind == "pld":
+    # RDP's epsilon bounds PLD's from above, so RDP's sigma bounds PLD's: search
+    # below it only. Starting near sigma 0.05 (as for RDP) builds PLDs of
+    # enormous support: MemoryError under 6 GB, 21 GB unbounded (issue 22).
+    high = noise_multiplier_for(
+      target_epsilon, sampling_prob=sampling_prob, steps=steps, delta=delta, kind="rdp"
+    )
+    low = high / 2
+    if epsilon_of([StepSpec(sampling_prob, low, steps)], delta, "pld") <= target_epsilon:
+      return low  # rare: within a factor 2 is all this bound promises
+    bracket = dp_accounting.ExplicitBracketInterval(low, high)
+  else:
+    bracket = dp_accounting.LowerEndpointAndGuess(0.05, 1.0)
   return float(
     dp_accounting.calibrate_dp_mechanism(
-      lambda: make_accountant(kind),
-      make_event,
-      target_epsilon,
-      delta,
-      dp_accounting.LowerEndpointAndGuess(0.05, 1.0),
-      tol=1e-4,
+      lambda: make_accountant(kind), make_event, target_epsilon, delta, bracket, tol=1e-4
     )
   )
 

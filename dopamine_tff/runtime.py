@@ -23,6 +23,7 @@ one built from TFF's sources with CUDA, or at another worker binary
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import dataclasses
 import os
@@ -97,6 +98,20 @@ def _die_with_parent() -> None:
     os._exit(1)
 
 
+class WorkerDied(RuntimeError):
+  """A TFF worker this process started exited while the run needed it."""
+
+
+def describe_exit(returncode: int) -> str:
+  """'signal 9 (SIGKILL)' or 'exit code 3'."""
+  if returncode is not None and returncode < 0:
+    try:
+      return f"signal {-returncode} ({signal.Signals(-returncode).name})"
+    except ValueError:
+      return f"signal {-returncode}"
+  return f"exit code {returncode}"
+
+
 class Worker:
   """One C++ worker process that this Python process started and owns."""
 
@@ -125,6 +140,7 @@ class Worker:
     finally:
       log.close()
     self.address = f"localhost:{self.port}"
+    self.stopping = False  # set before this process stops it on purpose
 
   @property
   def pid(self) -> int:
@@ -134,23 +150,32 @@ class Worker:
     return self.process.poll() is None
 
   def stop(self, timeout_s: float = 5.0) -> None:
-    """Terminates the worker (SIGTERM, then SIGKILL) and reaps it."""
-    if self.process.poll() is not None:
+    """Terminates the worker (SIGTERM, then SIGKILL), reaps it and removes its log.
+
+    The log of a worker that died by itself is kept: the error names it.
+    """
+    died = self.process.poll() is not None and not self.stopping
+    self.stopping = True
+    if died:
       return
-    self.process.terminate()
-    try:
-      self.process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-      self.process.kill()
-      self.process.wait()
+    if self.process.poll() is None:
+      self.process.terminate()
+      try:
+        self.process.wait(timeout=timeout_s)
+      except subprocess.TimeoutExpired:
+        self.process.kill()
+        self.process.wait()
+    with contextlib.suppress(OSError):
+      os.remove(self.log_path)
 
 
 def _wait_ready(stub, timeout_s: float, worker: Worker | None) -> None:
   deadline = time.monotonic() + timeout_s
   while not stub.is_ready:
     if worker is not None and not worker.alive():
-      raise RuntimeError(
-        f"TFF worker exited with code {worker.process.returncode}; " f"see {worker.log_path}"
+      raise WorkerDied(
+        f"the TFF worker failed to start ({describe_exit(worker.process.returncode)}); "
+        f"see {worker.log_path}"
       )
     if time.monotonic() > deadline:
       raise RuntimeError(f"TFF worker not ready after {timeout_s} s")
@@ -165,6 +190,8 @@ class Runtime:
     self.workers: list[Worker] = []
     self._channels: list[grpc.Channel] = []
     self.context = None
+    self.dead: Worker | None = None  # a worker that died under us (watchdog)
+    self._stop_watch = threading.Event()
 
   def start(self) -> Runtime:
     cfg = self.config
@@ -189,7 +216,32 @@ class Runtime:
         async_contexts=contexts, compiler_fn=_compile_mergeable
       )
     tff.framework.set_default_context(self.context)
+    if self.workers:
+      threading.Thread(target=self._watch, name="tff-worker-watchdog", daemon=True).start()
     return self
+
+  def _watch(self, every_s: float = 0.5) -> None:
+    """Notices a worker that dies under a run: closes the channels so that a call
+    blocked in gRPC's retries (180 s and more, seen) fails at once."""
+    while not self._stop_watch.wait(every_s):
+      for worker in list(self.workers):
+        if not worker.alive() and not worker.stopping:
+          self.dead = worker
+          for channel in list(self._channels):
+            channel.close()
+          return
+
+  def check_alive(self) -> None:
+    """WorkerDied when a worker this runtime started has died under it."""
+    for worker in self.workers:
+      if self.dead is None and not worker.alive() and not worker.stopping:
+        self.dead = worker
+    if self.dead is not None:
+      w = self.dead
+      raise WorkerDied(
+        f"the TFF worker (pid {w.pid}) died ({describe_exit(w.process.returncode)}); "
+        f"rerun with --resume to continue from the last checkpoint (worker log: {w.log_path})"
+      )
 
   def _executor_factory(self, address: str | None):
     """Starts a worker (unless `address` is given) and returns its executor factory."""
@@ -217,6 +269,9 @@ class Runtime:
 
   def close(self) -> None:
     """Stops every worker this runtime started. Safe to call twice."""
+    self._stop_watch.set()
+    for worker in self.workers:
+      worker.stopping = True
     for channel in self._channels:
       channel.close()
     self._channels.clear()
@@ -310,6 +365,22 @@ def shutdown() -> None:
     _ACTIVE.close()
     _ACTIVE = None
   _set_no_context()
+
+
+def kill_workers() -> None:
+  """SIGKILLs the process-wide runtime's workers without waiting on anything
+  (for an immediate exit; they would also die with this process)."""
+  if _ACTIVE is not None:
+    for worker in _ACTIVE.workers:
+      worker.stopping = True
+      with contextlib.suppress(OSError):
+        worker.process.kill()
+
+
+def check_alive() -> None:
+  """WorkerDied when a worker of the process-wide runtime died under it."""
+  if _ACTIVE is not None:
+    _ACTIVE.check_alive()
 
 
 def worker_pids() -> list[int]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 import contextlib
 import dataclasses
+import os
+import signal
 import sys
 
 from absl import app
@@ -186,12 +188,23 @@ def one_line_errors(binary: str, resume_hint: str, where: str | None = None):
   except ValueError as e:
     print(f"{binary}: error: {e}", file=sys.stderr)
     sys.exit(2)
-  except resume.Interrupted as e:
+  except resume.Interrupted as e:  # the first Ctrl-C or SIGTERM: after a checkpointed round
+    # Another Ctrl-C during the exit's cleanup would only print tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     print(f"{binary}: {e}" + (f" (in {where})" if where else ""), file=sys.stderr)
-    sys.exit(130)
+    sys.exit(128 + e.signum)
+  except runtime.WorkerDied as e:
+    print(f"{binary}: error: {e}", file=sys.stderr)
+    sys.exit(1)
   except KeyboardInterrupt:  # a second Ctrl-C, or one outside the round loop
     print(f"{binary}: interrupted; {resume_hint}", file=sys.stderr)
-    sys.exit(130)
+    # At once and quietly: the checkpoints are atomic and the finally blocks
+    # ran; a graceful shutdown could block on gRPC channels the interrupt left
+    # half closed (seen), and TFF's threads would print tracebacks at exit.
+    runtime.kill_workers()
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(130)
 
 
 HELP_FLAGS = ("--help", "-help", "--helpshort", "--helpfull", "--helpxml", "-h", "-?")

@@ -126,3 +126,28 @@ def test_accounting_imports_without_tensorflow():
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == "False"
+
+
+def test_pld_calibration_fits_in_3_gb(tmp_path):
+  """Issue 22 item 10: the PLD search started at sigma 0.05 and died of MemoryError
+  under 6 GB (seen: 'Unable to allocate 1.97 GiB' under this test's 3 GB limit)."""
+  import os
+  import subprocess
+  import sys
+
+  code = (
+    "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30)); "
+    "from dopamine_tff import accounting as a; "
+    "kw = dict(sampling_prob=0.05, steps=400, delta=1e-4); "
+    "print(a.noise_multiplier_for(10.4, kind='rdp', **kw), a.noise_multiplier_for(10.4, kind='pld', **kw))"
+  )
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+    [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rdp, pld = (float(v) for v in proc.stdout.split())
+  assert 0.5 * rdp < pld < rdp  # PLD is tighter, so it needs less noise
+  step = accounting.StepSpec(0.05, pld, 400)
+  assert accounting.epsilon_of([step], 1e-4, "pld") <= 10.4 + 1e-3
+  assert accounting.epsilon_of([accounting.StepSpec(0.05, pld * 0.99, 400)], 1e-4, "pld") > 10.4

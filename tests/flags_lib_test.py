@@ -1,5 +1,10 @@
 """The binaries' shared flags -> configs mapping and error policy."""
 
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 
 from dopamine_tff import configs
@@ -71,7 +76,11 @@ def test_what_the_data_config_refutes_is_refused_by_the_mapping():
   [
     (ValueError("bad q"), 2, "tool: error: bad q"),
     (resume.Interrupted(3, True), 130, "tool: interrupted after round 3"),
-    (KeyboardInterrupt(), 130, "tool: interrupted; start again"),
+    (
+      resume.Interrupted(3, True, signal.SIGTERM),
+      143,
+      "tool: interrupted by SIGTERM after round 3",
+    ),
   ],
 )
 def test_one_error_policy(error, code, text, capsys):
@@ -93,3 +102,19 @@ def test_a_hyper_parameter_this_setting_ignores_is_named_in_a_warning():
   )
   quiet = flags_lib.run_configs(_values(setting="f", batch_size=16), {"setting", "batch_size"})
   assert quiet.warnings == ()
+
+
+def test_a_second_ctrl_c_exits_at_once_and_quietly():
+  """Issue 22 item 7: it ended in 30 lines of TFF tracebacks. (A subprocess: it
+  leaves with os._exit.)"""
+  code = (
+    "from experiments import flags_lib\n"
+    "with flags_lib.one_line_errors('tool', 'start again'):\n"
+    "  raise KeyboardInterrupt\n"
+  )
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+    [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+  )
+  assert proc.returncode == 130
+  assert proc.stderr.strip() == "tool: interrupted; start again"

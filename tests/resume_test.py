@@ -14,6 +14,7 @@ import pytest
 
 from dopamine_tff.program import checkpoint
 from dopamine_tff.program import loop
+from tests import procs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [
@@ -124,33 +125,6 @@ def test_resume_refuses_another_configuration(tmp_path):
   assert len(other.stderr.strip().splitlines()[-1]) > 0
 
 
-def _children(pid):
-  out = []
-  for name in os.listdir("/proc"):
-    if name.isdigit():
-      try:
-        with open(f"/proc/{name}/stat") as f:
-          fields = f.read().rsplit(")", 1)[1].split()
-      except OSError:
-        continue
-      if int(fields[1]) == pid:
-        out.append(int(name))
-  return out
-
-
-def _dead(pid, timeout_s=10.0):
-  deadline = time.monotonic() + timeout_s
-  while time.monotonic() < deadline:
-    try:
-      with open(f"/proc/{pid}/stat") as f:
-        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-          return True
-    except OSError:
-      return True
-    time.sleep(0.1)
-  return False
-
-
 def _interrupt_part_way(out, after_rows):
   proc = subprocess.Popen(
     _cmd("fscdp", out), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -163,13 +137,13 @@ def _interrupt_part_way(out, after_rows):
     if proc.poll() is not None:
       raise AssertionError("the run ended before it could be interrupted")
     time.sleep(0.02)
-  workers = _children(proc.pid)
+  workers = procs.children(proc.pid)
   assert workers, "the TFF worker was not started"
   # A terminal's Ctrl-C signals the whole process group, worker included.
   for pid in [proc.pid, *workers]:
     os.kill(pid, signal.SIGINT)
   _, err = proc.communicate(timeout=300)
-  assert all(_dead(w) for w in workers), "a TFF worker outlived the interrupted run"
+  assert all(procs.dead(w) for w in workers), "a TFF worker outlived the interrupted run"
   return proc.returncode, err
 
 

@@ -19,7 +19,6 @@ from collections.abc import Callable
 import dataclasses
 import math
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -28,6 +27,7 @@ from dopamine_tff import accounting
 from dopamine_tff import audit
 from dopamine_tff import configs
 from dopamine_tff import init_weights
+from dopamine_tff import runtime
 from dopamine_tff import seeds
 from dopamine_tff import trainers
 from dopamine_tff.data import loaders
@@ -94,15 +94,23 @@ class Loop:
     """
     cfg, parts, rounds_run, first = self.cfg, self.parts, self.start_round, time.monotonic()
     for r in range(self.start_round, cfg.rounds):
+      runtime.check_alive()
       if parts.stop.requested:
         self.save_last(state, rounds_run, again=True)
-        raise resume.Interrupted(rounds_run, parts.checkpointer is not None)
+        raise resume.Interrupted(rounds_run, parts.checkpointer is not None, parts.stop.signum)
       plan = parts.trainer.plan(r)
       if parts.parties.would_exceed(plan.steps, cfg.target_epsilon):
         reason = f"budget: round {r + 1} would exceed epsilon {cfg.target_epsilon}"
         parts.log(f"stopping before round {r + 1}: {reason}")
         return state, rounds_run, reason
-      state, row = self.one_round(state, plan, r)
+      try:
+        state, row = self.one_round(state, plan, r)
+      except runtime.WorkerDied:
+        if parts.stop.requested:  # the signal reached the worker too (a process group's)
+          self.save_last(state, rounds_run, again=True)
+          checkpointed = parts.checkpointer is not None
+          raise resume.Interrupted(rounds_run, checkpointed, parts.stop.signum) from None
+        raise
       rounds_run = r + 1
       self.save_due(state, rounds_run)
       if not math.isnan(row["test_accuracy"]):
@@ -118,7 +126,11 @@ class Loop:
       self.parts.log(f"round {r + 1} skipped: {len(plan.clients)} hospitals delivered")
       measurements = {}
     else:
-      outcome = self.parts.trainer.run(state, plan, r)
+      try:
+        outcome = self.parts.trainer.run(state, plan, r)
+      except Exception:
+        runtime.check_alive()  # a dead TFF worker explains the failure: say that instead
+        raise
       state, measurements = outcome.state, outcome.measurements
       if not outcome.released:
         # The protocol could not unmask: nothing was released, so the weights
@@ -259,10 +271,16 @@ def run(
   hparams.setdefault("num_train_examples", data.num_train)
   if cfg.init_weights:
     hparams["init_weights_sha256"] = init_weights.sha256_of(cfg.init_weights)
-  # The hospitals' shard files are scratch: rebuilt from the data on resume.
-  with tempfile.TemporaryDirectory(prefix="dopamine_tff_") as scratch:
+  # The hospitals' shard files (copies of the training data) are scratch:
+  # owner-only, under the run's own directory, removed on every exit that runs
+  # code; a killed run's are removed by the next start.
+  created = not os.path.exists(output_dir)
+  scratch = run_dir.make_scratch(output_dir, log)
+  try:
     trainer = trainers.make_trainer(cfg, data, scratch)
     return _run(cfg, data, output_dir, trainer, hparams, options, log)
+  finally:
+    run_dir.remove_scratch(output_dir, created)
 
 
 def _sinks(output_dir, options, start_round):

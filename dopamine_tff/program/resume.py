@@ -26,14 +26,15 @@ RESUMABLE_CHANGES = ("rounds", "target_epsilon", "eval_every")
 
 
 class Interrupted(Exception):  # noqa: N818 (a stop, not an error)
-  """Ctrl-C: the run stopped after a completed, checkpointed round."""
+  """Ctrl-C or SIGTERM: the run stopped after a completed, checkpointed round."""
 
-  def __init__(self, rounds_run: int, checkpointed: bool):
-    self.rounds_run, self.checkpointed = rounds_run, checkpointed
+  def __init__(self, rounds_run: int, checkpointed: bool, signum: int = signal.SIGINT):
+    self.rounds_run, self.checkpointed, self.signum = rounds_run, checkpointed, int(signum)
+    by = "" if self.signum == signal.SIGINT else f" by {signal.Signals(self.signum).name}"
     super().__init__(
-      f"interrupted after round {rounds_run}; rerun with --resume to continue"
+      f"interrupted{by} after round {rounds_run}; rerun with --resume to continue"
       if checkpointed
-      else f"interrupted after round {rounds_run} (no checkpoint: --checkpoint_every=0)"
+      else f"interrupted{by} after round {rounds_run} (no checkpoint: --checkpoint_every=0)"
     )
 
 
@@ -133,27 +134,31 @@ class Checkpointer:
 
 
 class StopOnSigint:
-  """Turns the first SIGINT into a request to stop after the current round.
+  """Turns the first SIGINT or SIGTERM into a request to stop after the current round.
 
-  A second SIGINT interrupts at once. Outside the main thread (where Python
-  cannot install handlers) it does nothing.
+  A second one acts at once (KeyboardInterrupt, or the default SIGTERM). Outside
+  the main thread (where Python cannot install handlers) it does nothing.
   """
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.signum = signal.SIGINT
+    self._previous = {}
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    del frame
+    self.requested, self.signum = True, signum
+    for s in self.SIGNALS:  # the second signal acts at once
+      signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGINT, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGINT, self._previous)
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
     return False

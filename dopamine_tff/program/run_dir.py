@@ -30,6 +30,9 @@ RUN_FILES = (
 )
 
 
+SCRATCH = ".scratch"  # the run's shard files: copies of the training data
+
+
 class RunDirError(ValueError):
   """The output directory holds a run that this start would clobber or mismatch."""
 
@@ -96,3 +99,27 @@ def remove_run_files(output_dir: str) -> None:
       shutil.rmtree(path)
     elif os.path.exists(path):
       os.remove(path)
+
+
+def make_scratch(output_dir: str, log=print) -> str:
+  """A fresh owner-only (0700) scratch directory in `output_dir` for the shard files.
+
+  A previous run killed without cleaning up (SIGKILL, a power cut) left its
+  copies of the training data there: they are removed first, and the log says so.
+  """
+  path = os.path.join(output_dir, SCRATCH)
+  if os.path.exists(path):
+    count = sum(len(files) for _, _, files in os.walk(path))
+    shutil.rmtree(path)
+    log(f"removed {count} scratch file(s) (training-data copies) left by a killed run in {path}")
+  os.makedirs(path, mode=0o700)
+  os.chmod(path, 0o700)  # whatever the umask
+  return path
+
+
+def remove_scratch(output_dir: str, created: bool = False) -> None:
+  """Removes the scratch directory, and `output_dir` too when this start created it
+  and nothing else was written (a run refused before its first round leaves nothing)."""
+  shutil.rmtree(os.path.join(output_dir, SCRATCH), ignore_errors=True)
+  if created and os.path.isdir(output_dir) and not os.listdir(output_dir):
+    os.rmdir(output_dir)
