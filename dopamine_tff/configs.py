@@ -374,6 +374,15 @@ def check_compatible(train: TrainConfig, data) -> None:
   train.check_hospitals(data.num_hospitals)
   if train.init_weights and not os.path.isfile(train.init_weights):
     raise ValueError(f"--init_weights={train.init_weights}: no such file")
+  if train.init_weights:
+    from dopamine_tff import init_weights  # numpy only
+
+    wanted = init_weights.expected_normalization(train.init_weights)
+    if wanted is not None and wanted != data.normalization:
+      raise ValueError(
+        f"--init_weights={train.init_weights} expects inputs scaled as {wanted!r} (its .json), "
+        f"but the data is scaled as {data.normalization!r}: pass --normalization={wanted}"
+      )
   if (
     train.private
     and train.privacy_unit == "patient"

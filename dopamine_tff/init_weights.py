@@ -52,6 +52,19 @@ class Provenance:
     }
 
 
+def expected_normalization(path: str) -> str | None:
+  """The input scaling the weights in `path` were made for, from `path`.json
+  (written by experiments/pretrain_public.py and convert_squeezenet.py); None
+  when there is no such record."""
+  import json
+
+  try:
+    with open(path + ".json") as f:
+      return json.load(f).get("normalization")
+  except (OSError, ValueError):
+    return None
+
+
 def sha256_of(path: str) -> str:
   """Hex SHA-256 of a file's bytes (InitWeightsError when it cannot be read)."""
   try:

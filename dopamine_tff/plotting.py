@@ -104,8 +104,12 @@ def _mean_std(values) -> tuple[float, float]:
 
 
 def ci95_halfwidth(std: float, n: int) -> float:
-  """Half-width of the two-sided 95 % Student-t interval of a mean of n values."""
-  if n < 2 or math.isnan(std):
+  """Half-width of the two-sided 95 % Student-t interval of a mean of n values.
+
+  NaN below 3 values: with 2 the t quantile is 12.7 and the interval (e.g.
+  [-152, 211] % on the smoke preset, issue 22) says nothing; the table shows "-".
+  """
+  if n < 3 or math.isnan(std):
     return math.nan
   from scipy import stats
 
@@ -172,11 +176,8 @@ def markdown(rows: list[dict]) -> str:
       else f"{r['epsilon_mean']:.3f} ± {r['epsilon_std']:.3f}"
     )
     ci = r.get("accuracy_ci95", math.nan)
-    interval = (
-      "-"
-      if math.isnan(ci)
-      else f"[{100 * (r['accuracy_mean'] - ci):.2f}, {100 * (r['accuracy_mean'] + ci):.2f}] %"
-    )
+    lo, hi = max(0.0, r["accuracy_mean"] - ci), min(1.0, r["accuracy_mean"] + ci)
+    interval = "-" if math.isnan(ci) else f"[{100 * lo:.2f}, {100 * hi:.2f}] %"
     lines.append(
       f"| {LABELS.get(r['setting'], r['setting'])} | {r['runs']} | "
       f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f} % | {interval} | {eps} | "
@@ -188,7 +189,8 @@ def markdown(rows: list[dict]) -> str:
   lines.append("")
   lines.append(
     f"Mean ± standard deviation (ddof=1) over the runs of each setting (up to n={n} seeds); "
-    "the 95 % interval is the Student-t interval of the mean."
+    "the 95 % interval is the Student-t interval of the mean, clamped to [0, 100] % "
+    "(shown from 3 runs on)."
     + (
       f" Majority-class rate of the test set: {100 * float(np.mean(majority)):.2f} %."
       if majority

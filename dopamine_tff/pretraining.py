@@ -95,6 +95,7 @@ def pretrain(cfg: PretrainConfig, output: str, log: Callable[[str], None] = prin
     "image_size": cfg.data.resolved_image_size,
     "public_test_accuracy": summary["final_test_accuracy"],
     "public_majority_accuracy": summary["majority_class_accuracy"],
+    "normalization": cfg.data.normalization,  # the input scaling these weights expect
     "randomness": "seeded from the configuration (public data: nothing is private)",
     "sha256": init_weights.sha256_of(output),
   }

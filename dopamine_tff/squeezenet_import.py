@@ -24,8 +24,9 @@ Where the two networks differ (measured in tests/squeezenet_import_test.py):
   head compute the same function; the whole network does not (different
   spatial sizes after conv1), so ImageNet features transfer approximately;
 * input scale: ImageNet weights expect (x - mean) / std per channel with
-  ImageNet's mean and std; our loaders give [-1, 1] (PREPROCESSING below is
-  recorded with the converted weights).
+  ImageNet's mean and std; our loaders give [-1, 1] unless
+  ``--normalization=imagenet``. The converted weights' .json records
+  ``"normalization": "imagenet"`` and a run refuses them with other scaling.
 """
 
 from __future__ import annotations
@@ -108,4 +109,5 @@ def convert(
         f"{layer}/{kind}: the state dict gives {value.shape}, ours is {tuple(var.shape)}"
       )
     out.append(value)
-  return out, {"head_kept": head_kept, "keys_used": len(mapped), "preprocessing": PREPROCESSING}
+  report = {"head_kept": head_kept, "keys_used": len(mapped), "preprocessing": PREPROCESSING}
+  return out, dict(report, normalization="imagenet")

@@ -38,6 +38,9 @@ flags.DEFINE_float("learning_rate", 0.02, "Learning rate.")
 flags.DEFINE_float("momentum", 0.9, "Momentum.")
 flags.DEFINE_enum("lr_schedule", "constant", list(configs.LR_SCHEDULES), "Learning-rate schedule.")
 flags.DEFINE_integer("seed", 0, "Seed of the split and the initial weights.")
+flags.DEFINE_enum(
+  "normalization", "minus_one_one", list(loaders.NORMALIZATIONS), "Pixel scaling (recorded)."
+)
 _OUTPUT = flags.DEFINE_string("output", "runs/public/weights.npz", "The weights file (.npz).")
 
 

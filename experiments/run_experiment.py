@@ -189,6 +189,13 @@ flags.DEFINE_enum(
   "What epsilon protects: one image, or all images of one patient (sampled together, "
   "their summed gradient clipped to C; needs patient ids).",
 )
+flags.DEFINE_enum(
+  "normalization",
+  "minus_one_one",
+  list(loaders.NORMALIZATIONS),
+  "Pixel scaling: minus_one_one (x * 2 - 1) or imagenet ((x - mean) / std, what ImageNet "
+  "weights expect; --init_weights files say which in their .json).",
+)
 flags.DEFINE_string(
   "init_weights",
   None,

@@ -129,3 +129,22 @@ def test_pretraining_binary_writes_weights_a_private_run_starts_from(tmp_path):
   with np.load(out) as f:
     for i, got in enumerate(trainer.weights(trainer.initial_state())):
       np.testing.assert_array_equal(got, f[f"arr_{i}"])
+
+
+def test_the_input_scaling_follows_the_weights(tmp_path):
+  """ImageNet weights expect (x - mean) / std: a run refuses them with other scaling."""
+  path = _write(tmp_path / "w.npz", models.initial_weights("small_cnn", (16, 16, 3), 5, seed=0))
+  (tmp_path / "w.npz.json").write_text(json.dumps({"normalization": "imagenet"}))
+  cfg = configs.TrainConfig(init_weights=path)
+  plain = loaders.DataConfig(dataset="synthetic", num_examples=100, image_size=16, num_hospitals=2)
+  with pytest.raises(ValueError, match="pass --normalization=imagenet"):
+    configs.check_compatible(cfg, plain)
+  imagenet = loaders.DataConfig(**{**plain.__dict__, "normalization": "imagenet"})
+  configs.check_compatible(cfg, imagenet)
+  a, b = loaders.load(plain), loaders.load(imagenet)
+  x01 = (a.test.images + 1.0) / 2.0
+  np.testing.assert_allclose(
+    b.test.images, (x01 - loaders.IMAGENET_MEAN) / loaders.IMAGENET_STD, rtol=1e-5, atol=1e-5
+  )
+  with pytest.raises(ValueError, match="needs RGB images"):
+    loaders.load(loaders.DataConfig(dataset="digits", normalization="imagenet"))

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -265,3 +266,20 @@ def test_a_pretrained_preset_pretrains_once_and_every_run_starts_there(tmp_path)
   again = _reproduce([*args, "--force"])
   assert again.returncode == 0, again.stderr[-3000:]
   assert "public weights reused" in again.stderr
+
+
+def test_no_interval_below_three_runs_and_intervals_stay_in_0_100():
+  """Issue 22 item 8: 2 seeds printed C [-152.24, 211.14] %."""
+  assert math.isnan(plotting.ci95_halfwidth(0.5, 2))
+  rows = [
+    dict(setting="c", runs=2, accuracy_mean=0.3, accuracy_std=0.4, accuracy_ci95=math.nan,
+         majority_class=0.5, epsilon_mean=math.nan, epsilon_std=math.nan, delta=None, epochs=1.0,
+         rounds=1, wall_time_s=1.0, audit_auc=math.nan, audit_epsilon_lb=math.nan),
+    dict(setting="f", runs=5, accuracy_mean=0.95, accuracy_std=0.1,
+         accuracy_ci95=plotting.ci95_halfwidth(0.1, 5), majority_class=0.5,
+         epsilon_mean=math.nan, epsilon_std=math.nan, delta=None, epochs=1.0, rounds=1,
+         wall_time_s=1.0, audit_auc=math.nan, audit_epsilon_lb=math.nan),
+  ]  # fmt: skip
+  table = plotting.markdown(rows)
+  assert "| 30.00 ± 40.00 % | - |" in table
+  assert "| [82.58, 100.00] % |" in table  # 95 +- 12.4 %, clamped at 100

@@ -33,6 +33,13 @@ from dopamine_tff.data import splits
 from dopamine_tff.data import synthetic
 
 DATASETS = ("synthetic", "synthetic_public", "digits", "aptos", "eyepacs")
+# Pixel scaling from [0, 1]: ours, and the one ImageNet weights expect.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+NORMALIZATIONS = {
+  "minus_one_one": lambda x: x * 2.0 - 1.0,
+  "imagenet": lambda x: (x - IMAGENET_MEAN) / IMAGENET_STD,
+}
 # Re-exported: callers catch loaders.DataError and read loaders.load_aptos.
 DataError = sources.DataError
 load_aptos = sources.load_aptos
@@ -116,6 +123,8 @@ class DataConfig:
     hospital_dirs: aptos only: one APTOS-format folder per hospital (K is
       their number; each hospital keeps its own images). Exclusive with
       data_dir.
+    normalization: 'minus_one_one' (x * 2 - 1, our default) or 'imagenet'
+      ((x - mean) / std per channel, what ImageNet weights expect; RGB only).
     validation_fraction: > 0 for tuning: that share of every hospital's
       training data (stratified) becomes the evaluation set and the test set
       is not loaded into the result at all, so choices never see it.
@@ -132,8 +141,13 @@ class DataConfig:
   seed: int = 0
   hospital_dirs: tuple = ()
   validation_fraction: float = 0.0
+  normalization: str = "minus_one_one"
 
   def __post_init__(self):
+    if self.normalization not in NORMALIZATIONS:
+      raise ValueError(
+        f"normalization must be one of {tuple(NORMALIZATIONS)}, got {self.normalization!r}"
+      )
     if self.dataset not in DATASETS:
       raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
     if self.image_size is not None and self.image_size < 8:
@@ -202,7 +216,7 @@ def _raw(config: DataConfig) -> sources.Raw:
 
 
 def load(config: DataConfig) -> FederatedData:
-  """Loads, normalises to [-1,1], holds out a test set and splits into hospitals.
+  """Loads, normalises (to [-1,1] by default), holds out a test set and splits into hospitals.
 
   Where the data names each example's hospital (hospital_dirs, or a
   ``hospital`` column), the split follows it and the test set is held out
@@ -223,7 +237,11 @@ def load(config: DataConfig) -> FederatedData:
   if config.validation_fraction > 0:  # tuning never sees the test set
     parts, test = splits.validation_carve(raw, parts, config)
     name, evaluation = f"{config.dataset} (validation split)", "validation"
-  images, patients = raw.images * 2.0 - 1.0, raw.patients
+  if config.normalization == "imagenet" and raw.images.shape[-1] != 3:
+    raise ValueError(
+      f"normalization=imagenet needs RGB images; {config.dataset} has {raw.images.shape[-1]} channel(s)"
+    )
+  images, patients = NORMALIZATIONS[config.normalization](raw.images), raw.patients
 
   def subset(idx):
     return ImageSet(images[idx], raw.labels[idx], None if patients is None else patients[idx])

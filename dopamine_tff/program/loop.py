@@ -123,7 +123,7 @@ class Loop:
     if plan.skipped:
       # Too few hospitals delivered: nothing is applied or released, so the
       # weights and the ledgers stay as they were.
-      self.parts.log(f"round {r + 1} skipped: {len(plan.clients)} hospitals delivered")
+      self.parts.log(f"round {r + 1} skipped: {plan.skip_reason or 'too few hospitals delivered'}")
       measurements = {}
     else:
       try:

@@ -31,6 +31,7 @@ class RoundPlan:
   steps: dict  # party name -> accounting.StepSpec
   skipped: bool = False  # too few survivors: nothing is computed or released
   dropped: tuple[int, ...] = ()
+  skip_reason: str = ""  # why, for the log
   unmask_dropped: tuple[int, ...] = ()  # secure aggregation: gone before unmasking
 
 

@@ -55,7 +55,8 @@ class FedAvgTrainer(base.TffTrainer):
     dropped = set() if self.centralised else participation.dropped(self.cfg, round_num, k)
     clients = tuple(c for c in chosen if c not in dropped)
     if not clients:
-      return base.RoundPlan((), {}, skipped=True, dropped=tuple(sorted(dropped)))
+      why = f"none of the {len(chosen)} selected hospitals delivered"
+      return base.RoundPlan((), {}, skipped=True, dropped=tuple(sorted(dropped)), skip_reason=why)
     steps = {}
     if self.local_dp:
       for c in clients:

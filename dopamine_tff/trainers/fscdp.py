@@ -161,7 +161,11 @@ class DpSgdTrainer(base.TffTrainer):
     gone = tuple(sorted(dropped))
     # Without provisioning, any survivor count proceeds (with less noise).
     if len(survivors) < (self.cfg.min_surviving_hospitals or 1):
-      return base.RoundPlan(survivors, {}, skipped=True, dropped=gone)
+      why = (
+        f"{len(survivors)} of {k} hospitals delivered, fewer than "
+        f"--min_surviving_hospitals={self.cfg.min_surviving_hospitals}"
+      )
+      return base.RoundPlan(survivors, {}, skipped=True, dropped=gone, skip_reason=why)
     q, c = self.cfg.sampling_prob, self.cfg.assumed_colluders
     steps = {accounting.ALL: accounting.StepSpec(q, self._sigma(len(survivors)))}
     if c:  # the server knows c shares: only the others' noise protects
