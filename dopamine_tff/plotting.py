@@ -16,6 +16,7 @@ the paper's published points (PAPER_POINTS) for reference.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -72,7 +73,21 @@ def read_run(run_dir: str) -> dict:
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"cannot read run {run_dir}: {e}") from None
   columns = {k: np.array([_float(r[k]) for r in rows]) for k in (rows[0] if rows else {})}
-  return {"summary": summary, "metrics": columns}
+  hparams = {}
+  path = os.path.join(run_dir, "hparams.json")
+  with contextlib.suppress(OSError, json.JSONDecodeError), open(path) as f:
+    hparams = json.load(f)
+  return {"summary": summary, "metrics": columns, "hparams": hparams}
+
+
+def default_title(runs: dict[str, list[dict]]) -> str:
+  """'<preset> preset, <dataset>' as reproduce_paper titles its figures, from the runs."""
+  for group in runs.values():
+    for run in group:
+      h = run.get("hparams") or {}
+      if h.get("preset"):
+        return f"{h['preset']} preset, {(h.get('data') or {}).get('dataset', run['summary'].get('dataset'))}"
+  return "dopamine_tff"
 
 
 def collect(root: str) -> dict[str, list[dict]]:

@@ -17,7 +17,9 @@ _RUNS_DIR = flags.DEFINE_string(
   "runs_dir", None, "Root holding <setting>/seed_<n>/ runs.", required=True
 )
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where to write (default: --runs_dir).")
-_TITLE = flags.DEFINE_string("title", "", "Figure title.")
+_TITLE = flags.DEFINE_string(
+  "title", None, "Figure title (default: the preset and data set the runs record)."
+)
 
 
 def main(argv):
@@ -32,9 +34,12 @@ def main(argv):
     print(f"plot_results: error: no finished runs under {_RUNS_DIR.value}", file=sys.stderr)
     sys.exit(2)
   os.makedirs(out, exist_ok=True)
+  if os.path.exists(os.path.join(out, "results.md")):
+    print(f"replacing the table and figures in {out}", file=sys.stderr)
   rows = plotting.table_rows(runs)
   plotting.write_table(rows, os.path.join(out, "results.csv"), os.path.join(out, "results.md"))
-  for path in plotting.draw_figures(runs, out, title=_TITLE.value):
+  title = _TITLE.value if _TITLE.value is not None else plotting.default_title(runs)
+  for path in plotting.draw_figures(runs, out, title=title):
     print(path)
   print(plotting.markdown(rows))
 

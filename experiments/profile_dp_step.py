@@ -36,6 +36,34 @@ _LAYERS = flags.DEFINE_bool("layers", True, "Time every clipping strategy per la
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the report here (Markdown).")
 
 
+def _layer_table(model, x, y) -> list[str]:
+  """Per layer: the plain step's weight gradient against the DP step's ways."""
+  lines = [
+    "",
+    "## Per layer: weight gradient of the plain step vs the DP step's ways (ms; * = chosen)",
+    "",
+    "| layer | T | p | d | plain dW | ghost | explicit | loop |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  totals = {"plain": 0.0, "chosen": 0.0}
+  for row in profiling.layer_costs(model, x, y):
+    cells = []
+    for strategy in ("ghost", "explicit", "loop"):
+      ms = row.ms[strategy]
+      mark = "*" if strategy == row.plan.strategy else ""
+      cells.append("-" if ms is None else f"{ms:.1f}{mark}")
+    totals["plain"] += row.plain_ms
+    totals["chosen"] += row.ms[row.plan.strategy]
+    lp = row.plan
+    lines.append(
+      f"| {lp.name} | {lp.positions} | {lp.fan_in} | {lp.fan_out} | {row.plain_ms:.1f} | "
+      + " | ".join(cells)
+      + " |"
+    )
+  lines.append(f"| total | | | | {totals['plain']:.1f} | chosen: {totals['chosen']:.1f} | | |")
+  return lines
+
+
 def report(
   model_name: str, size: int, batch: int, repeats: int, calls: int, top: int, layers: bool
 ):
@@ -70,29 +98,7 @@ def report(
     f"| all ops (threads add up) | {sum(ops_plain.values()):.1f} | {sum(ops_dp.values()):.1f} |"
   )
   if layers:
-    lines += [
-      "",
-      "## Per layer: weight gradient of the plain step vs the DP step's ways (ms; * = chosen)",
-      "",
-      "| layer | T | p | d | plain dW | ghost | explicit | loop |",
-      "|---|---|---|---|---|---|---|---|",
-    ]
-    totals = {"plain": 0.0, "chosen": 0.0}
-    for row in profiling.layer_costs(model, x, y):
-      cells = []
-      for strategy in ("ghost", "explicit", "loop"):
-        ms = row.ms[strategy]
-        mark = "*" if strategy == row.plan.strategy else ""
-        cells.append("-" if ms is None else f"{ms:.1f}{mark}")
-      totals["plain"] += row.plain_ms
-      totals["chosen"] += row.ms[row.plan.strategy]
-      lp = row.plan
-      lines.append(
-        f"| {lp.name} | {lp.positions} | {lp.fan_in} | {lp.fan_out} | {row.plain_ms:.1f} | "
-        + " | ".join(cells)
-        + " |"
-      )
-    lines.append(f"| total | | | | {totals['plain']:.1f} | chosen: {totals['chosen']:.1f} | | |")
+    lines += _layer_table(model, x, y)
   return lines
 
 

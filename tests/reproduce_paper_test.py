@@ -153,6 +153,8 @@ def test_plot_binary_redraws(smoke_dir, tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert (tmp_path / "accuracy_vs_epsilon.png").stat().st_size > 0
   assert "| FSCDP (Dopamine) | 2 |" in (tmp_path / "results.md").read_text()
+  runs = plotting.collect(str(out))
+  assert plotting.default_title(runs) == "smoke preset, synthetic"  # not "dopamine_tff"
 
 
 def test_plot_binary_on_empty_dir_fails_clearly(tmp_path):
