@@ -7,6 +7,7 @@ average released weights only, and checkpoint on schedule and on Ctrl-C.
 """
 
 import math
+import signal
 
 import numpy as np
 import pytest
@@ -77,6 +78,10 @@ class Saves:
 
 
 class Stop:
+  """A stop request after `after` checks, as resume.StopOnSigint (SIGINT)."""
+
+  signum = signal.SIGINT
+
   def __init__(self, after=None):
     self.after, self.calls = after, 0
 
