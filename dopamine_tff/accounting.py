@@ -221,6 +221,36 @@ class Parties:
       return False
     return any(self.ledgers[p].epsilon_if(step) > target for p, step in steps.items())
 
+  def rounds_within(self, future: list[dict], target: float | None) -> int:
+    """How many of the `future` rounds (each party -> StepSpec), recorded in order, keep
+    every party within `target`: the round the budget stops a run before is the next one.
+
+    Exact for those steps (epsilon only grows with more steps, so a bisection over
+    prefixes finds it); the ledgers are not changed. All of them with no target.
+    """
+    if target is None:
+      return len(future)
+
+    def fits(n: int) -> bool:
+      for party, ledger in self.ledgers.items():
+        steps = [r[party] for r in future[:n] if party in r]
+        if not steps:
+          continue
+        trial = PrivacyLedger(ledger.delta, ledger.kind)
+        for step in ledger.steps + steps:
+          trial.record(step)
+        if trial.epsilon() > target:
+          return False
+      return True
+
+    lo, hi = 0, len(future)  # fits(lo); find the largest n with fits(n)
+    if fits(hi):
+      return hi
+    while hi - lo > 1:
+      mid = (lo + hi) // 2
+      lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
   def to_json(self) -> dict:
     return {p: lg.to_json() for p, lg in self.ledgers.items()}
 

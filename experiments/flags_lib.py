@@ -47,6 +47,46 @@ def parse_schedule(text: str) -> tuple:
   return tuple(out)
 
 
+# run_experiment's hyper-parameter flags default to None: a bare command runs
+# the recipe of its --setting (README, "The bare command"), not one value per
+# flag shared by five settings that need different ones.
+RECIPE_FIELDS = (
+  "rounds",
+  "sampling_prob",
+  "batch_size",
+  "local_epochs",
+  "client_fraction",
+  "noise_multiplier",
+  "l2_norm_clip",
+  "learning_rate",
+  "lr_schedule",
+  "ema_decay",
+  "eval_every",
+)
+
+
+def recipe_defaults(values: Mapping) -> tuple[dict, str]:
+  """The values of the recipe flags left unset (None), and the recipe's name.
+
+  The recipe is the preset run of ``--setting``: the ``cpu`` preset's (tuned
+  for the built-in data, results/cpu) on synthetic and digits data, the
+  ``paper`` preset's (the paper's hyper-parameters) on aptos and eyepacs. On
+  the preset's own data set an unset ``--image_size`` is the preset's too (32 on
+  synthetic, 224 on aptos), so the bare command is one seed of
+  ``reproduce_paper --preset=cpu --settings=fscdp``. The TF Privacy
+  baseline counts rounds in epochs: it gets the recipe's epochs.
+  """
+  name = "paper" if values["dataset"] in ("aptos", "eyepacs") else "cpu"
+  preset = presets.get(name)
+  recipe = preset.settings[values["setting"]]
+  filled = {k: getattr(recipe, k) for k in RECIPE_FIELDS if values.get(k) is None}
+  if values["setting"] == "cdp" and values.get("cdp_impl") == "tf_privacy" and "rounds" in filled:
+    filled["rounds"] = max(1, round(recipe.rounds * recipe.sampling_prob))
+  if values["dataset"] == preset.data.dataset and values.get("image_size") is None:
+    filled["image_size"] = preset.data.image_size
+  return filled, f"{name} preset, setting {values['setting']}"
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfigs:
   data: loaders.DataConfig
@@ -54,6 +94,8 @@ class RunConfigs:
   runtime: runtime.RuntimeConfig
   options: configs.LoopOptions
   warnings: tuple = ()  # flags given that this setting does not use
+  recipe: dict = dataclasses.field(default_factory=dict)  # unset flags the recipe filled (used)
+  recipe_name: str = ""
 
 
 def run_configs(values: Mapping, present: set, given: set | None = None) -> RunConfigs:
@@ -66,6 +108,8 @@ def run_configs(values: Mapping, present: set, given: set | None = None) -> RunC
     given: the flags given with a value other than their default (default:
       `present`); each must act in this run (check_flags_act).
   """
+  recipe, recipe_name = recipe_defaults(values)
+  values = {**values, **recipe}
   num_hospitals = values["num_hospitals"]
   if values["hospital_dirs"] and "num_hospitals" not in present:
     num_hospitals = len(values["hospital_dirs"])
@@ -89,7 +133,10 @@ def run_configs(values: Mapping, present: set, given: set | None = None) -> RunC
     address=values["worker_address"],
     num_workers=values["num_workers"],
   )
-  return RunConfigs(data, train, rt, options, tuple(warnings))
+  used = {
+    k: v for k, v in recipe.items() if k not in _SETTING_FLAGS or _SETTING_FLAGS[k][0](train, data)
+  }
+  return RunConfigs(data, train, rt, options, tuple(warnings), used, recipe_name)
 
 
 def _tfp(t):

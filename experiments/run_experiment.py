@@ -48,7 +48,9 @@ flags.DEFINE_integer(
   "synthetic: 3000).",
 )
 flags.DEFINE_enum("model", "small_cnn", list(models.MODELS), "Model.")
-flags.DEFINE_integer("image_size", None, "Image side (default: per data set).")
+flags.DEFINE_integer(
+  "image_size", None, "Image side (default: the recipe's on synthetic data, else per data set)."
+)
 flags.DEFINE_integer("num_hospitals", 10, "K, the number of hospitals.")
 flags.DEFINE_enum("partition", "iid", list(partition.SCHEMES), "Split into hospitals.")
 flags.DEFINE_float("dirichlet_alpha", 0.5, "Label-skew concentration of --partition=dirichlet.")
@@ -58,27 +60,34 @@ flags.DEFINE_float(
   "Share held out for testing (stratified by label; per hospital with a split given).",
 )
 flags.DEFINE_integer(
-  "rounds", 100, "Rounds (fscdp/cdp: DP-SGD steps; c: epochs; f/fpdp: FedAvg rounds)."
+  "rounds",
+  None,
+  "Rounds (fscdp/cdp: DP-SGD steps; c and cdp with tf_privacy: epochs; f/fpdp: FedAvg "
+  "rounds) (default: the recipe of --setting; README, 'The bare command').",
 )
-flags.DEFINE_float("sampling_prob", 0.03425, "Poisson sampling probability q (fscdp, cdp).")
-flags.DEFINE_integer("batch_size", 50, "Batch size B (c, f, fpdp, cdp with tf_privacy).")
-flags.DEFINE_integer("local_epochs", 5, "Local epochs E (f, fpdp).")
-flags.DEFINE_float("client_fraction", 0.5, "Share of hospitals per round (f, fpdp).")
-flags.DEFINE_float("noise_multiplier", 1.15, "Noise multiplier sigma.")
-flags.DEFINE_float("l2_norm_clip", 2.0, "Per-example clip norm C.")
+_RECIPE = "(default: the recipe of --setting; README, 'The bare command')"
+flags.DEFINE_float("sampling_prob", None, "Poisson sampling probability q (fscdp, cdp) " + _RECIPE)
+flags.DEFINE_integer(
+  "batch_size", None, "Batch size B (c, f, fpdp, cdp with tf_privacy) " + _RECIPE
+)
+flags.DEFINE_integer("local_epochs", None, "Local epochs E (f, fpdp) " + _RECIPE)
+flags.DEFINE_float("client_fraction", None, "Share of hospitals per round (f, fpdp) " + _RECIPE)
+flags.DEFINE_float("noise_multiplier", None, "Noise multiplier sigma " + _RECIPE)
+flags.DEFINE_float("l2_norm_clip", None, "Per-example clip norm C " + _RECIPE)
 flags.DEFINE_float("delta", 1e-4, "Delta of the reported (epsilon, delta).")
 flags.DEFINE_float("target_epsilon", None, "Stop before exceeding this epsilon.")
 flags.DEFINE_enum(
   "accountant", "rdp", list(configs.ACCOUNTANT_CHOICES), "rdp, pld, or both (budget on RDP)."
 )
 flags.DEFINE_enum("cdp_impl", "ours", list(configs.CDP_IMPLS), "CDP implementation.")
-flags.DEFINE_float("learning_rate", 0.002, "Learning rate.")
+flags.DEFINE_float("learning_rate", None, "Learning rate " + _RECIPE)
 flags.DEFINE_float("momentum", 0.9, "Momentum.")
 flags.DEFINE_enum(
   "lr_schedule",
-  "constant",
+  None,
   list(configs.LR_SCHEDULES),
-  "Learning-rate schedule over --rounds (cosine: decays to 0; FedAvg settings: the server step).",
+  "Learning-rate schedule over --rounds (cosine: decays to 0; FedAvg settings: the server "
+  "step) " + _RECIPE,
 )
 flags.DEFINE_integer(
   "augmentations",
@@ -88,8 +97,9 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_float(
   "ema_decay",
-  0.0,
-  "EMA of the global weights for evaluation and the final model (post-processing, free; 0: off).",
+  None,
+  "EMA of the global weights for evaluation and the final model (post-processing, free; "
+  "0: off) " + _RECIPE,
 )
 flags.DEFINE_float("secure_sum_bound", None, "Secure-sum range [-b, b] (default: derived).")
 flags.DEFINE_integer(
@@ -105,7 +115,7 @@ flags.DEFINE_bool(
   "replays. INSECURE: the model is then not private against anyone who knows the seed "
   "(summary.json says so).",
 )
-flags.DEFINE_integer("eval_every", 1, "Evaluate every this many rounds.")
+flags.DEFINE_integer("eval_every", None, "Evaluate every this many rounds " + _RECIPE)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "/tmp/dopamine_tff_run", "Where results go.")
 flags.DEFINE_integer(
   "max_concurrent_calls", -1, "TFF worker: max concurrent client calls (<=0: no limit)."
@@ -240,6 +250,13 @@ def _main(values, present, given, hparams):
   cfgs = flags_lib.run_configs(values, present, given)
   for warning in cfgs.warnings:
     print(f"run_experiment: warning: {warning}", file=sys.stderr)
+  if cfgs.recipe:
+    hparams.update(cfgs.recipe, defaults_from=cfgs.recipe_name)
+    logging.info(
+      "unset flags from the recipe (%s): %s",
+      cfgs.recipe_name,
+      " ".join(f"--{k}={v}" for k, v in sorted(cfgs.recipe.items())),
+    )
   run_dir.check_output_dir(values["output_dir"], cfgs.options)
   if cfgs.options.resume and not run_dir.has_checkpoint(values["output_dir"]):
     raise ValueError(

@@ -151,3 +151,30 @@ def test_pld_calibration_fits_in_3_gb(tmp_path):
   step = accounting.StepSpec(0.05, pld, 400)
   assert accounting.epsilon_of([step], 1e-4, "pld") <= 10.4 + 1e-3
   assert accounting.epsilon_of([accounting.StepSpec(0.05, pld * 0.99, 400)], 1e-4, "pld") > 10.4
+
+
+@pytest.mark.parametrize("kind", ["rdp", "pld"])
+def test_rounds_within_is_where_a_round_by_round_budget_stops(kind):
+  """Parties.rounds_within (the ETA's end, issue 22) agrees with would_exceed stepped."""
+  parties = accounting.Parties(["0", "1"], 1e-5, kind)
+  parties.record({"0": accounting.StepSpec(0.05, 1.0, 3)})
+  future = [
+    {"0": accounting.StepSpec(0.05, 1.0, 2)} if r % 3 else {"1": accounting.StepSpec(0.1, 0.9, 4)}
+    for r in range(60)
+  ]
+  probe = accounting.Parties(["0", "1"], 1e-5, kind)
+  probe.restore(parties.to_json())
+  for steps in future[:37]:
+    probe.record(steps)
+  target = probe.epsilon() * 1.0001  # 37 rounds fit, 38 do not (when 38 spends on that party)
+  stepped = accounting.Parties(["0", "1"], 1e-5, kind)
+  stepped.restore(parties.to_json())
+  n = 0
+  while n < len(future) and not stepped.would_exceed(future[n], target):
+    stepped.record(future[n])
+    n += 1
+  assert 0 < n < len(future)
+  assert parties.rounds_within(future, target) == n
+  assert len(parties.ledgers["0"].steps) == 1  # nothing recorded
+  assert parties.rounds_within(future, None) == len(future)
+  assert parties.rounds_within(future, 1e6) == len(future)

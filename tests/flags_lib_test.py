@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from dopamine_tff import configs
+from dopamine_tff import presets
 from dopamine_tff.data import loaders
 from dopamine_tff.program import resume
 from experiments import flags_lib
@@ -118,3 +119,28 @@ def test_a_second_ctrl_c_exits_at_once_and_quietly():
   )
   assert proc.returncode == 130
   assert proc.stderr.strip() == "tool: interrupted; start again"
+
+
+def test_a_bare_command_runs_the_recipe_of_its_setting():
+  """Issue 22: unset hyper-parameter flags come from the setting's preset run."""
+  unset = dict.fromkeys(flags_lib.RECIPE_FIELDS)
+  cpu, paper = presets.get("cpu"), presets.get("paper")
+  for setting in configs.SETTINGS:
+    cfgs = flags_lib.run_configs(_values(dataset="synthetic", setting=setting, **unset), set())
+    recipe = cpu.settings[setting]
+    for name in flags_lib.RECIPE_FIELDS:
+      assert getattr(cfgs.train, name) == getattr(recipe, name), (setting, name)
+    assert cfgs.data.image_size == cpu.data.image_size == 32
+    assert cfgs.recipe_name == f"cpu preset, setting {setting}"
+  # A flag given wins; the recipe fills only the rest; real data get the paper's recipe.
+  cfgs = flags_lib.run_configs(
+    _values(dataset="aptos", data_dir="/d", **dict(unset, learning_rate=0.5)), {"data_dir"}
+  )
+  assert cfgs.train.learning_rate == 0.5 and "learning_rate" not in cfgs.recipe
+  assert cfgs.train.sampling_prob == paper.settings["fscdp"].sampling_prob == 0.03425
+  assert cfgs.train.rounds == paper.settings["fscdp"].rounds and cfgs.data.image_size == 224
+  # Only what acts is reported (C has no noise); TF Privacy counts epochs.
+  c = flags_lib.run_configs(_values(setting="c", **unset), set())
+  assert "noise_multiplier" not in c.recipe and c.recipe["batch_size"] == 64
+  tfp = flags_lib.run_configs(_values(setting="cdp", cdp_impl="tf_privacy", **unset), set())
+  assert tfp.train.rounds == 20  # the recipe's 200 steps at q = 0.1

@@ -6,6 +6,7 @@ it released, keep the weights of unreleased rounds, stop at the budget,
 average released weights only, and checkpoint on schedule and on Ctrl-C.
 """
 
+import dataclasses
 import math
 import signal
 
@@ -134,6 +135,29 @@ def test_the_budget_stops_before_the_round_that_would_exceed_it():
   assert rounds_run == 3 and reason.startswith("budget: round 4 would exceed")
   assert parties.epsilon() <= target
   assert float(state[0]) == 3.0
+
+
+def test_the_eta_counts_to_the_round_the_budget_stops_at():
+  """Issue 22: with --target_epsilon the ETA is to the budget's last round, not --rounds."""
+  trainer = FakeTrainer(sigma=2.0, skipped={1})  # a skipped round costs nothing
+  ledger = accounting.PrivacyLedger(1e-4)
+  for _ in range(3):
+    ledger.record(accounting.StepSpec(0.1, 2.0))
+  lines = []
+  lp, _, _ = _loop(trainer, rounds=10, target=ledger.epsilon() * 1.0001)
+  lp.parts = dataclasses.replace(lp.parts, log=lines.append)
+  _, rounds_run, _ = lp.rounds(trainer.initial_state())
+  assert rounds_run == 4 and lp.last_round == 4  # rounds 1, 3 and 4 spend; 2 is skipped
+  assert all("to round 4, where epsilon" in line for line in lines if "ETA" in line), lines
+  progress = [line for line in lines if "ETA" in line]
+  assert len(progress) == 4 and progress[-1].endswith(
+    f"ETA 0 s to round 4, where epsilon {lp.cfg.target_epsilon:g} stops the run)"
+  )
+  assert lines[-1].startswith("stopping before round 5: budget")
+  lp, _, _ = _loop(FakeTrainer(), rounds=3)
+  lp.parts = dataclasses.replace(lp.parts, log=lines.append)
+  lp.rounds([np.float32(0.0)])
+  assert lp.last_round == 3 and lines[-1].endswith("ETA 0 s)")
 
 
 def test_the_ema_averages_released_weights_only():

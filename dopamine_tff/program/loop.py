@@ -77,6 +77,7 @@ class Loop:
     self.ema = start.ema  # EMA of the released weights (cfg.ema_decay > 0)
     self.skipped = start.skipped
     self.last_eval: dict = {}
+    self.last_round = cfg.rounds  # where the budget stops the run (rounds())
 
   def wall(self) -> float:
     return time.monotonic() - self.clock
@@ -93,6 +94,7 @@ class Loop:
     Returns (state, rounds run, stop reason); raises resume.Interrupted.
     """
     cfg, parts, rounds_run, first = self.cfg, self.parts, self.start_round, time.monotonic()
+    self.last_round = self.budget_stop()
     for r in range(self.start_round, cfg.rounds):
       runtime.check_alive()
       if parts.stop.requested:
@@ -116,6 +118,16 @@ class Loop:
       if not math.isnan(row["test_accuracy"]):
         self._progress(row, (time.monotonic() - first) / (rounds_run - self.start_round))
     return state, rounds_run, "completed"
+
+  def budget_stop(self) -> int:
+    """The last round the run will reach: --rounds, or earlier where --target_epsilon
+    stops it (from the rounds' plans; a round that aborts costs nothing, so the run
+    may go further)."""
+    cfg = self.cfg
+    if cfg.target_epsilon is None:
+      return cfg.rounds
+    future = [self.parts.trainer.plan(r).steps for r in range(self.start_round, cfg.rounds)]
+    return self.start_round + self.parts.parties.rounds_within(future, cfg.target_epsilon)
 
   def one_round(self, state, plan, r: int):
     """Runs round `r` of `plan`; records it; returns (state, its row)."""
@@ -176,6 +188,8 @@ class Loop:
 
   def _progress(self, row, per_round: float) -> None:
     cfg = self.cfg
+    end = self.last_round
+    budget = end < cfg.rounds
     self.parts.log(
       f"round {row['round']}/{cfg.rounds}"
       + (f" ({self.skipped} skipped)" if self.skipped else "")
@@ -183,7 +197,8 @@ class Loop:
       f"{self._split}_acc {row['test_accuracy']:.4f} {self._split}_loss {row['test_loss']:.4f} "
       + (f"eps {row['epsilon']:.3f}" if math.isfinite(row["epsilon"]) else "not private")
       + f" ({row['round_time_s']:.2f} s/round, "
-      f"ETA {per_round * (cfg.rounds - row['round']):.0f} s)"
+      f"ETA {per_round * max(0, end - row['round']):.0f} s"
+      + (f" to round {end}, where epsilon {cfg.target_epsilon:g} stops the run)" if budget else ")")
     )
 
   def save_due(self, state, rounds_run: int) -> None:
