@@ -111,6 +111,9 @@ class TrainConfig:
       .weights.h5 or .keras; dopamine_tff/init_weights.py), e.g. public
       pretraining; None: drawn from `seed`.
     reinit_head: with init_weights, draw a head of another class count afresh.
+    trainable: which layers train: all, head (the last layer with weights), or
+      from:<layer>; the others keep their starting weights exactly, get no
+      gradient work and no noise (dopamine_tff/models.py).
   """
 
   setting: str = "fscdp"
@@ -152,6 +155,7 @@ class TrainConfig:
   augmentations: int = 0
   init_weights: str | None = None
   reinit_head: bool = False
+  trainable: str = "all"
 
   def __post_init__(self):
     self._check_choices()
@@ -245,6 +249,8 @@ class TrainConfig:
         bad(name, "must be in [0, 1)")
 
   def _check_init(self):
+    if not (self.trainable in ("all", "head") or self.trainable.startswith("from:")):
+      self._bad("trainable", "expected all, head, or from:<layer>")
     if self.reinit_head and not self.init_weights:
       self._bad("reinit_head", "needs --init_weights (there is no head to replace otherwise)")
 
@@ -372,6 +378,10 @@ def check_compatible(train: TrainConfig, data) -> None:
     data: its data/loaders.DataConfig: K, and whether the source has patient ids.
   """
   train.check_hospitals(data.num_hospitals)
+  if train.trainable.startswith("from:"):
+    from dopamine_tff import models  # builds the model: its layer names, no data
+
+    models.first_trainable(models.build(train.model, (32, 32, 3), 5), train.trainable)
   if train.init_weights and not os.path.isfile(train.init_weights):
     raise ValueError(f"--init_weights={train.init_weights}: no such file")
   if train.init_weights:

@@ -31,6 +31,7 @@ import tensorflow as tf
 import tensorflow_privacy as tfp
 
 from dopamine_tff import fast_clip
+from dopamine_tff import models
 from dopamine_tff import seeds
 
 
@@ -251,7 +252,9 @@ def noisy_clipped_sum(
   contributes at most C, so the sensitivity and the accounting are unchanged.
 
   Args:
-    model: Keras model whose trainable variables hold the current weights.
+    model: Keras model holding the current weights; only its trainable
+      variables get gradients and noise (the result lists every variable,
+      exact zeros for the frozen ones).
     x, y: all local examples of the hospital.
     sampling_prob: q in (0, 1].
     l2_norm_clip: C > 0.
@@ -280,7 +283,8 @@ def noisy_clipped_sum(
   summed = tf.cond(tf.size(yb) > 0, clipped_sum, zeros)
   query = SeededGaussianSumQuery(l2_norm_clip, noise_stddev, noise_seed, noise_draws)
   noised, _, _ = query.get_noised_result(summed, query.initial_global_state())
-  return NoisySum(list(noised), tf.shape(yb)[0])
+  # Frozen layers (--trainable) had no gradient and get no noise: exact zeros.
+  return NoisySum(models.scatter(model, list(noised)), tf.shape(yb)[0])
 
 
 def momentum_step(weights, velocity, gradient, *, learning_rate, momentum):
@@ -294,5 +298,6 @@ def momentum_step(weights, velocity, gradient, *, learning_rate, momentum):
 
 
 def assign_weights(model: tf.keras.Model, weights) -> None:
-  for v, w in zip(model.trainable_variables, weights):
+  """Sets every weight, frozen or not (``models.variables`` order)."""
+  for v, w in zip(models.variables(model), weights, strict=True):
     v.assign(w)

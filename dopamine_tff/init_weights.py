@@ -92,9 +92,11 @@ def _read(path: str, model) -> list[np.ndarray]:
         import tensorflow as tf
 
         loaded = tf.keras.models.load_model(path, compile=False)
-        return [v.numpy() for v in loaded.trainable_variables]
-      model.load_weights(path)
-      return [v.numpy() for v in model.trainable_variables]
+        model = loaded
+      else:
+        model.load_weights(path)
+      # Every layer's weights, frozen or not, in models.variables' order.
+      return [v.numpy() for layer in model.layers for v in layer.weights]
     except (OSError, ValueError) as e:
       first = str(e).splitlines()[0][:300]
       raise InitWeightsError(f"--init_weights={path}: Keras cannot load it: {first}") from None

@@ -110,7 +110,7 @@ class InProcessFedAvg:
     self._client = tf.function(client)
     self._server = tf.function(
       lambda state, delta_sum, total: tf_rounds.fedavg_server_update(
-        state, delta_sum, total, params.lr_schedule, params.total_rounds
+        state, delta_sum, total, params.lr_schedule, params.total_rounds, params.frozen
       )
     )
 

@@ -75,13 +75,92 @@ def small_cnn(input_shape, num_classes: int = 5) -> tf.keras.Model:
   return tf.keras.Model(inputs, logits, name="small_cnn")
 
 
-def build(name: str, input_shape, num_classes: int) -> tf.keras.Model:
-  """Builds a model by name. Raises ValueError for an unknown name."""
+def build(name: str, input_shape, num_classes: int, trainable: str = "all") -> tf.keras.Model:
+  """Builds a model by name, its layers before `trainable`'s first one frozen.
+
+  Raises ValueError for an unknown name or `trainable` spec.
+  """
   if name == "small_cnn":
-    return small_cnn(input_shape, num_classes)
-  if name == "squeezenet":
-    return squeezenet_v1_1(input_shape, num_classes)
-  raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+    model = small_cnn(input_shape, num_classes)
+  elif name == "squeezenet":
+    model = squeezenet_v1_1(input_shape, num_classes)
+  else:
+    raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
+  freeze(model, trainable)
+  return model
+
+
+# Which layers train (--trainable): every layer, the last layer with weights
+# only, or one named layer and every layer after it (Keras' topological order).
+TRAINABLE_HELP = "all, head, or from:<layer> (that layer and the ones after it)"
+
+
+def layers_with_weights(model: tf.keras.Model) -> list[str]:
+  return [layer.name for layer in model.layers if layer.weights]
+
+
+def first_trainable(model: tf.keras.Model, spec: str) -> str:
+  """The name of the first layer `spec` trains (ValueError naming the choices)."""
+  names = layers_with_weights(model)
+  if spec == "all":
+    return names[0]
+  if spec == "head":
+    return names[-1]
+  if spec.startswith("from:") and spec[5:] in names:
+    return spec[5:]
+  if spec.startswith("from:"):
+    raise ValueError(
+      f"trainable={spec}: {model.name} has no layer {spec[5:]!r} with weights; "
+      f"its layers are {', '.join(names)}"
+    )
+  raise ValueError(f"trainable={spec!r}: expected {TRAINABLE_HELP}")
+
+
+def freeze(model: tf.keras.Model, spec: str) -> None:
+  """Sets ``trainable=False`` on every layer with weights before `spec`'s first one.
+
+  A frozen layer gets no gradient (so no per-example work in the DP step and no
+  noise: its weights stay exactly the starting ones); ``variables(model)``
+  still lists every weight in the same order.
+  """
+  first = first_trainable(model, spec)
+  names = layers_with_weights(model)
+  frozen = set(names[: names.index(first)])
+  for layer in model.layers:
+    if layer.name in frozen:
+      layer.trainable = False
+
+
+def trainable_summary(name: str, input_shape, num_classes: int, spec: str) -> dict:
+  """{'spec', 'first_layer', 'trainable_parameters', 'parameters'} of `spec` on a model."""
+  model = build(name, input_shape, num_classes, spec)
+  return {
+    "spec": spec,
+    "first_layer": first_trainable(model, spec),
+    "trainable_parameters": count_params(model),
+    "parameters": int(sum(np.prod(v.shape) for v in variables(model))),
+  }
+
+
+def frozen_mask(model: tf.keras.Model) -> tuple:
+  """Per variable of ``variables(model)``: True where frozen; () when nothing is."""
+  trains = {v.ref() for v in model.trainable_variables}
+  mask = tuple(v.ref() not in trains for v in variables(model))
+  return mask if any(mask) else ()
+
+
+def variables(model: tf.keras.Model) -> list:
+  """Every weight variable, frozen or not, in one fixed order: that of
+  ``trainable_variables`` when nothing is frozen (the order of the state, the
+  checkpoints and the weight files)."""
+  return [v for layer in model.layers for v in layer.weights]
+
+
+def scatter(model: tf.keras.Model, trainable_values) -> list:
+  """A list over ``variables(model)``: `trainable_values` (in ``trainable_variables``
+  order) where a variable trains, exact zeros where it is frozen."""
+  values = {v.ref(): t for v, t in zip(model.trainable_variables, trainable_values, strict=True)}
+  return [values.get(v.ref(), tf.zeros_like(v)) for v in variables(model)]
 
 
 def initial_weights(name: str, input_shape, num_classes: int, seed: int) -> list[np.ndarray]:

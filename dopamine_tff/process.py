@@ -209,7 +209,7 @@ def build_fedavg_process(
   @tff.tensorflow.computation(state_type, w_specs, np.float32)
   def server_update(state, weighted_sum, total):
     return tf_rounds.fedavg_server_update(
-      state, weighted_sum, total, params.lr_schedule, params.total_rounds
+      state, weighted_sum, total, params.lr_schedule, params.total_rounds, params.frozen
     )
 
   @tff.federated_computation(*_client_types(state_type, ds_type))

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from dopamine_tff import dp_sgd
+from dopamine_tff import models
 from dopamine_tff import quantization
 from dopamine_tff import seeds
 from dopamine_tff.secagg import masking
@@ -93,6 +94,7 @@ class DpSgdParams(NamedTuple):
   total_rounds: int = 0
   augmentations: int = 0  # augmentation multiplicity m (0: off)
   noise_draws: int = 1  # > 1: floating-point-hardened noise (dp_sgd.SeededGaussianSumQuery)
+  frozen: tuple = ()  # per variable, True where --trainable froze it (models.frozen_mask)
 
 
 class LocalParams(NamedTuple):
@@ -113,6 +115,7 @@ class LocalParams(NamedTuple):
   total_rounds: int = 0
   augmentations: int = 0  # m augmented copies per example (DP: averaged before clipping)
   noise_draws: int = 1  # > 1: floating-point-hardened noise (dp_sgd.SeededGaussianSumQuery)
+  frozen: tuple = ()  # per variable, True where --trainable froze it (models.frozen_mask)
 
 
 def weight_specs(weights) -> list[tf.TensorSpec]:
@@ -187,8 +190,13 @@ def dp_server_update(state: ServerState, noisy_sum, num_examples, params: DpSgdP
     momentum=params.momentum,
   )
   apply = num_examples > 0
-  weights = [tf.where(apply, n, o) for n, o in zip(weights, state.weights)]
-  velocity = [tf.where(apply, n, o) for n, o in zip(velocity, state.velocity)]
+  # A frozen variable keeps its value bit for bit: the secure sum's rounding
+  # would otherwise move it by ~1e-7 a round.
+  frozen = params.frozen or (False,) * len(weights)
+  weights = [o if f else tf.where(apply, n, o) for n, o, f in zip(weights, state.weights, frozen)]
+  velocity = [
+    o if f else tf.where(apply, n, o) for n, o, f in zip(velocity, state.velocity, frozen)
+  ]
   return ServerState(weights, velocity, state.round_num + 1)
 
 
@@ -205,7 +213,7 @@ def _local_gradient(model, x, y, groups, n, step, seed, batches_per_epoch, param
       xb, yb, _ = dp_sgd.augmented_copies(xb, yb, params.augmentations, aug_seed)
     with tf.GradientTape() as tape:
       loss = tf.reduce_mean(dp_sgd.loss_per_example(model(xb, training=True), yb))
-    return tape.gradient(loss, model.trainable_variables)
+    return models.scatter(model, tape.gradient(loss, model.trainable_variables))
   # q = B / (examples, or patients for the patient unit); n is in the same unit.
   q = tf.minimum(1.0, batch / tf.cast(n, tf.float32))
   result = dp_sgd.noisy_clipped_sum(
@@ -238,17 +246,22 @@ def fedavg_client_update(model, weights, dataset, seed, params: LocalParams):
   velocity = [tf.zeros_like(w) for w in weights]
   for step in tf.range(params.local_epochs * batches_per_epoch):
     grad = _local_gradient(model, x, y, groups, n, step, seed, batches_per_epoch, params)
-    current = [tf.identity(v) for v in model.trainable_variables]
+    current = [tf.identity(v) for v in models.variables(model)]
     new_w, velocity = dp_sgd.momentum_step(
       current, velocity, grad, learning_rate=params.learning_rate, momentum=params.momentum
     )
     dp_sgd.assign_weights(model, new_w)
-  delta = [v - w for v, w in zip(model.trainable_variables, weights)]
+  delta = [v - w for v, w in zip(models.variables(model), weights)]
   return delta, tf.cast(tf.shape(y)[0], tf.float32)
 
 
 def fedavg_server_update(
-  state: ServerState, weighted_delta_sum, total_weight, lr_schedule="constant", total_rounds=0
+  state: ServerState,
+  weighted_delta_sum,
+  total_weight,
+  lr_schedule="constant",
+  total_rounds=0,
+  frozen: tuple = (),
 ):
   """Adds the example-weighted mean of the deltas (skips when nobody delivered).
 
@@ -257,9 +270,10 @@ def fedavg_server_update(
   """
   safe = tf.maximum(total_weight, 1e-30)
   scale = lr_factor(state.round_num, lr_schedule, total_rounds)
+  frozen = frozen or (False,) * len(state.weights)
   weights = [
-    w + tf.where(total_weight > 0, scale * d / safe, 0.0)
-    for w, d in zip(state.weights, weighted_delta_sum)
+    w if f else w + tf.where(total_weight > 0, scale * d / safe, 0.0)
+    for w, d, f in zip(state.weights, weighted_delta_sum, frozen)
   ]
   return ServerState(weights, state.velocity, state.round_num + 1)
 

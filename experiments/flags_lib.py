@@ -124,6 +124,11 @@ def run_configs(values: Mapping, present: set, given: set | None = None) -> RunC
   )
   configs.check_compatible(train, data)
   warnings = check_flags_act(present if given is None else given, train, data)
+  if train.trainable != "all" and not train.init_weights:
+    warnings.append(
+      f"--trainable={train.trainable} without --init_weights: the frozen layers keep random "
+      "weights from --seed"
+    )
   options = config_from(configs.LoopOptions, values)
   if options.resume and options.overwrite:
     raise ValueError("--resume and --overwrite: pick one (continue the run, or replace it)")

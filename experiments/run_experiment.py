@@ -215,6 +215,12 @@ flags.DEFINE_string(
 flags.DEFINE_bool(
   "reinit_head", False, "With --init_weights: draw a head of another class count afresh."
 )
+flags.DEFINE_string(
+  "trainable",
+  "all",
+  "Which layers train: all, head (the last layer with weights) or from:<layer>; the others "
+  "keep their starting weights (no gradient work, no noise).",
+)
 flags.DEFINE_bool("audit", False, "Run membership-inference attacks on the final model.")
 flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every N rounds (0: never).")
 flags.DEFINE_bool(

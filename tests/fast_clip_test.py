@@ -191,3 +191,31 @@ def test_choose_takes_each_branch_where_it_is_cheaper():
   ]
   with pytest.raises(ValueError, match="strategy must be one of"):
     fast_clip.plan(_mixed_model(), "fastest")
+
+
+@pytest.mark.parametrize(
+  "name,trainable",
+  [("small_cnn", "head"), ("small_cnn", "from:conv2"), ("squeezenet", "from:fire9_squeeze")],
+)
+def test_frozen_layers_get_no_gradient_and_the_rest_equals_a_loop(name, trainable):
+  """Issue 19's --trainable: the norms and sums cover the trainable layers only."""
+  tf.keras.utils.set_random_seed(4)
+  model = models.build(name, (16, 16, 3), 5, trainable)
+  assert fast_clip.supports(model)
+  assert 0 < len(model.trainable_variables) < len(models.variables(model))
+  x = tf.random.normal([5, 16, 16, 3])
+  y = tf.constant([0, 1, 2, 3, 4], tf.int32)
+  summed, norms = fast_clip.clipped_sum(model, x, y, 0.05, dp_sgd.loss_per_example)
+  ref_norms, ref_sum = _reference(model, x, y, 0.05)  # w.r.t. trainable_variables
+  np.testing.assert_allclose(norms.numpy(), ref_norms, rtol=1e-4)
+  for got, ref in zip(summed, ref_sum, strict=True):
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=2e-4, atol=1e-6)
+  # With noise, the frozen variables' entries stay exact zeros; the others are noised.
+  res = dp_sgd.noisy_clipped_sum(
+    model, x, y, sampling_prob=1.0, l2_norm_clip=0.05, noise_stddev=1.0,
+    seed=tf.constant([5, 6], tf.int64),
+  )  # fmt: skip
+  trains = {v.ref() for v in model.trainable_variables}
+  for v, g in zip(models.variables(model), res.noisy_sum, strict=True):
+    assert g.shape == v.shape
+    assert (float(tf.reduce_max(tf.abs(g))) > 0) == (v.ref() in trains), v.name

@@ -50,3 +50,23 @@ def test_initial_weights_are_deterministic():
 def test_unknown_model():
   with pytest.raises(ValueError, match="unknown model"):
     models.build("resnet", (8, 8, 1), 2)
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_variables_keep_one_order_whatever_is_frozen(name):
+  full = models.build(name, (32, 32, 3), 5)
+  assert [v.ref() for v in models.variables(full)] == [v.ref() for v in full.trainable_variables]
+  names = models.layers_with_weights(full)
+  for spec, first in (("all", names[0]), ("head", names[-1]), (f"from:{names[2]}", names[2])):
+    model = models.build(name, (32, 32, 3), 5, spec)
+    shapes = [tuple(v.shape) for v in models.variables(model)]
+    assert shapes == [tuple(v.shape) for v in full.trainable_variables]
+    trains = [v.name.split("/")[0] for v in model.trainable_variables]
+    assert trains[0] == first and set(trains) == set(names[names.index(first) :])
+
+
+def test_a_trainable_spec_naming_no_layer_is_refused_with_the_choices():
+  with pytest.raises(ValueError, match="has no layer 'nope' with weights; its layers are conv0"):
+    models.build("small_cnn", (32, 32, 3), 5, "from:nope")
+  with pytest.raises(ValueError, match="expected all, head, or from:<layer>"):
+    models.build("small_cnn", (32, 32, 3), 5, "top")

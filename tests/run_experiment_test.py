@@ -320,3 +320,32 @@ def test_usage_errors_are_one_line_and_exit_2(args, message):
   lines = [li for li in proc.stderr.splitlines() if not re.match(r"[IWEF]\d{4} ", li)]
   assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
   assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+  "setting,extra",
+  [("c", []), ("cdp", ["--cdp_impl=tf_privacy"]), ("f", []), ("fpdp", []), ("fscdp", [])],
+)
+def test_frozen_layers_keep_their_starting_weights_bit_for_bit(setting, extra, tmp_path):
+  """Issue 19's --trainable: only the named layer and those after it move, in every
+  setting; the summary says how many parameters trained."""
+  from dopamine_tff import models
+
+  start = models.initial_weights("small_cnn", (8, 8, 1), 10, seed=11)
+  init = tmp_path / "start.npz"
+  np.savez(init, *start)
+  out = tmp_path / "run"
+  proc = _run(
+    [f"--setting={setting}", *TINY, *extra, f"--init_weights={init}", "--trainable=from:dense"],
+    out,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with np.load(out / "final_weights.npz") as f:
+    final = [f[f"arr_{i}"] for i in range(len(f.files))]
+  names = [v.name for v in models.variables(models.build("small_cnn", (8, 8, 1), 10))]
+  for name, a, b in zip(names, start, final, strict=True):
+    frozen = name.split("/")[0] in ("conv0", "conv1", "conv2")
+    assert np.array_equal(a, b) == frozen, name
+  trainable = json.loads((out / "summary.json").read_text())["trainable"]
+  assert trainable["first_layer"] == "dense" and trainable["spec"] == "from:dense"
+  assert 0 < trainable["trainable_parameters"] < trainable["parameters"]

@@ -51,7 +51,8 @@ def ema_update(ema, weights, decay: float, rounds_run: int):
   if ema is None:
     return [np.array(w, np.float32) for w in weights]
   d = min(decay, (1 + rounds_run) / (10 + rounds_run))
-  return [d * e + (1 - d) * np.asarray(w) for e, w in zip(ema, weights)]
+  # e + (1 - d)(w - e): a weight that does not move (a frozen layer) stays bit for bit.
+  return [(e + np.float32(1 - d) * (np.asarray(w, np.float32) - e)) for e, w in zip(ema, weights)]
 
 
 @dataclasses.dataclass(frozen=True)

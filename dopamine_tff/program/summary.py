@@ -48,6 +48,9 @@ def summarize(cfg, data, trainer, parties: accounting.Parties, evaluator, last, 
     # Round 0: does private training beat the starting (e.g. public) weights?
     "initial_test_accuracy": facts.initial.get("test_accuracy"),
     "init_weights": trainer.provenance.to_json(),
+    "trainable": models.trainable_summary(
+      cfg.model, data.image_shape, data.num_classes, cfg.trainable
+    ),
     **accounting.privacy_summary(
       parties,
       delta=cfg.delta,

@@ -97,11 +97,14 @@ class TffTrainer:
     self.cfg = cfg
     self.sizes = [len(s) for s in sets]
     self.image_shape = image_shape
-    self.model_fn = lambda: models.build(cfg.model, image_shape, num_classes)
+    self.num_classes = num_classes
+    self.model_fn = lambda: models.build(cfg.model, image_shape, num_classes, cfg.trainable)
     self.initial_weights, self.provenance = init_weights.starting_weights(
       cfg, image_shape, num_classes
     )
     self.num_words = int(sum(np.size(w) for w in self.initial_weights))
+    # Per variable: frozen by --trainable (the server step leaves it exactly as it is).
+    self.frozen = models.frozen_mask(self.model_fn())
     self.patient_unit = cfg.private and cfg.privacy_unit == "patient"
     # Secret keys: OS CSPRNG unless --insecure_seeded_noise (dopamine_tff/seeds.py).
     self.randomness = cfg.randomness
@@ -154,4 +157,14 @@ class TffTrainer:
       f"{type(self).__name__} ({self.cfg.runtime} runtime): {len(self.sizes)} hospitals, "
       f"sizes {self.sizes}"
       + (f"; privacy unit: patient ({self.units} patients)" if self.patient_unit else "")
+      + (self._trains() if self.cfg.trainable != "all" else "")
+    )
+
+  def _trains(self) -> str:
+    t = models.trainable_summary(
+      self.cfg.model, self.image_shape, self.num_classes, self.cfg.trainable
+    )
+    return (
+      f"; trains {t['trainable_parameters']} of {t['parameters']} parameters (from layer "
+      f"{t['first_layer']}; the others frozen at their starting weights)"
     )

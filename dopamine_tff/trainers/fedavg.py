@@ -40,6 +40,7 @@ class FedAvgTrainer(base.TffTrainer):
       total_rounds=cfg.rounds,
       augmentations=cfg.augmentations,
       noise_draws=cfg.noise_draws,
+      frozen=self.frozen,
     )
     self.round = _BUILDERS[cfg.runtime](
       self.model_fn, self.initial_weights, image_shape, self.local

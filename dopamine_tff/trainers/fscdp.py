@@ -66,7 +66,9 @@ def secure_sum_range(
   return secure_sum, quantization.overflow_probability(secure_sum, **stats)
 
 
-def dp_sgd_params(cfg: configs.TrainConfig, noise_share: float, patient_unit: bool):
+def dp_sgd_params(
+  cfg: configs.TrainConfig, noise_share: float, patient_unit: bool, frozen: tuple = ()
+):
   """The round's DP-SGD parameters, by keyword from the config."""
   return process.DpSgdParams(
     sampling_prob=cfg.sampling_prob,
@@ -79,6 +81,7 @@ def dp_sgd_params(cfg: configs.TrainConfig, noise_share: float, patient_unit: bo
     total_rounds=cfg.rounds,
     augmentations=cfg.augmentations,
     noise_draws=cfg.noise_draws,
+    frozen=frozen,
   )
 
 
@@ -100,7 +103,7 @@ class DpSgdTrainer(base.TffTrainer):
       cfg, sum(self.sizes), self.num_words, self.sum_noise_std, k
     )
     self.correction = dither.Correction(self.num_words)
-    params = dp_sgd_params(cfg, share, self.patient_unit)
+    params = dp_sgd_params(cfg, share, self.patient_unit, self.frozen)
     secure = cfg.secure_aggregation != "none"
     self.secagg = cfg.secagg_config(k) if secure else None
     degree = self.secagg.degree if secure else (dither.dither_degree(k) if k > 1 else 0)

@@ -35,9 +35,9 @@ class TfPrivacyCdpTrainer:
     )
     self.data = pooled
     tf.keras.utils.set_random_seed(cfg.seed)
-    self.model = models.build(cfg.model, image_shape, num_classes)
+    self.model = models.build(cfg.model, image_shape, num_classes, cfg.trainable)
     weights, self.provenance = init_weights.starting_weights(cfg, image_shape, num_classes)
-    self.model.set_weights(weights)
+    _assign(self.model, weights)
     opt = dp_optimizer_keras_vectorized.VectorizedDPKerasSGDOptimizer(
       l2_norm_clip=cfg.l2_norm_clip,
       noise_multiplier=cfg.noise_multiplier,
@@ -89,7 +89,7 @@ class TfPrivacyCdpTrainer:
 
   def run(self, state, plan, round_num) -> base.RoundOutcome:
     del plan
-    self.model.set_weights(state["weights"])
+    _assign(self.model, state["weights"])
     if state["optimizer"] and not self._traced:  # momentum saved in a checkpoint
       self.optimizer._create_all_weights(self.model.trainable_variables)  # noqa: SLF001
       self.optimizer.set_weights(list(state["optimizer"]))
@@ -130,4 +130,11 @@ class TfPrivacyCdpTrainer:
 
 
 def models_weights(model) -> list[np.ndarray]:
-  return [v.numpy() for v in model.trainable_variables]
+  """Every weight, frozen or not, in ``models.variables`` order."""
+  return [v.numpy() for v in models.variables(model)]
+
+
+def _assign(model, weights) -> None:
+  # Not Keras' set_weights: its order puts frozen layers last.
+  for v, w in zip(models.variables(model), weights, strict=True):
+    v.assign(w)
