@@ -141,12 +141,12 @@ class InProcessMaskedDpSgd(_EncodedServer):
   def __init__(
     self, model_fn, initial_weights, image_shape, params, secure_sum, *, dither_degree, degree, prg
   ):
-    del image_shape, dither_degree, degree
+    del image_shape, dither_degree, degree, prg  # the masks come made (masking.host_mask)
     super().__init__(initial_weights, params, secure_sum)
     model = model_fn()
     self._client = tf.function(
-      lambda w, ds, s, dk, dsg, pk, ps, sk: tf_rounds.masked_client_update(
-        model, w, ds, s, dk, dsg, pk, ps, sk, params, secure_sum, prg
+      lambda w, ds, s, dk, dsg, m: tf_rounds.masked_client_update(
+        model, w, ds, s, dk, dsg, m, params, secure_sum
       )
     )
 

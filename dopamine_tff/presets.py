@@ -74,6 +74,7 @@ def _paper() -> Preset:
     ),
     "fscdp": configs.TrainConfig(
       setting="fscdp",
+      secure_aggregation="secagg",  # Dopamine's masked sum (issue 21)
       rounds=round(100 / 0.03425),
       sampling_prob=0.03425,
       noise_multiplier=1.15,
@@ -152,7 +153,7 @@ def _cpu() -> Preset:
       eval_every=2,
       **base,
     ),
-    "fscdp": configs.TrainConfig(setting="fscdp", **dp_sgd),
+    "fscdp": configs.TrainConfig(setting="fscdp", secure_aggregation="secagg", **dp_sgd),
   }
   data = loaders.DataConfig(dataset="synthetic", num_examples=3000, image_size=32, num_hospitals=10)
   return Preset("cpu", data, 5, settings)
@@ -178,7 +179,13 @@ def _smoke() -> Preset:
       **base,
     ),
     "fscdp": configs.TrainConfig(
-      setting="fscdp", rounds=4, sampling_prob=0.2, noise_multiplier=1.0, eval_every=2, **base
+      setting="fscdp",
+      secure_aggregation="secagg",
+      rounds=4,
+      sampling_prob=0.2,
+      noise_multiplier=1.0,
+      eval_every=2,
+      **base,
     ),
   }
   data = loaders.DataConfig(dataset="synthetic", num_examples=160, image_size=16, num_hospitals=4)

@@ -233,7 +233,7 @@ class MaskedDpSgd(NamedTuple):
   """
 
   initialize: object  # () -> state@SERVER
-  masked_round: object  # (state, data, keys, pair keys, signs, self keys) -> sums@SERVER
+  masked_round: object  # (state, data, keys, dither keys, signs, masks) -> sums@SERVER
   server_update: object  # (state, code sum, summands, examples) -> state
 
 
@@ -260,31 +260,15 @@ def build_masked_dp_sgd_process(
   w_specs, ds_type, state_type, _, initialize = _common(
     initial_weights, image_shape, with_velocity=True, with_groups=params.patient_unit
   )
+  del degree, prg  # the mask is made on the hospital's host (masking.host_mask)
   client_fn = tf.function(tf_rounds.masked_client_update)
   dkey_spec, dsign_spec = _dither_specs(dither_degree)
-  key_spec = tf.TensorSpec([degree, 8], tf.uint32)
-  sign_spec = tf.TensorSpec([degree], tf.int32)
-  self_spec = tf.TensorSpec([8], tf.uint32)
   num_words = int(sum(np.size(w) for w in initial_weights))
+  mask_spec = tf.TensorSpec([num_words], tf.uint32)
 
-  @tff.tensorflow.computation(
-    w_specs, ds_type, SEED_SPEC, dkey_spec, dsign_spec, key_spec, sign_spec, self_spec
-  )
-  def client_update(weights, dataset, seed, dkeys, dsigns, pair_keys, pair_signs, self_key):
-    return client_fn(
-      model_fn(),
-      weights,
-      dataset,
-      seed,
-      dkeys,
-      dsigns,
-      pair_keys,
-      pair_signs,
-      self_key,
-      params,
-      secure_sum,
-      prg,
-    )
+  @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC, dkey_spec, dsign_spec, mask_spec)
+  def client_update(weights, dataset, seed, dkeys, dsigns, mask):
+    return client_fn(model_fn(), weights, dataset, seed, dkeys, dsigns, mask, params, secure_sum)
 
   @tff.tensorflow.computation(state_type)
   def get_weights(state):
@@ -294,15 +278,12 @@ def build_masked_dp_sgd_process(
     *_client_types(state_type, ds_type),
     _clients(dkey_spec),
     _clients(dsign_spec),
-    _clients(key_spec),
-    _clients(sign_spec),
-    _clients(self_spec),
+    _clients(mask_spec),
   )
-  def masked_round(state, datasets, seeds, dkeys, dsigns, pair_keys, pair_signs, self_keys):
+  def masked_round(state, datasets, seeds, dkeys, dsigns, masks):
     weights = tff.federated_broadcast(tff.federated_map(get_weights, state))
     masked, counts, changed = tff.federated_map(
-      client_update,
-      (weights, datasets, seeds, dkeys, dsigns, pair_keys, pair_signs, self_keys),
+      client_update, (weights, datasets, seeds, dkeys, dsigns, masks)
     )
     bits = quantization.SUM_BITS
     return (

@@ -305,25 +305,16 @@ def encoded_server_update(state, code_sum, correction, num_examples, params, sec
 
 
 def masked_client_update(
-  model,
-  weights,
-  dataset,
-  seed,
-  dither_keys,
-  dither_signs,
-  pair_keys,
-  pair_signs,
-  self_key,
-  params,
-  secure_sum,
-  prg,
+  model, weights, dataset, seed, dither_keys, dither_signs, mask, params, secure_sum
 ):
   """A Dopamine step under SecAgg: (masked codes mod 2**32 as int64, N_k, changed flag).
 
-  The codes of encoded_client_update are masked in this computation
-  (dopamine_tff/secagg/masking.py): nothing unmasked leaves it.
+  The codes of encoded_client_update get the hospital's mask (uint32 [n], made
+  on its host from this round's keys: masking.host_mask) in this computation:
+  nothing unmasked leaves it.
   """
   codes, n, changed = encoded_client_update(
     model, weights, dataset, seed, dither_keys, dither_signs, params, secure_sum
   )
-  return masking.mask(codes, pair_keys, pair_signs, self_key, prg), n, changed
+  masked = tf.math.floormod(tf.cast(codes, tf.int64) + tf.cast(mask, tf.int64), masking.MODULUS)
+  return masked, n, changed

@@ -74,17 +74,37 @@ def recipe_defaults(values: Mapping) -> tuple[dict, str]:
   the preset's own data set an unset ``--image_size`` is the preset's too (32 on
   synthetic, 224 on aptos), so the bare command is one seed of
   ``reproduce_paper --preset=cpu --settings=fscdp``. The TF Privacy
-  baseline counts rounds in epochs: it gets the recipe's epochs.
+  baseline counts rounds in epochs and samples fixed batches: it gets the
+  recipe's epochs and its expected batch q N (240 on the cpu preset's data).
   """
   name = "paper" if values["dataset"] in ("aptos", "eyepacs") else "cpu"
   preset = presets.get(name)
   recipe = preset.settings[values["setting"]]
   filled = {k: getattr(recipe, k) for k in RECIPE_FIELDS if values.get(k) is None}
-  if values["setting"] == "cdp" and values.get("cdp_impl") == "tf_privacy" and "rounds" in filled:
-    filled["rounds"] = max(1, round(recipe.rounds * recipe.sampling_prob))
+  if values["setting"] == "cdp" and values.get("cdp_impl") == "tf_privacy":
+    if "rounds" in filled:
+      filled["rounds"] = max(1, round(recipe.rounds * recipe.sampling_prob))
+    if "batch_size" in filled:  # the recipe's expected batch q N on the preset's data
+      n = presets.APTOS_TRAIN if name == "paper" else preset.data.num_examples
+      n = n if name == "paper" else round(n * (1 - preset.data.test_fraction))
+      filled["batch_size"] = max(1, round(recipe.sampling_prob * n))
   if values["dataset"] == preset.data.dataset and values.get("image_size") is None:
     filled["image_size"] = preset.data.image_size
   return filled, f"{name} preset, setting {values['setting']}"
+
+
+# FSCDP's default secure aggregation (issue 21): SecAgg's complete graph while
+# its O(K^2) streams are cheap, SecAgg+ from here on (README, "Secure
+# aggregation costs": at K = 100 SecAgg's server unmasking is several times
+# SecAgg+'s).
+SECAGG_PLUS_FROM = 33
+
+
+def default_secure_aggregation(setting: str, num_hospitals: int) -> str:
+  """What an unset --secure_aggregation means: masked sums for Dopamine, none elsewhere."""
+  if setting != "fscdp" or num_hospitals < 2:
+    return "none"
+  return "secagg" if num_hospitals < SECAGG_PLUS_FROM else "secagg_plus"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +133,11 @@ def run_configs(values: Mapping, present: set, given: set | None = None) -> RunC
   num_hospitals = values["num_hospitals"]
   if values["hospital_dirs"] and "num_hospitals" not in present:
     num_hospitals = len(values["hospital_dirs"])
+  if values.get("secure_aggregation", "none") is None:
+    values = {
+      **values,
+      "secure_aggregation": default_secure_aggregation(values["setting"], num_hospitals),
+    }
   data = config_from(
     loaders.DataConfig,
     values,

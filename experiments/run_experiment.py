@@ -143,10 +143,12 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_enum(
   "secure_aggregation",
-  "none",
+  None,
   list(configs.SECURE_AGGREGATION),
-  "fscdp: 'none' (plain integer sum of the codes), 'secagg' (masked sums with Shamir "
-  "dropout recovery) or 'secagg_plus' (k neighbours).",
+  "fscdp: 'secagg' (masked sums with Shamir dropout recovery), 'secagg_plus' (k neighbours) "
+  "or 'none' (plain integer sum of the codes). Default: fscdp secagg up to "
+  f"{flags_lib.SECAGG_PLUS_FROM - 1} hospitals, secagg_plus from {flags_lib.SECAGG_PLUS_FROM}; "
+  "the other settings none.",
 )
 flags.DEFINE_bool(
   "hardened_noise",

@@ -63,6 +63,7 @@ def test_quick_secure_aggregation_benchmark_writes_ratios(tmp_path):
   result = json.loads(out.read_text())
   ratios = result["secure_aggregation"]["ratios"]
   for key in (
+    "prg_over_openssl",
     "chacha_tf_over_openssl",
     "secagg_over_plain_round_small_cnn",
     "secagg_plus_over_plain_round_small_cnn",
@@ -75,6 +76,13 @@ def test_quick_secure_aggregation_benchmark_writes_ratios(tmp_path):
   assert "2**37" in he["scheme"] or int(he["scheme"].split("t=")[1]) > 10 * 2**32
   rows = result["secure_aggregation"]["scaling"]["rows"]
   assert {(r["k"], r["mode"]) for r in rows} >= {(10, "secagg"), (100, "secagg_plus")}
+  for r in rows:  # the server side is measured on a real round (issue 21), no estimate
+    assert r["server"]["unmask_s"] > 0 and r["server"]["dropped"] == r["k"] // 10
+    assert "mask_removal_s_estimated" not in r["server"]
+    assert r["bytes"]["expansion"] > 1 and r["bytes"]["masked_vector"] == 4 * 5_000
+  rounds = result["secure_aggregation"]["fscdp_round_k10"]["small_cnn"]
+  assert set(rounds) == {"none", "secagg", "secagg_plus"}  # timed round-robin, with ranges
+  assert all(m["min_s"] <= m["median_s"] <= m["max_s"] for m in rounds.values())
 
 
 @pytest.mark.parametrize(

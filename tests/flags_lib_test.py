@@ -144,3 +144,4 @@ def test_a_bare_command_runs_the_recipe_of_its_setting():
   assert "noise_multiplier" not in c.recipe and c.recipe["batch_size"] == 64
   tfp = flags_lib.run_configs(_values(setting="cdp", cdp_impl="tf_privacy", **unset), set())
   assert tfp.train.rounds == 20  # the recipe's 200 steps at q = 0.1
+  assert tfp.train.batch_size == 240  # its expected batch: 0.1 of 2400 training images

@@ -1,6 +1,14 @@
-"""Plain-TF masking of a hospital's integer vector (runs inside its TF computation).
+"""Masking of a hospital's integer vector: the mask on the host, its addition in-graph.
 
 masked = codes + PRG(self key) + sum_j sign_j * PRG(pair key j)   (mod 2**32)
+
+The mask does not depend on the data, so each hospital makes it on its host
+(``host_mask``: OpenSSL's ChaCha20 through ``cryptography``, at memory speed)
+and its TF computation adds it to the codes (tf_rounds.masked_client_update):
+nothing unmasked leaves that computation, in TFF's C++ worker and in the
+in-process runtime alike. ``mask`` is the same arithmetic in TF ops
+(dopamine_tff/secagg/chacha.py), kept as the second implementation the tests
+compare bit for bit and the benchmark times.
 
 ``sign_j`` is +1 when this hospital's id is below j's and -1 otherwise, so each
 pair's masks cancel in the sum over hospitals. The result is an int64 tensor
@@ -13,6 +21,11 @@ which is what the plain secure sum gives.
 
 from __future__ import annotations
 
+import struct
+
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers import algorithms
+import numpy as np
 import tensorflow as tf
 
 from dopamine_tff.secagg import chacha
@@ -65,3 +78,67 @@ def add_streams(total, keys, signs, nonce, prg: str):
 
   _, total = tf.while_loop(lambda i, _: i < tf.shape(keys)[0], body, (tf.constant(0), total))
   return total
+
+
+def host_stream(
+  key, nonce, num_words: int, prg: str = "chacha20", out=None, counter: int = 0
+) -> np.ndarray:
+  """`num_words` uint32 words of the PRG keyed by `key` (uint32 [8]), on the host.
+
+  ChaCha20 is OpenSSL's, laid out as chacha.keystream_words (RFC 8439: block
+  counter from 0 in word 12, the nonce in words 13-15), so the two agree bit
+  for bit. With `out` (uint32 [num_words]) the words are written there.
+  """
+  if prg == "philox_insecure":
+    words = chacha.philox_words(
+      tf.constant(key, tf.uint32), tf.constant(nonce, tf.uint32), num_words
+    ).numpy()
+    if out is None:
+      return words
+    out[:] = words
+    return out
+  if prg != "chacha20":
+    raise ValueError(f"unknown PRG {prg!r}; choose one of {PRGS}")
+  key_bytes = np.asarray(key, "<u4").tobytes()
+  counter_and_nonce = struct.pack("<I", counter) + np.asarray(nonce, "<u4").tobytes()
+  encryptor = Cipher(algorithms.ChaCha20(key_bytes, counter_and_nonce), mode=None).encryptor()
+  out = np.empty(num_words, np.uint32) if out is None else out
+  # The keystream is the encryption of zeros; written in place, no copy.
+  encryptor.update_into(_zeros(4 * num_words), memoryview(out).cast("B"))
+  return out
+
+
+_ZEROS: dict[int, bytes] = {}
+
+
+def _zeros(num_bytes: int) -> bytes:
+  if num_bytes not in _ZEROS:
+    _ZEROS.clear()  # one model size per process
+    _ZEROS[num_bytes] = bytes(num_bytes)
+  return _ZEROS[num_bytes]
+
+
+def host_mask(num_words: int, pair_keys, pair_signs, self_key, prg: str = "chacha20"):
+  """The mask `mask` adds, as uint32 [num_words]: PRG(self) + sum_j sign_j PRG(pair j)."""
+  total = host_stream(self_key, SELF_NONCE, num_words, prg)
+  return add_host_streams(total, pair_keys, pair_signs, PAIR_NONCE, prg)
+
+
+def add_host_streams(total, keys, signs, nonce, prg: str = "chacha20") -> np.ndarray:
+  """total + sum_i signs[i] * PRG(keys[i]) mod 2**32, in place (uint32 [n])."""
+  stream = np.empty_like(total)
+  for key, sign in zip(keys, signs):
+    host_stream(key, nonce, total.size, prg, out=stream)
+    if sign > 0:
+      total += stream  # uint32 wraps: arithmetic mod 2**32
+    else:
+      total -= stream
+  return total
+
+
+def host_unmask(masked_sum, self_keys, pair_keys, pair_signs, prg: str = "chacha20"):
+  """int64 [n] in [0, 2**32): `masked_sum` minus the revealed self and pair masks."""
+  total = np.mod(np.asarray(masked_sum, np.int64), MODULUS).astype(np.uint32)
+  total = add_host_streams(total, self_keys, [-1] * len(self_keys), SELF_NONCE, prg)
+  total = add_host_streams(total, pair_keys, [-s for s in pair_signs], PAIR_NONCE, prg)
+  return total.astype(np.int64)

@@ -55,7 +55,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 import numpy as np
-import tensorflow as tf
 
 from dopamine_tff import seeds
 from dopamine_tff.secagg import chacha
@@ -137,16 +136,6 @@ class Protocol:
     self.revealed: dict[int, dict[tuple[int, int], str]] = {}
     self.revealed_counts = {SELF: 0, KEY: 0}
     self._round: RoundMessages | None = None
-    keys = tf.TensorSpec([None, 8], tf.uint32)
-    self._masks = tf.function(
-      lambda m, sk, pk, ps: self._remove_masks(m, sk, pk, ps, cfg.prg),
-      input_signature=[
-        tf.TensorSpec([None], tf.int64),
-        keys,
-        keys,
-        tf.TensorSpec([None], tf.int32),
-      ],
-    )
 
   def __repr__(self):
     return f"Protocol({self.cfg.mode}, K={self.cfg.num_hospitals}, t={self.cfg.t})"
@@ -280,18 +269,13 @@ class Protocol:
       (seeds_ if kind == SELF else keys_)[owner] = value
     self_keys = [chacha.key_words(shamir.int_to_bytes(v, 32)) for v in seeds_.values()]
     pair_keys, pair_signs, lost = self._dropped_pairs(keys_, senders)
-    total = self._masks(
-      tf.constant(masked_sum, tf.int64),
-      tf.constant(np.reshape(self_keys, [-1, 8]), tf.uint32),
-      tf.constant(np.reshape(pair_keys, [-1, 8]), tf.uint32),
-      tf.constant(np.array(pair_signs, np.int32)),
-    )
+    total = masking.host_unmask(masked_sum, self_keys, pair_keys, pair_signs, cfg.prg)
     stats_ = {
       "secagg_revealed_seeds": len(seeds_),
       "secagg_revealed_keys": len(keys_),
       "lost_dithers": lost,
     }
-    return total.numpy(), stats_
+    return total, stats_
 
   def _check_recoverable(self, senders, responders, dropped) -> None:
     """RoundAborted unless the updates stay hidden and every needed secret has t shares."""
@@ -334,10 +318,3 @@ class Protocol:
       raise RoundAborted(
         f"hospital {owner}'s {kind} shares are inconsistent{who}: {e}; the round is abandoned"
       ) from e
-
-  @staticmethod
-  def _remove_masks(masked_sum, self_keys, pair_keys, pair_signs, prg):
-    minus_ones = -tf.ones(tf.shape(self_keys)[:1], tf.int32)
-    total = masking.add_streams(masked_sum, self_keys, minus_ones, masking.SELF_NONCE, prg)
-    total = masking.add_streams(total, pair_keys, -pair_signs, masking.PAIR_NONCE, prg)
-    return tf.math.floormod(total, masking.MODULUS)
