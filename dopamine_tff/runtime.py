@@ -29,6 +29,7 @@ import dataclasses
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -362,15 +363,44 @@ def shutdown() -> None:
   """
   global _ACTIVE
   if _ACTIVE is not None:
+    _quiet_closed_channel_finalizers()
     _ACTIVE.close()
     _ACTIVE = None
   _set_no_context()
+
+
+def _closed_channel(exc) -> bool:
+  import grpc
+
+  if isinstance(exc, grpc.RpcError):
+    return "Channel closed" in str(exc)
+  return isinstance(exc, ValueError) and "closed channel" in str(exc)
+
+
+def _quiet_closed_channel_finalizers() -> None:
+  """After the channels are closed, TFF's finalizers of values still alive (freed
+  as a stopped run unwinds) try to dispose of them remotely and fail with
+  "Channel closed!" or "Cannot invoke RPC on closed channel!"; Python prints
+  each as "Exception ignored in" with a
+  traceback (seen after a second Ctrl-C). Those, and only those, are dropped:
+  there is nothing left to dispose of."""
+  previous = sys.unraisablehook
+  if getattr(previous, "quiet_closed_channels", False):
+    return
+
+  def hook(unraisable):
+    if not _closed_channel(unraisable.exc_value):
+      previous(unraisable)
+
+  hook.quiet_closed_channels = True
+  sys.unraisablehook = hook
 
 
 def kill_workers() -> None:
   """SIGKILLs the process-wide runtime's workers without waiting on anything
   (for an immediate exit; they would also die with this process)."""
   if _ACTIVE is not None:
+    _quiet_closed_channel_finalizers()
     for worker in _ACTIVE.workers:
       worker.stopping = True
       with contextlib.suppress(OSError):

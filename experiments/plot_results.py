@@ -17,6 +17,9 @@ _RUNS_DIR = flags.DEFINE_string(
   "runs_dir", None, "Root holding <setting>/seed_<n>/ runs.", required=True
 )
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where to write (default: --runs_dir).")
+_FIGURES = flags.DEFINE_bool(
+  "figures", True, "Draw Figure 1 (off: the table only, e.g. for runs that are not settings)."
+)
 _TITLE = flags.DEFINE_string(
   "title", None, "Figure title (default: the preset and data set the runs record)."
 )
@@ -39,7 +42,7 @@ def main(argv):
   rows = plotting.table_rows(runs)
   plotting.write_table(rows, os.path.join(out, "results.csv"), os.path.join(out, "results.md"))
   title = _TITLE.value if _TITLE.value is not None else plotting.default_title(runs)
-  for path in plotting.draw_figures(runs, out, title=title):
+  for path in plotting.draw_figures(runs, out, title=title) if _FIGURES.value else []:
     print(path)
   print(plotting.markdown(rows))
 

@@ -145,3 +145,16 @@ def test_a_bare_command_runs_the_recipe_of_its_setting():
   tfp = flags_lib.run_configs(_values(setting="cdp", cdp_impl="tf_privacy", **unset), set())
   assert tfp.train.rounds == 20  # the recipe's 200 steps at q = 0.1
   assert tfp.train.batch_size == 240  # its expected batch: 0.1 of 2400 training images
+
+
+def test_fscdp_defaults_to_masked_sums_and_the_others_to_none():
+  """Issue 21: an unset --secure_aggregation is SecAgg for Dopamine (SecAgg+ from K=33)."""
+  unset = {"secure_aggregation": None}
+  assert flags_lib.run_configs(_values(**unset), set()).train.secure_aggregation == "secagg"
+  many = _values(num_hospitals=flags_lib.SECAGG_PLUS_FROM, num_examples=400, **unset)
+  assert flags_lib.run_configs(many, set()).train.secure_aggregation == "secagg_plus"
+  for setting in ("c", "cdp", "f", "fpdp"):
+    cfgs = flags_lib.run_configs(_values(setting=setting, **unset), set())
+    assert cfgs.train.secure_aggregation == "none", setting
+  given = flags_lib.run_configs(_values(secure_aggregation="none"), {"secure_aggregation"})
+  assert given.train.secure_aggregation == "none"

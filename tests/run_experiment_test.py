@@ -238,8 +238,14 @@ def test_import_filter_keeps_other_tensorflow_messages():
     (["--num_hospitals=4", "--min_surviving_hospitals=5"], "min_surviving_hospitals=5 exceeds"),
     (["--num_hospitals=4", "--dropout_schedule=2:1,7"], "round 2 names hospital(s) [7]"),
     # Issue 22 item 4: flags that were silently ignored or rounded.
-    (["--secagg_threshold=3"], "--secagg_threshold has no effect in this run"),
-    (["--secagg_unmask_dropout_prob=0.2"], "--secagg_unmask_dropout_prob has no effect"),
+    (
+      ["--secure_aggregation=none", "--secagg_threshold=3"],
+      "--secagg_threshold has no effect in this run",
+    ),
+    (
+      ["--setting=cdp", "--secagg_unmask_dropout_prob=0.2"],  # cdp: no secure aggregation
+      "--secagg_unmask_dropout_prob has no effect",
+    ),
     (["--dataset=digits", "--data_dir=/tmp"], "--data_dir has no effect in this run"),
     (["--runtime=in_process", "--num_workers=2"], "--num_workers has no effect"),
     (

@@ -179,3 +179,31 @@ def test_bad_runtime_config_is_rejected(kwargs, message):
 
 def test_tensorflow_still_usable_in_process():
   assert int(tf.constant(2) + 2) == 4
+
+
+def test_after_shutdown_only_closed_channel_finalizer_errors_are_quiet(monkeypatch):
+  """Issue 22 item 7, seen again with SecAgg: TFF's value finalizers fail with
+  "Channel closed!" once the runtime is shut; those lines go, others stay."""
+  import grpc
+
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(u.exc_value))
+  runtime._quiet_closed_channel_finalizers()  # noqa: SLF001 (what shutdown installs)
+
+  class Closed(grpc.RpcError):
+    def __str__(self):
+      return 'status = StatusCode.CANCELLED details = "Channel closed!"'
+
+  class Unraisable:
+    def __init__(self, exc):
+      self.exc_value = exc
+
+  sys.unraisablehook(Unraisable(Closed()))
+  sys.unraisablehook(Unraisable(ValueError("Cannot invoke RPC on closed channel!")))
+  other = ValueError("something else")
+  sys.unraisablehook(Unraisable(other))
+  assert seen == [other]
+  runtime._quiet_closed_channel_finalizers()  # noqa: SLF001 (idempotent: one wrapper)
+  assert not getattr(
+    sys.unraisablehook.__closure__[0].cell_contents, "quiet_closed_channels", False
+  )
