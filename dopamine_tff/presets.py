@@ -17,7 +17,7 @@ from dopamine_tff import configs
 from dopamine_tff import pretraining
 from dopamine_tff.data import loaders
 
-PRESETS = ("smoke", "smoke_pretrained", "cpu", "cpu_pretrained", "paper")
+PRESETS = ("smoke", "smoke_pretrained", "cpu", "cpu_pretrained", "paper", "paper_pretrained")
 APTOS_TRAIN = 2931  # the paper's training split
 
 
@@ -35,6 +35,9 @@ class Preset:
   settings: dict  # setting -> configs.TrainConfig (seed 0)
   # Public pretraining every setting starts from (None: random weights).
   pretrain: pretraining.PretrainConfig | None = None
+  # What the user must pass as --init_weights (None: nothing): a preset whose
+  # public weights cannot be made here (ImageNet SqueezeNet 1.1).
+  needs_init_weights: str | None = None
 
 
 def _paper() -> Preset:
@@ -221,6 +224,15 @@ def get(name: str) -> Preset:
     # 9 recipes tried, lr 0.01 for 20 epochs scored best (79.8 % against a
     # majority rate of 69.7 %; README, "Public pretraining").
     return _pretrained(_cpu(), epochs=20, num_examples=6000, learning_rate=0.01)
+  if name == "paper_pretrained":
+    # The original's start: torchvision's ImageNet SqueezeNet 1.1, its head
+    # replaced; no download here, so the user converts it
+    # (experiments/convert_squeezenet.py) and passes the file.
+    return dataclasses.replace(
+      _paper(),
+      name="paper_pretrained",
+      needs_init_weights="ImageNet SqueezeNet 1.1 converted by experiments/convert_squeezenet.py",
+    )
   if name == "smoke_pretrained":
     return _pretrained(_smoke(), epochs=1, num_examples=200)
   if name == "smoke":

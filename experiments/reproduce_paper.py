@@ -67,6 +67,15 @@ flags.DEFINE_bool(
 flags.DEFINE_string("gpus", None, "in_process: GPU indices ('0,1'), 'none', or all.")
 flags.DEFINE_bool("audit", False, "Membership-inference audit of every final model.")
 flags.DEFINE_integer("checkpoint_every", 10, "Checkpoint every N rounds.")
+flags.DEFINE_string(
+  "init_weights",
+  None,
+  "Every setting starts from these weights (instead of the preset's own pretraining); "
+  "needed by --preset=paper_pretrained (the converted ImageNet SqueezeNet 1.1).",
+)
+flags.DEFINE_string(
+  "trainable", "all", "Which layers train in every setting: all, head or from:<layer>."
+)
 
 
 def data_config(preset: presets.Preset, values) -> loaders.DataConfig:
@@ -81,6 +90,12 @@ def data_config(preset: presets.Preset, values) -> loaders.DataConfig:
     changes["image_size"] = values["image_size"]
   if values["num_examples"] is not None:
     changes["num_examples"] = values["num_examples"]
+  if values.get("init_weights"):  # the weights' own input scaling (their .json), if recorded
+    from dopamine_tff import init_weights
+
+    wanted = init_weights.expected_normalization(values["init_weights"])
+    if wanted is not None:
+      changes["normalization"] = wanted
   if values["data_dir"]:
     if dataset not in ("aptos", "eyepacs"):
       raise ValueError(
@@ -147,6 +162,12 @@ def _run_one(cfg, data_cfg, data, run_dir, values) -> bool:
 
 def _plan(preset, data_cfg, values) -> list:
   """[(data config, [(setting, train config)])] per seed, all checked before any loading."""
+  if preset.needs_init_weights and not values.get("init_weights"):
+    raise ValueError(
+      f"--preset={preset.name} starts every setting from {preset.needs_init_weights}: "
+      "pass --init_weights=<that .npz> (README, Public pretraining)"
+    )
+  start = {"init_weights": values["init_weights"]} if values.get("init_weights") else {}
   out = []
   for seed in range(values["seeds"] or preset.seeds):
     seeded_data = dataclasses.replace(data_cfg, seed=seed)
@@ -157,6 +178,8 @@ def _plan(preset, data_cfg, values) -> list:
         seed=seed,
         runtime=values["runtime"],
         insecure_seeded_noise=values["insecure_seeded_noise"],
+        trainable=values.get("trainable", "all"),
+        **start,
       )
       configs.check_compatible(cfg, seeded_data)
       runs.append((setting, cfg))
@@ -192,7 +215,7 @@ def main(argv):
     devices.configure(devices.parse_gpus(values["gpus"]))
     root = values["output_dir"] or os.path.join("runs", "reproduce", preset.name)
     plan = _plan(preset, data_cfg, values)
-    if preset.pretrain is not None:  # once, cached by content hash: every run starts there
+    if preset.pretrain is not None and not values["init_weights"]:  # once, cached by hash
       public = pretraining.cached(preset.pretrain, os.path.join(root, "public"), logging.info)
       plan = [
         (d, [(s, dataclasses.replace(c, init_weights=public)) for s, c in runs]) for d, runs in plan

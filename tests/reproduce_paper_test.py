@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from dopamine_tff import plotting
@@ -285,3 +286,44 @@ def test_no_interval_below_three_runs_and_intervals_stay_in_0_100():
   table = plotting.markdown(rows)
   assert "| 30.00 ± 40.00 % | - |" in table
   assert "| [82.58, 100.00] % |" in table  # 95 +- 12.4 %, clamped at 100
+
+
+def test_paper_pretrained_needs_the_imagenet_weights_file(tmp_path):
+  """Issue 19: the paper's pretrained preset cannot make its weights here; it says so."""
+  proc = _reproduce(
+    ["--preset=paper_pretrained", "--data_dir=/nowhere", f"--output_dir={tmp_path}"]
+  )
+  assert proc.returncode == 2
+  (line,) = (x for x in proc.stderr.splitlines() if x.startswith("reproduce_paper:"))
+  assert "--init_weights" in line and "convert_squeezenet" in line
+
+
+def test_every_setting_starts_from_given_weights_and_trains_what_is_asked(tmp_path):
+  """--init_weights and --trainable reach every setting of a preset."""
+  from dopamine_tff import models
+  from dopamine_tff import presets
+
+  preset = presets.get("smoke")
+  size = preset.data.resolved_image_size
+  start = models.initial_weights("small_cnn", (size, size, 3), 5, seed=7)
+  init = tmp_path / "start.npz"
+  np.savez(init, *start)
+  out = tmp_path / "runs"
+  args = [
+    "--preset=smoke",
+    "--settings=c,fscdp",
+    "--seeds=1",
+    f"--init_weights={init}",
+    "--trainable=head",
+    f"--output_dir={out}",
+  ]
+  proc = _reproduce(args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for setting in ("c", "fscdp"):
+    summary = json.loads((out / setting / "seed_0" / "summary.json").read_text())
+    assert summary["init_weights"]["path"] == str(init)
+    assert summary["trainable"]["spec"] == "head"
+    with np.load(out / setting / "seed_0" / "final_weights.npz") as f:
+      final = [f[f"arr_{i}"] for i in range(len(f.files))]
+    assert all(np.array_equal(a, b) for a, b in zip(start[:-2], final[:-2]))  # frozen
+  assert not (out / "public").exists()  # nothing pretrained: the file was given
