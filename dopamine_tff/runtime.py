@@ -15,8 +15,11 @@ their simulated bodies, because the C++ worker has no implementation of them:
 quantisation and clipping are real, the cryptography is not (see README,
 "Threat model").
 
-Users can instead point the runtime at an external worker (``address``), e.g.
-one built from TFF's sources with CUDA, or at another worker binary
+Users can instead point the runtime at running workers (``addresses``): one
+(e.g. a build of TFF's worker with CUDA), or several, on this host or others
+(``experiments/tff_worker.py`` starts one); each round's hospitals are then
+split across them. Channels to other hosts use TLS unless the user opts out
+(dopamine_tff/transport.py). Or it can start another worker binary
 (``worker_binary``).
 """
 
@@ -38,12 +41,9 @@ import grpc
 import portpicker
 import tensorflow_federated as tff
 
+from dopamine_tff import transport
+
 _PR_SET_PDEATHSIG = 1
-_GRPC_OPTIONS = [
-  ("grpc.max_message_length", 2**31 - 1),
-  ("grpc.max_receive_message_length", 2**31 - 1),
-  ("grpc.max_send_message_length", 2**31 - 1),
-]
 
 
 def default_worker_binary() -> str:
@@ -59,32 +59,63 @@ class RuntimeConfig:
     max_concurrent_computation_calls: limit of concurrent client computations
       inside one worker; <= 0 means no limit.
     worker_binary: path of the worker to start (default: TFF's CPU build).
-    address: ``host:port`` of an already running worker to use instead of
-      starting one (e.g. a CUDA build on a GPU host). Not stopped by us.
+    addresses: ``host:port`` of running workers to use instead of starting
+      any (e.g. a CUDA build on a GPU host, or workers on other hosts); with
+      several, each round's hospitals are split across them in equal shares.
+      Not stopped by us.
     num_workers: start this many local workers and split the clients of
       every round across them (TFF's mergeable computation form: each worker
-      sums its share of hospitals, the partial sums are merged). On hosts,
-      the same form spreads a round over machines.
-    ready_timeout_s: how long to wait for a worker to answer.
+      sums its share of hospitals, the partial sums are merged).
+    ready_timeout_s: how long to wait for a worker we started to answer.
+    tls: TLS for the channels to `addresses` (required for an address that
+      is not loopback, unless `insecure_transport`).
+    insecure_transport: allow plain channels to other hosts.
+    unreachable_after_s: a worker at `addresses` that cannot be reached for
+      this long (at the start, or mid-run) ends the run, naming it.
+    data_transport: how the hospitals' data reach the workers: "files" (the
+      worker reads the run's shard files: the workers must see this host's
+      file system), "inline" (the data travel in each round's request), or
+      "auto" (files for workers on this host, inline when any is remote).
   """
 
   max_concurrent_computation_calls: int = -1
   worker_binary: str | None = None
-  address: str | None = None
+  addresses: tuple[str, ...] = ()
   ready_timeout_s: float = 60.0
   num_workers: int = 1
+  tls: transport.TlsConfig | None = None
+  insecure_transport: bool = False
+  unreachable_after_s: float = 20.0
+  data_transport: str = "auto"
 
   def __post_init__(self):
     if self.ready_timeout_s <= 0:
       raise ValueError(f"ready_timeout_s must be > 0, got {self.ready_timeout_s}")
     if self.worker_binary is not None and not os.path.isfile(self.worker_binary):
       raise ValueError(f"worker_binary {self.worker_binary!r} does not exist")
-    if self.address is not None and ":" not in self.address:
-      raise ValueError(f"address must be host:port, got {self.address!r}")
+    if isinstance(self.addresses, str):
+      raise ValueError("addresses must be a sequence of host:port")
+    object.__setattr__(self, "addresses", tuple(self.addresses))
+    transport.check_addresses(self.addresses, self.tls, self.insecure_transport)
     if self.num_workers < 1:
       raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-    if self.num_workers > 1 and self.address is not None:
-      raise ValueError("num_workers > 1 starts local workers; it cannot be combined with address")
+    if self.num_workers > 1 and self.addresses:
+      raise ValueError(
+        "num_workers > 1 starts local workers; it cannot be combined with worker addresses"
+      )
+    if self.tls is not None and not self.addresses:
+      raise ValueError("TLS is for the channels to worker addresses; none is given")
+    if self.unreachable_after_s <= 0:
+      raise ValueError(f"unreachable_after_s must be > 0, got {self.unreachable_after_s}")
+    if self.data_transport not in ("auto", "files", "inline"):
+      raise ValueError(f"data_transport must be auto, files or inline, got {self.data_transport!r}")
+
+  @property
+  def ships_data(self) -> bool:
+    """Whether the hospitals' data travel inline in the requests."""
+    if self.data_transport != "auto":
+      return self.data_transport == "inline"
+    return any(not transport.is_loopback(a) for a in self.addresses)
 
 
 def _die_with_parent() -> None:
@@ -100,7 +131,8 @@ def _die_with_parent() -> None:
 
 
 class WorkerDied(RuntimeError):
-  """A TFF worker this process started exited while the run needed it."""
+  """A TFF worker this process started exited while the run needed it, or a
+  worker at an address could not be reached."""
 
 
 def describe_exit(returncode: int) -> str:
@@ -170,7 +202,35 @@ class Worker:
       os.remove(self.log_path)
 
 
-def _wait_ready(stub, timeout_s: float, worker: Worker | None) -> None:
+def _counted(name):
+  def call(self, request):
+    response = getattr(super(CountingStub, self), name)(request)
+    self.traffic.add(request.ByteSize(), response.ByteSize())
+    return response
+
+  call.__name__ = name
+  return call
+
+
+class CountingStub(tff.framework.RemoteExecutorGrpcStub):
+  """TFF's stub, counting the serialized size of every request and response
+  (the payload; gRPC framing and TLS records add a little)."""
+
+  def __init__(self, grpc_channel: grpc.Channel):
+    super().__init__(grpc_channel)
+    self.traffic = transport.Traffic()
+
+  get_executor = _counted("get_executor")
+  create_value = _counted("create_value")
+  create_struct = _counted("create_struct")
+  create_call = _counted("create_call")
+  create_selection = _counted("create_selection")
+  compute = _counted("compute")
+  dispose = _counted("dispose")
+  dispose_executor = _counted("dispose_executor")
+
+
+def _wait_ready(stub, timeout_s: float, worker: Worker | None, address: str) -> None:
   deadline = time.monotonic() + timeout_s
   while not stub.is_ready:
     if worker is not None and not worker.alive():
@@ -179,8 +239,22 @@ def _wait_ready(stub, timeout_s: float, worker: Worker | None) -> None:
         f"see {worker.log_path}"
       )
     if time.monotonic() > deadline:
+      if worker is None:
+        raise WorkerDied(
+          f"the TFF worker at {address} cannot be reached (not ready after {timeout_s:g} s)"
+        )
       raise RuntimeError(f"TFF worker not ready after {timeout_s} s")
     time.sleep(0.05)
+
+
+@dataclasses.dataclass
+class Endpoint:
+  """One worker the runtime talks to: started here (`worker`) or at an address."""
+
+  address: str
+  stub: CountingStub
+  connectivity: transport.Connectivity
+  worker: Worker | None = None
 
 
 class Runtime:
@@ -189,16 +263,20 @@ class Runtime:
   def __init__(self, config: RuntimeConfig):
     self.config = config
     self.workers: list[Worker] = []
+    self.endpoints: list[Endpoint] = []
     self._channels: list[grpc.Channel] = []
     self.context = None
     self.dead: Worker | None = None  # a worker that died under us (watchdog)
+    self.unreachable: str | None = None  # an address that stopped answering (watchdog)
     self._stop_watch = threading.Event()
 
   def start(self) -> Runtime:
     cfg = self.config
-    if cfg.num_workers == 1:
+    targets = list(cfg.addresses) or [None] * cfg.num_workers
+    factories = [self._executor_factory(a) for a in targets]
+    if len(factories) == 1:
       self.context = tff.framework.SyncExecutionContext(
-        executor_fn=self._executor_factory(cfg.address),
+        executor_fn=factories[0],
         compiler_fn=compile_for_simulation,
         transform_args=tff.tensorflow.transform_args,
         transform_result=tff.tensorflow.transform_result,
@@ -206,43 +284,63 @@ class Runtime:
     else:
       contexts = [
         tff.framework.AsyncExecutionContext(
-          executor_fn=self._executor_factory(None),
+          executor_fn=f,
           compiler_fn=compile_for_simulation,
           transform_args=tff.tensorflow.transform_args,
           transform_result=tff.tensorflow.transform_result,
         )
-        for _ in range(cfg.num_workers)
+        for f in factories
       ]
       self.context = tff.framework.MergeableCompExecutionContext(
         async_contexts=contexts, compiler_fn=_compile_mergeable
       )
     tff.framework.set_default_context(self.context)
-    if self.workers:
-      threading.Thread(target=self._watch, name="tff-worker-watchdog", daemon=True).start()
+    threading.Thread(target=self._watch, name="tff-worker-watchdog", daemon=True).start()
     return self
 
-  def _watch(self, every_s: float = 0.5) -> None:
-    """Notices a worker that dies under a run: closes the channels so that a call
-    blocked in gRPC's retries (180 s and more, seen) fails at once."""
+  def _watch(self, every_s: float = 0.2) -> None:
+    """Notices a worker that dies under a run (a process we started exits, or an
+    address cannot be reached for `unreachable_after_s`): closes the channels so
+    that a call blocked in TFF's gRPC retries (endless for an unreachable
+    worker; 180 s and more seen) fails at once."""
     while not self._stop_watch.wait(every_s):
-      for worker in list(self.workers):
-        if not worker.alive() and not worker.stopping:
-          self.dead = worker
-          for channel in list(self._channels):
-            channel.close()
-          return
+      if self._find_dead():
+        for channel in list(self._channels):
+          channel.close()
+        return
+
+  def _find_dead(self) -> bool:
+    for e in list(self.endpoints):
+      if e.worker is not None:
+        if self.dead is None and not e.worker.alive() and not e.worker.stopping:
+          self.dead = e.worker
+      elif self.unreachable is None and (
+        e.connectivity.failing_for() > self.config.unreachable_after_s
+      ):
+        self.unreachable = e.address
+    return self.dead is not None or self.unreachable is not None
 
   def check_alive(self) -> None:
-    """WorkerDied when a worker this runtime started has died under it."""
-    for worker in self.workers:
-      if self.dead is None and not worker.alive() and not worker.stopping:
-        self.dead = worker
+    """WorkerDied when a worker has died under this runtime (or cannot be reached)."""
+    if self._stop_watch.is_set():
+      return
+    self._find_dead()
     if self.dead is not None:
       w = self.dead
       raise WorkerDied(
         f"the TFF worker (pid {w.pid}) died ({describe_exit(w.process.returncode)}); "
         f"rerun with --resume to continue from the last checkpoint (worker log: {w.log_path})"
       )
+    if self.unreachable is not None:
+      raise WorkerDied(
+        f"the TFF worker at {self.unreachable} cannot be reached (for "
+        f"{self.config.unreachable_after_s:g} s); rerun with --resume to continue from the "
+        "last checkpoint, with --worker_addresses naming the workers to use"
+      )
+
+  def traffic(self) -> dict[str, dict]:
+    """Executor-service bytes sent to and received from each worker so far."""
+    return {e.address: e.stub.traffic.snapshot() for e in self.endpoints}
 
   def _executor_factory(self, address: str | None):
     """Starts a worker (unless `address` is given) and returns its executor factory."""
@@ -254,10 +352,13 @@ class Runtime:
       )
       self.workers.append(worker)
       address = worker.address
-    channel = grpc.insecure_channel(address, _GRPC_OPTIONS)
+    channel = transport.channel(address, None if worker is not None else cfg.tls)
     self._channels.append(channel)
-    stub = tff.framework.RemoteExecutorGrpcStub(channel)
-    _wait_ready(stub, cfg.ready_timeout_s, worker)
+    connectivity = transport.Connectivity(channel, time.monotonic)
+    stub = CountingStub(channel)
+    timeout = cfg.ready_timeout_s if worker is not None else cfg.unreachable_after_s
+    _wait_ready(stub, timeout, worker, address)
+    self.endpoints.append(Endpoint(address, stub, connectivity, worker))
 
     def stack_fn(cardinalities):
       # Computations without client values still need a cardinality.
@@ -279,6 +380,7 @@ class Runtime:
     for worker in self.workers:
       worker.stop()
     self.workers.clear()
+    self.endpoints.clear()
     self.context = None
 
   def __enter__(self) -> Runtime:
@@ -411,6 +513,16 @@ def check_alive() -> None:
   """WorkerDied when a worker of the process-wide runtime died under it."""
   if _ACTIVE is not None:
     _ACTIVE.check_alive()
+
+
+def traffic() -> dict[str, dict]:
+  """Bytes sent to and received from each worker of the process-wide runtime."""
+  return {} if _ACTIVE is None else _ACTIVE.traffic()
+
+
+def ships_data() -> bool:
+  """Whether the process-wide runtime's workers get the hospitals' data inline."""
+  return _ACTIVE is not None and _ACTIVE.context is not None and _ACTIVE.config.ships_data
 
 
 def worker_pids() -> list[int]:

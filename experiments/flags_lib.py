@@ -23,6 +23,7 @@ from absl import flags
 from dopamine_tff import configs
 from dopamine_tff import presets
 from dopamine_tff import runtime
+from dopamine_tff import transport
 from dopamine_tff.data import loaders
 from dopamine_tff.program import resume
 
@@ -157,16 +158,42 @@ def run_configs(values: Mapping, present: set, given: set | None = None) -> RunC
   options = config_from(configs.LoopOptions, values)
   if options.resume and options.overwrite:
     raise ValueError("--resume and --overwrite: pick one (continue the run, or replace it)")
-  rt = runtime.RuntimeConfig(
-    max_concurrent_computation_calls=values["max_concurrent_calls"],
-    worker_binary=values["worker_binary"],
-    address=values["worker_address"],
-    num_workers=values["num_workers"],
-  )
+  rt = runtime_config(values)
   used = {
     k: v for k, v in recipe.items() if k not in _SETTING_FLAGS or _SETTING_FLAGS[k][0](train, data)
   }
   return RunConfigs(data, train, rt, options, tuple(warnings), used, recipe_name)
+
+
+def runtime_config(values: Mapping) -> runtime.RuntimeConfig:
+  """The TFF runtime's config from run_experiment's flags (ValueError, one line)."""
+  addresses = tuple(values.get("worker_addresses") or ())
+  if values.get("worker_address"):
+    if addresses:
+      raise ValueError("--worker_address and --worker_addresses: give the list only")
+    addresses = (values["worker_address"],)
+  tls = None
+  if values.get("worker_tls_ca"):
+    tls = transport.TlsConfig(
+      ca_cert=values["worker_tls_ca"],
+      client_cert=values.get("worker_tls_cert"),
+      client_key=values.get("worker_tls_key"),
+      server_name=values.get("worker_tls_server_name"),
+    )
+  elif values.get("worker_tls_cert") or values.get("worker_tls_key"):
+    raise ValueError("--worker_tls_cert and --worker_tls_key need --worker_tls_ca")
+  elif values.get("worker_tls_server_name"):
+    raise ValueError("--worker_tls_server_name needs --worker_tls_ca")
+  return runtime.RuntimeConfig(
+    max_concurrent_computation_calls=values["max_concurrent_calls"],
+    worker_binary=values["worker_binary"],
+    addresses=addresses,
+    num_workers=values["num_workers"],
+    tls=tls,
+    insecure_transport=values.get("insecure_transport", False),
+    unreachable_after_s=values.get("worker_unreachable_s", 20.0),
+    data_transport=values.get("worker_data", "auto"),
+  )
 
 
 def _tfp(t):
@@ -219,7 +246,20 @@ _DEPENDENT_FLAGS = {
   },
   **{
     name: (lambda t, d: t.runtime == "tff" and not _tfp(t), "--runtime=tff (TFF's worker)")
-    for name in ("num_workers", "max_concurrent_calls", "worker_binary", "worker_address")
+    for name in (
+      "num_workers",
+      "max_concurrent_calls",
+      "worker_binary",
+      "worker_address",
+      "worker_addresses",
+      "worker_tls_ca",
+      "worker_tls_cert",
+      "worker_tls_key",
+      "worker_tls_server_name",
+      "insecure_transport",
+      "worker_unreachable_s",
+      "worker_data",
+    )
   },
 }
 

@@ -235,7 +235,39 @@ flags.DEFINE_bool(
   "overwrite", False, "Replace a previous run's files in --output_dir instead of refusing."
 )
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard events to <output_dir>/tensorboard.")
-flags.DEFINE_string("worker_address", None, "host:port of a running TFF worker to use.")
+flags.DEFINE_list(
+  "worker_addresses",
+  [],
+  "host:port of running TFF workers (experiments/tff_worker.py) to split each round's "
+  "hospitals across, on this host or others.",
+)
+flags.DEFINE_string("worker_address", None, "One running TFF worker (--worker_addresses=X).")
+flags.DEFINE_string(
+  "worker_tls_ca", None, "TLS to the workers: PEM CA (or self-signed certificate) they chain to."
+)
+flags.DEFINE_string("worker_tls_cert", None, "TLS client certificate (mutual TLS), PEM.")
+flags.DEFINE_string("worker_tls_key", None, "Private key of --worker_tls_cert, PEM.")
+flags.DEFINE_string(
+  "worker_tls_server_name", None, "Name the workers' certificates carry, if not their host."
+)
+flags.DEFINE_bool(
+  "insecure_transport",
+  False,
+  "Allow plain gRPC to workers on other hosts: the hospitals' data cross the network in clear.",
+)
+flags.DEFINE_float(
+  "worker_unreachable_s",
+  20.0,
+  "A worker at --worker_addresses unreachable this long ends the run (after a checkpoint).",
+)
+flags.DEFINE_enum(
+  "worker_data",
+  "auto",
+  ["auto", "files", "inline"],
+  "How the hospitals' data reach the workers: files (the workers read this run's shard files: "
+  "they must see this file system), inline (in each round's requests), auto (files for "
+  "workers on this host, inline when any is on another).",
+)
 
 
 parse_schedule = flags_lib.parse_schedule

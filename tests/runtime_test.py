@@ -150,7 +150,7 @@ def test_runtime_close_stops_its_worker():
 def test_external_worker_address(tff_runtime):
   worker = runtime.Worker(runtime.default_worker_binary(), -1)
   try:
-    rt = runtime.Runtime(runtime.RuntimeConfig(address=worker.address)).start()
+    rt = runtime.Runtime(runtime.RuntimeConfig(addresses=(worker.address,))).start()
 
     @tff.tensorflow.computation(np.int32)
     def double(x):
@@ -168,8 +168,15 @@ def test_external_worker_address(tff_runtime):
   "kwargs,message",
   [
     ({"worker_binary": "/no/such/binary"}, "does not exist"),
-    ({"address": "nohostport"}, "host:port"),
+    ({"addresses": ("nohostport",)}, "host:port"),
+    ({"addresses": ("localhost:0",)}, "host:port"),
+    ({"addresses": "localhost:1"}, "sequence"),
+    ({"addresses": ("localhost:1", "localhost:1")}, "listed twice"),
+    ({"addresses": ("10.1.2.3:8000",)}, "not on this host.*in the clear"),
+    ({"addresses": ("worker7.example:8000", "[::1]:9")}, "worker7.example:8000 is not on"),
     ({"ready_timeout_s": 0}, "ready_timeout_s"),
+    ({"unreachable_after_s": 0}, "unreachable_after_s"),
+    ({"data_transport": "nfs"}, "data_transport"),
   ],
 )
 def test_bad_runtime_config_is_rejected(kwargs, message):

@@ -59,4 +59,4 @@ def test_bad_worker_counts():
   with pytest.raises(ValueError, match="num_workers"):
     runtime.RuntimeConfig(num_workers=0)
   with pytest.raises(ValueError, match="cannot be combined"):
-    runtime.RuntimeConfig(num_workers=2, address="localhost:1")
+    runtime.RuntimeConfig(num_workers=2, addresses=("localhost:1",))

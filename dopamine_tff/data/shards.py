@@ -56,3 +56,21 @@ def hospital_dataset(path: str, image_shape, with_groups: bool = False) -> tf.da
     return out
 
   return tf.data.TFRecordDataset(path).batch(3 if with_groups else 2).map(parse)
+
+
+def inline_dataset(s: loaders.ImageSet, image_shape, with_groups: bool = False) -> tf.data.Dataset:
+  """The element of `hospital_dataset`, from the arrays themselves: TFF then
+  serializes the data into each round's request (for workers that cannot read
+  this host's files). Same element spec as `hospital_dataset`."""
+  records = [s.images.astype(np.float32), s.labels.astype(np.int32)]
+  if with_groups:
+    records.append(patient_ids(s))
+  shapes = [[None, *image_shape], [None], [None]]
+
+  def relax(*arrays):
+    # The element spec of a file-read shard: the example count is unknown.
+    return tuple(
+      tf.raw_ops.PlaceholderWithDefault(input=a, shape=shape) for a, shape in zip(arrays, shapes)
+    )
+
+  return tf.data.Dataset.from_tensors(tuple(records)).map(relax)

@@ -97,7 +97,11 @@ class Loop:
     cfg, parts, rounds_run, first = self.cfg, self.parts, self.start_round, time.monotonic()
     self.last_round = self.budget_stop()
     for r in range(self.start_round, cfg.rounds):
-      runtime.check_alive()
+      try:
+        runtime.check_alive()
+      except runtime.WorkerDied:
+        self.save_last(state, rounds_run)  # --resume continues from the last round run
+        raise
       if parts.stop.requested:
         self.save_last(state, rounds_run, again=True)
         raise resume.Interrupted(rounds_run, parts.checkpointer is not None, parts.stop.signum)
@@ -113,6 +117,7 @@ class Loop:
           self.save_last(state, rounds_run, again=True)
           checkpointed = parts.checkpointer is not None
           raise resume.Interrupted(rounds_run, checkpointed, parts.stop.signum) from None
+        self.save_last(state, rounds_run)  # --resume continues from the last round run
         raise
       rounds_run = r + 1
       self.save_due(state, rounds_run)
@@ -337,7 +342,9 @@ def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
     for sink in sinks:
       sink.close()
   loop.save_last(state, rounds_run)  # so --rounds can be raised later
-  facts = summary_lib.RunFacts(rounds_run, loop.skipped, stop_reason, loop.wall(), initial)
+  facts = summary_lib.RunFacts(
+    rounds_run, loop.skipped, stop_reason, loop.wall(), initial, runtime.traffic()
+  )
   weights = loop.model_weights(state)
   summary = summary_lib.finish(
     output_dir, cfg, data, trainer, parties, evaluator, weights, loop.last_eval, facts, log

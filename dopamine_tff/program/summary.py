@@ -26,6 +26,8 @@ class RunFacts:
   stop_reason: str
   wall_time_s: float
   initial: dict = dataclasses.field(default_factory=dict)  # the starting weights' evaluation
+  # Executor-service bytes to and from each TFF worker (this start of the run).
+  worker_traffic: dict = dataclasses.field(default_factory=dict)
 
 
 def summarize(cfg, data, trainer, parties: accounting.Parties, evaluator, last, facts) -> dict:
@@ -66,6 +68,7 @@ def summarize(cfg, data, trainer, parties: accounting.Parties, evaluator, last, 
     "num_parameters": models.count_params(evaluator.model),
     "wall_time_s": facts.wall_time_s,
     **({"secure_aggregation": trainer.secagg.to_json()} if trainer.secagg is not None else {}),
+    **({"worker_traffic": facts.worker_traffic} if facts.worker_traffic else {}),
   }
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from dopamine_tff import configs
 from dopamine_tff import init_weights
 from dopamine_tff import models
+from dopamine_tff import runtime
 from dopamine_tff import tf_rounds
 from dopamine_tff.data import shards
 
@@ -112,8 +113,12 @@ class TffTrainer:
     self.units = [
       len(np.unique(shards.patient_ids(s))) if self.patient_unit else len(s) for s in sets
     ]
-    paths = shards.write_shards(sets, os.path.join(work_dir, "shards"), self.patient_unit)
-    self.datasets = [shards.hospital_dataset(p, image_shape, self.patient_unit) for p in paths]
+    if runtime.ships_data():
+      # Workers that cannot read this host's files get the data in the requests.
+      self.datasets = [shards.inline_dataset(s, image_shape, self.patient_unit) for s in sets]
+    else:
+      paths = shards.write_shards(sets, os.path.join(work_dir, "shards"), self.patient_unit)
+      self.datasets = [shards.hospital_dataset(p, image_shape, self.patient_unit) for p in paths]
 
   def inputs(self, plan: RoundPlan, round_num: int, **extra) -> tf_rounds.RoundInputs:
     """The round's RoundInputs: the taking-part hospitals' data and secret keys."""
@@ -126,7 +131,8 @@ class TffTrainer:
     )
 
   def initial_state(self):
-    return self.round.initialize()
+    # TFF's mergeable (multi-worker) context returns the state as a dict.
+    return tf_rounds.as_server_state(self.round.initialize())
 
   def epochs(self, rounds_done: int) -> float:
     return self.cfg.epochs_after(rounds_done)
