@@ -32,7 +32,7 @@ def _write(directory, stem, cert, key):
 
 
 def _cert(subject, key, issuer, issuer_key, *, ca, names=()):
-  now = datetime.datetime.now(datetime.timezone.utc)
+  now = datetime.datetime.now(datetime.UTC)
   builder = (
     x509.CertificateBuilder()
     .subject_name(_name(subject))
