@@ -248,6 +248,21 @@ def test_import_filter_keeps_other_tensorflow_messages():
     ),
     (["--dataset=digits", "--data_dir=/tmp"], "--data_dir has no effect in this run"),
     (["--runtime=in_process", "--num_workers=2"], "--num_workers has no effect"),
+    # Issue 23: workers on other hosts.
+    (
+      ["--worker_addresses=localhost:7001,10.0.0.5:8000"],
+      "worker 10.0.0.5:8000 is not on this host: the hospitals' data would cross the network "
+      "in the clear; give --worker_tls_ca (TLS) or --insecure_transport",
+    ),
+    (["--worker_addresses=localhost"], "worker address 'localhost' is not host:port"),
+    (["--worker_tls_ca=/no/ca.pem", "--worker_addresses=w:1"], "ca_cert '/no/ca.pem' does not"),
+    (["--worker_tls_cert=/x.pem"], "--worker_tls_cert and --worker_tls_key need --worker_tls_ca"),
+    (["--worker_addresses=localhost:1", "--num_workers=2"], "cannot be combined"),
+    (
+      ["--worker_address=localhost:1", "--worker_addresses=localhost:2"],
+      "--worker_address and --worker_addresses: give the list only",
+    ),
+    (["--runtime=in_process", "--worker_addresses=localhost:1"], "--worker_addresses has no"),
     (
       ["--secure_aggregation=secagg_plus", "--secagg_neighbours=12"],
       "secagg_neighbours=12: must be even, in [2, 8] (the ring gives k/2 neighbours per side); "
