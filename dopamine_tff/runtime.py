@@ -25,6 +25,7 @@ split across them. Channels to other hosts use TLS unless the user opts out
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import ctypes
@@ -230,6 +231,37 @@ class CountingStub(tff.framework.RemoteExecutorGrpcStub):
   dispose_executor = _counted("dispose_executor")
 
 
+async def _in_thread(coro):
+  """Runs a coroutine that blocks (TFF's gRPC calls) in a thread of its own."""
+  return await asyncio.to_thread(asyncio.run, coro)
+
+
+class ConcurrentRemoteExecutor(tff.framework.RemoteExecutor):
+  """TFF's RemoteExecutor, whose calls let other workers' calls run meanwhile.
+
+  TFF's coroutines make blocking gRPC calls without awaiting anything, so in
+  the mergeable context (several workers) each worker's share of a round ran
+  to completion before the next worker's began: two workers took the sum of
+  their times. Here each call runs in a thread, so the event loop moves on to
+  the next worker while one computes.
+  """
+
+  async def create_value(self, value, type_spec=None):
+    return await _in_thread(super().create_value(value, type_spec))
+
+  async def create_call(self, comp, arg=None):
+    return await _in_thread(super().create_call(comp, arg))
+
+  async def create_struct(self, elements):
+    return await _in_thread(super().create_struct(elements))
+
+  async def create_selection(self, source, index):
+    return await _in_thread(super().create_selection(source, index))
+
+  async def _compute(self, value_ref, type_spec):
+    return await _in_thread(super()._compute(value_ref, type_spec))
+
+
 def _wait_ready(stub, timeout_s: float, worker: Worker | None, address: str) -> None:
   deadline = time.monotonic() + timeout_s
   while not stub.is_ready:
@@ -273,7 +305,8 @@ class Runtime:
   def start(self) -> Runtime:
     cfg = self.config
     targets = list(cfg.addresses) or [None] * cfg.num_workers
-    factories = [self._executor_factory(a) for a in targets]
+    concurrent = len(targets) > 1
+    factories = [self._executor_factory(a, concurrent) for a in targets]
     if len(factories) == 1:
       self.context = tff.framework.SyncExecutionContext(
         executor_fn=factories[0],
@@ -342,7 +375,7 @@ class Runtime:
     """Executor-service bytes sent to and received from each worker so far."""
     return {e.address: e.stub.traffic.snapshot() for e in self.endpoints}
 
-  def _executor_factory(self, address: str | None):
+  def _executor_factory(self, address: str | None, concurrent: bool = False):
     """Starts a worker (unless `address` is given) and returns its executor factory."""
     cfg = self.config
     worker = None
@@ -363,7 +396,7 @@ class Runtime:
     def stack_fn(cardinalities):
       # Computations without client values still need a cardinality.
       cardinalities.setdefault(tff.CLIENTS, 0)
-      executor = tff.framework.RemoteExecutor(stub)
+      executor = (ConcurrentRemoteExecutor if concurrent else tff.framework.RemoteExecutor)(stub)
       executor.set_cardinalities(cardinalities)
       return executor
 

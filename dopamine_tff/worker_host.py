@@ -237,9 +237,8 @@ class Host:
           "firewall that port and pass --noisolate"
         )
     if self.log_path is None:
-      self.log_path = os.path.join(
-        tempfile.gettempdir(), f"dopamine_tff_host_{os.getpid()}_worker.log"
-      )
+      fd, self.log_path = tempfile.mkstemp(prefix="dopamine_tff_host_worker_", suffix=".log")
+      os.close(fd)
     if not cfg.tls:
       if self.port == 0:
         self.port = _free_port()
