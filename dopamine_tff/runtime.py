@@ -205,8 +205,9 @@ class Worker:
 
 def _counted(name):
   def call(self, request):
+    t0 = time.monotonic()
     response = getattr(super(CountingStub, self), name)(request)
-    self.traffic.add(request.ByteSize(), response.ByteSize())
+    self.traffic.add(request.ByteSize(), response.ByteSize(), (name, t0, time.monotonic()))
     return response
 
   call.__name__ = name
@@ -374,6 +375,10 @@ class Runtime:
   def traffic(self) -> dict[str, dict]:
     """Executor-service bytes sent to and received from each worker so far."""
     return {e.address: e.stub.traffic.snapshot() for e in self.endpoints}
+
+  def call_intervals(self) -> dict[str, list]:
+    """(method, start, end) of each worker's latest calls, on time.monotonic()."""
+    return {e.address: list(e.stub.traffic.intervals) for e in self.endpoints}
 
   def _executor_factory(self, address: str | None, concurrent: bool = False):
     """Starts a worker (unless `address` is given) and returns its executor factory."""

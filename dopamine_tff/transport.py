@@ -11,6 +11,7 @@ The server side (a worker host serving TLS) is dopamine_tff/worker_host.py.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import ipaddress
 import os
@@ -127,19 +128,23 @@ def channel(address: str, tls: TlsConfig | None) -> grpc.Channel:
 
 
 class Traffic:
-  """Bytes of the executor-service messages to and from one worker."""
+  """Bytes of the executor-service messages to and from one worker, and when
+  its latest calls ran (to see that workers compute at the same time)."""
 
-  def __init__(self):
+  def __init__(self, keep_intervals: int = 256):
     self._lock = threading.Lock()
     self.sent = 0
     self.received = 0
     self.calls = 0
+    self.intervals = collections.deque(maxlen=keep_intervals)  # (method, start, end)
 
-  def add(self, sent: int, received: int) -> None:
+  def add(self, sent: int, received: int, interval: tuple | None = None) -> None:
     with self._lock:
       self.sent += sent
       self.received += received
       self.calls += 1
+      if interval is not None:
+        self.intervals.append(interval)
 
   def snapshot(self) -> dict:
     with self._lock:

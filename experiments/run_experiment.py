@@ -303,14 +303,14 @@ def _main(values, present, given, hparams):
       f"--resume: {values['output_dir']} holds no checkpoint to continue; drop --resume to "
       "start a run there"
     )
-  data = loaders.load(cfgs.data)
-  gpus = devices.configure(devices.parse_gpus(values["gpus"]), values["memory_growth"])
-  logging.info("visible GPUs: %s", gpus or "none (CPU)")
   train = cfgs.train
   tf_privacy_cdp = train.setting == "cdp" and train.cdp_impl == "tf_privacy"
   if train.runtime == "tff" and not tf_privacy_cdp:
-    runtime.start(cfgs.runtime)
+    runtime.start(cfgs.runtime)  # reaches --worker_addresses before any data is read
   try:
+    data = loaders.load(cfgs.data)
+    gpus = devices.configure(devices.parse_gpus(values["gpus"]), values["memory_growth"])
+    logging.info("visible GPUs: %s", gpus or "none (CPU)")
     summary = loop.run(
       train,
       data,

@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -154,3 +155,30 @@ def test_a_dead_worker_host_ends_the_run_naming_it_and_resume_continues_elsewher
   _run(ref, *args)
   assert _summary(out)["rounds_run"] == 60
   _same(_weights(ref), _weights(out))
+
+
+def test_an_unreachable_worker_is_one_line_before_any_data_is_read(tmp_path):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]  # nothing listens there
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  env = dict(os.environ, DOPAMINE_TFF_CACHE=str(cache))
+  cmd = [
+    sys.executable,
+    "-m",
+    "experiments.run_experiment",
+    "--setting=fscdp",
+    f"--worker_addresses=localhost:{port}",
+    "--worker_unreachable_s=2",
+    f"--output_dir={tmp_path / 'out'}",
+  ]
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  ours = [li for li in proc.stderr.splitlines() if li.startswith("run_experiment:")]
+  assert ours == [
+    f"run_experiment: error: the TFF worker at localhost:{port} cannot be reached "
+    "(not ready after 2 s)"
+  ]
+  assert "Traceback" not in proc.stderr
+  assert list(cache.iterdir()) == []  # the data source was never touched

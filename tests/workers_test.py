@@ -60,3 +60,27 @@ def test_bad_worker_counts():
     runtime.RuntimeConfig(num_workers=0)
   with pytest.raises(ValueError, match="cannot be combined"):
     runtime.RuntimeConfig(num_workers=2, addresses=("localhost:1",))
+
+
+def test_two_workers_compute_their_shares_at_the_same_time(data, tff_runtime):
+  """TFF's RemoteExecutor blocks the event loop in its gRPC calls, so the
+  mergeable context ran one worker's share after the other's: no call on one
+  worker ever overlapped a call on the other."""
+  rt = runtime.start(runtime.RuntimeConfig(num_workers=2))
+  try:
+    cfg = configs.TrainConfig(
+      setting="fscdp", rounds=2, sampling_prob=0.5, noise_multiplier=1.0, l2_norm_clip=1.0
+    )
+    trainer = trainers.make_trainer(cfg, data, tempfile.mkdtemp())
+    state = trainer.initial_state()
+    for r in range(2):
+      state = trainer.run(state, trainer.plan(r), r).state
+    a, b = rt.call_intervals().values()
+    computes = [[(t0, t1) for name, t0, t1 in calls if name == "compute"] for calls in (a, b)]
+    assert computes[0] and computes[1]
+    overlaps = [
+      (s0, e0, s1, e1) for s0, e0 in computes[0] for s1, e1 in computes[1] if s0 < e1 and s1 < e0
+    ]
+    assert overlaps, "the two workers' computations never ran at the same time"
+  finally:
+    runtime.start()
