@@ -33,3 +33,19 @@ def test_round_trip(tmp_path, with_groups):
 def test_patient_unit_without_patient_ids_names_the_problem():
   with pytest.raises(ValueError, match="privacy_unit=patient needs patient ids"):
     shards.patient_ids(_set(4))
+
+
+@pytest.mark.parametrize("with_groups", [False, True])
+def test_inline_datasets_are_the_shards_element_for_element(tmp_path, with_groups):
+  """Workers on other hosts get the arrays in the request (--worker_data=inline):
+  the same element spec as the file-read shard, so one computation takes both."""
+  sets = [_set(5, np.array([10, 3, 10, 7, 3])), _set(0, np.zeros(0, np.int64))]
+  paths = shards.write_shards(sets, str(tmp_path), with_groups)
+  for s, path in zip(sets, paths):
+    from_file = shards.hospital_dataset(path, (4, 4, 1), with_groups)
+    inline = shards.inline_dataset(s, (4, 4, 1), with_groups)
+    assert inline.element_spec == from_file.element_spec
+    (a,), (b,) = list(from_file), list(inline)
+    assert len(a) == len(b) == (3 if with_groups else 2)
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(x.numpy(), y.numpy())
