@@ -51,10 +51,30 @@ SEARCH_SPACE = {
 }
 SEARCH_SPACE["fscdp"] = SEARCH_SPACE["cdp"]  # Dopamine gets exactly central DP-SGD's grid
 
+# From public weights (a *_pretrained preset, or --init_weights) the features
+# exist already and smaller steps tune them: at the from-scratch grid's rates
+# FPDP wiped the pretrained features within two rounds (README, Public
+# pretraining). Only the learning rates differ from SEARCH_SPACE.
+_FINE = [0.002, 0.005, 0.01, 0.02]
+PRETRAINED_SEARCH_SPACE = {
+  "c": {**SEARCH_SPACE["c"], "learning_rate": _FINE},
+  "f": {**SEARCH_SPACE["f"], "learning_rate": _FINE},
+  "cdp": {**SEARCH_SPACE["cdp"], "learning_rate": [0.02, 0.05, 0.1]},
+  "fpdp": {**SEARCH_SPACE["fpdp"], "learning_rate": _FINE},
+}
+PRETRAINED_SEARCH_SPACE["fscdp"] = PRETRAINED_SEARCH_SPACE["cdp"]
 
-def draw_trials(setting: str, trials: int, search_seed: int) -> list[dict]:
+
+def search_space(setting: str, pretrained: bool = False) -> dict:
+  """The grid of `setting`: for a random start, or for a pretrained one."""
+  return (PRETRAINED_SEARCH_SPACE if pretrained else SEARCH_SPACE)[setting]
+
+
+def draw_trials(
+  setting: str, trials: int, search_seed: int, pretrained: bool = False
+) -> list[dict]:
   """`trials` distinct configurations of the setting's grid, seeded."""
-  space = SEARCH_SPACE[setting]
+  space = search_space(setting, pretrained)
   names = sorted(space)
   grid = [dict(zip(names, combo)) for combo in _product([space[n] for n in names])]
   # FSCDP draws central DP-SGD's trials: the two differ only in who adds the noise.

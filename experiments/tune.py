@@ -13,6 +13,11 @@ sigma is calibrated so that the planned steps meet the target (RDP), and the
 run also stops at the budget. Trials already finished are reused (the search
 resumes); `--force` reruns them.
 
+A *_pretrained preset's trials (or every trial with --init_weights) start from
+the public weights and draw from tuning.PRETRAINED_SEARCH_SPACE, which differs
+only in smaller learning rates; the public pretraining runs once, on public
+data only, cached under <output_dir>/public by its hash.
+
 Writes <output_dir>/<setting>/trial_<i>/ (run files), search.csv and
 search.md (every trial, best per setting marked) and chosen.json (the
 winners' hyper-parameters, which dopamine_tff/presets.py copies).
@@ -34,7 +39,9 @@ from absl import logging
 
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
 from dopamine_tff import configs
+from dopamine_tff import init_weights
 from dopamine_tff import presets
+from dopamine_tff import pretraining
 from dopamine_tff import runtime
 from dopamine_tff import tuning
 from dopamine_tff.data import loaders
@@ -53,6 +60,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_enum("runtime", "in_process", list(configs.RUNTIMES), "Runtime.")
 flags.DEFINE_bool("force", False, "Rerun finished trials.")
+flags.DEFINE_string(
+  "init_weights",
+  None,
+  "Every trial starts from these weights (and draws from the pretrained grid). Default: a "
+  "*_pretrained preset's own public pretraining (cached under <output_dir>/public), else random.",
+)
 flags.DEFINE_string(
   "ablate",
   None,
@@ -84,12 +97,10 @@ def _run_trial(cfg, data, data_cfg, run_dir, hparams, force: bool):
   )
 
 
-def _ablate(setting, preset, data, data_cfg, root, values) -> None:
+def _ablate(setting, preset, data, data_cfg, root, values, start) -> None:
   with open(os.path.join(root, "chosen.json")) as f:
     chosen = json.load(f)["chosen"][setting]
-  base = dataclasses.replace(
-    preset.settings[setting], seed=values["seed"], runtime=values["runtime"]
-  )
+  base = _base(setting, preset, values, start)
   lines = [
     f"| {setting.upper()} variant | validation accuracy | epsilon | rounds | sigma |",
     "|---|---|---|---|---|",
@@ -156,16 +167,40 @@ def _check(values) -> presets.Preset:
     raise ValueError(f"--target_epsilon must be > 0, got {values['target_epsilon']}")
   if values["ablate"] and values["ablate"] not in tuning.SEARCH_SPACE:
     raise ValueError(f"--ablate={values['ablate']!r} is not a setting")
+  if values["init_weights"] and not os.path.isfile(values["init_weights"]):
+    raise ValueError(f"--init_weights={values['init_weights']}: no such file")
+  if preset.needs_init_weights and not values["init_weights"]:
+    raise ValueError(
+      f"--preset={preset.name} starts every setting from {preset.needs_init_weights}: "
+      "pass --init_weights=<that .npz>"
+    )
   return preset
 
 
-def _search_setting(setting, preset, data, data_cfg, root, values) -> list[dict]:
-  """Every trial of one setting: its rows of search.csv."""
-  base = dataclasses.replace(
-    preset.settings[setting], seed=values["seed"], runtime=values["runtime"]
+def _start(preset, root, values) -> str | None:
+  """Where every trial starts: --init_weights, the preset's public pretraining
+  (public data only, cached by its hash), or None (random weights)."""
+  if values["init_weights"]:
+    return values["init_weights"]
+  if preset.pretrain is not None:
+    return pretraining.cached(preset.pretrain, os.path.join(root, "public"), logging.info)
+  return None
+
+
+def _base(setting, preset, values, start):
+  extra = {"init_weights": start} if start else {}
+  return dataclasses.replace(
+    preset.settings[setting], seed=values["seed"], runtime=values["runtime"], **extra
   )
+
+
+def _search_setting(setting, preset, data, data_cfg, root, values, start) -> list[dict]:
+  """Every trial of one setting: its rows of search.csv."""
+  base = _base(setting, preset, values, start)
   rows = []
-  trials = tuning.draw_trials(setting, values["trials"], values["search_seed"])
+  trials = tuning.draw_trials(
+    setting, values["trials"], values["search_seed"], pretrained=start is not None
+  )
   for i, params in enumerate(trials):
     cfg = tuning.trial_config(base, params, data, values["target_epsilon"])
     run_dir = os.path.join(root, setting, f"trial_{i}")
@@ -193,7 +228,7 @@ def _chosen(rows) -> dict:
   }
 
 
-def _write_search(root, rows, chosen, preset, values) -> None:
+def _write_search(root, rows, chosen, preset, values, start) -> None:
   best = {s: c["trial"] for s, c in chosen.items()}
   fields = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith("s"), k))
   with open(os.path.join(root, "search.csv"), "w", newline="") as f:
@@ -209,6 +244,9 @@ def _write_search(root, rows, chosen, preset, values) -> None:
     "validation_fraction": values["validation_fraction"],
     "target_epsilon": values["target_epsilon"],
     "search_seed": values["search_seed"],
+    "start": "random" if start is None else start,
+    "start_sha256": None if start is None else init_weights.sha256_of(start),
+    "grid": "pretrained" if start is not None else "from scratch",
     "chosen": {s: {k: v for k, v in c.items() if k != "trial"} for s, c in chosen.items()},
   }
   with open(os.path.join(root, "chosen.json"), "w") as f:
@@ -228,20 +266,21 @@ def main(argv):
       preset.data, seed=values["seed"], validation_fraction=values["validation_fraction"]
     )
     data = loaders.load(data_cfg)
+    start = _start(preset, root, values)
     if values["runtime"] == "tff":
       runtime.start()
     try:
       if values["ablate"]:
-        _ablate(values["ablate"], preset, data, data_cfg, root, values)
+        _ablate(values["ablate"], preset, data, data_cfg, root, values, start)
         return
       rows, chosen = [], {}
       for setting in values["settings"]:
-        mine = _search_setting(setting, preset, data, data_cfg, root, values)
+        mine = _search_setting(setting, preset, data, data_cfg, root, values, start)
         rows += mine
         chosen[setting] = _chosen(mine)
     finally:
       runtime.shutdown()
-  _write_search(root, rows, chosen, preset, values)
+  _write_search(root, rows, chosen, preset, values, start)
 
 
 if __name__ == "__main__":

@@ -120,3 +120,39 @@ def test_one_definition_of_epochs_selection_and_fpdp_steps():
       assert (plan.steps[str(c)].sampling_prob, plan.steps[str(c)].count) == (q, count)
   assert trainer.epochs(5) == tuning.base_epochs(fpdp) == fpdp.epochs_after(5)
   assert fpdp.rounds_for(fpdp.epochs_after(5)) == 5
+
+
+def test_a_pretrained_start_draws_from_the_fine_tuning_grid():
+  for setting in tuning.SEARCH_SPACE:
+    fine = tuning.draw_trials(setting, 4, 0, pretrained=True)
+    space = tuning.PRETRAINED_SEARCH_SPACE[setting]
+    assert set(space) == set(tuning.SEARCH_SPACE[setting])  # only the values differ
+    assert all(t[k] in space[k] for t in fine for k in t)
+  fine, scratch = (
+    g["fpdp"]["learning_rate"] for g in (tuning.PRETRAINED_SEARCH_SPACE, tuning.SEARCH_SPACE)
+  )
+  assert max(fine) <= min(scratch)
+
+
+def test_binary_tunes_a_pretrained_preset_from_its_public_weights(tmp_path):
+  """Issue 19: tune.py ignored a *_pretrained preset's public start."""
+  args = [
+    sys.executable,
+    "-m",
+    "experiments.tune",
+    "--preset=smoke_pretrained",
+    "--settings=fpdp",
+    "--trials=2",
+    f"--output_dir={tmp_path}",
+  ]
+  proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  chosen = json.loads((tmp_path / "chosen.json").read_text())
+  assert chosen["grid"] == "pretrained" and chosen["start"].startswith(str(tmp_path / "public"))
+  assert len(chosen["start_sha256"]) == 64
+  for i in range(2):
+    hparams = json.loads((tmp_path / "fpdp" / f"trial_{i}" / "hparams.json").read_text())
+    assert hparams["init_weights"] == chosen["start"]
+    assert hparams["learning_rate"] in tuning.PRETRAINED_SEARCH_SPACE["fpdp"]["learning_rate"]
+    summary = json.loads((tmp_path / "fpdp" / f"trial_{i}" / "summary.json").read_text())
+    assert summary["init_weights"]["sha256"] == chosen["start_sha256"]
