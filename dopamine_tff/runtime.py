@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
@@ -232,11 +233,6 @@ class CountingStub(tff.framework.RemoteExecutorGrpcStub):
   dispose_executor = _counted("dispose_executor")
 
 
-async def _in_thread(coro):
-  """Runs a coroutine that blocks (TFF's gRPC calls) in a thread of its own."""
-  return await asyncio.to_thread(asyncio.run, coro)
-
-
 class ConcurrentRemoteExecutor(tff.framework.RemoteExecutor):
   """TFF's RemoteExecutor, whose calls let other workers' calls run meanwhile.
 
@@ -244,23 +240,31 @@ class ConcurrentRemoteExecutor(tff.framework.RemoteExecutor):
   the mergeable context (several workers) each worker's share of a round ran
   to completion before the next worker's began: two workers took the sum of
   their times. Here each call runs in a thread, so the event loop moves on to
-  the next worker while one computes.
+  the next worker while one computes. The threads come from the runtime's
+  pool, sized to its workers (asyncio's default pool has cpu_count + 4).
   """
 
+  def __init__(self, stub, pool: concurrent.futures.ThreadPoolExecutor):
+    super().__init__(stub)
+    self._pool = pool
+
+  async def _in_thread(self, coro):
+    return await asyncio.get_running_loop().run_in_executor(self._pool, asyncio.run, coro)
+
   async def create_value(self, value, type_spec=None):
-    return await _in_thread(super().create_value(value, type_spec))
+    return await self._in_thread(super().create_value(value, type_spec))
 
   async def create_call(self, comp, arg=None):
-    return await _in_thread(super().create_call(comp, arg))
+    return await self._in_thread(super().create_call(comp, arg))
 
   async def create_struct(self, elements):
-    return await _in_thread(super().create_struct(elements))
+    return await self._in_thread(super().create_struct(elements))
 
   async def create_selection(self, source, index):
-    return await _in_thread(super().create_selection(source, index))
+    return await self._in_thread(super().create_selection(source, index))
 
   async def _compute(self, value_ref, type_spec):
-    return await _in_thread(super()._compute(value_ref, type_spec))
+    return await self._in_thread(super()._compute(value_ref, type_spec))
 
 
 def _wait_ready(stub, timeout_s: float, worker: Worker | None, address: str) -> None:
@@ -302,12 +306,16 @@ class Runtime:
     self.dead: Worker | None = None  # a worker that died under us (watchdog)
     self.unreachable: str | None = None  # an address that stopped answering (watchdog)
     self._stop_watch = threading.Event()
+    self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # several workers
 
   def start(self) -> Runtime:
     cfg = self.config
     targets = list(cfg.addresses) or [None] * cfg.num_workers
-    concurrent = len(targets) > 1
-    factories = [self._executor_factory(a, concurrent) for a in targets]
+    if len(targets) > 1:
+      self._pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=4 + 4 * len(targets), thread_name_prefix="tff-worker-call"
+      )
+    factories = [self._executor_factory(a) for a in targets]
     if len(factories) == 1:
       self.context = tff.framework.SyncExecutionContext(
         executor_fn=factories[0],
@@ -380,7 +388,7 @@ class Runtime:
     """(method, start, end) of each worker's latest calls, on time.monotonic()."""
     return {e.address: list(e.stub.traffic.intervals) for e in self.endpoints}
 
-  def _executor_factory(self, address: str | None, concurrent: bool = False):
+  def _executor_factory(self, address: str | None):
     """Starts a worker (unless `address` is given) and returns its executor factory."""
     cfg = self.config
     worker = None
@@ -401,7 +409,10 @@ class Runtime:
     def stack_fn(cardinalities):
       # Computations without client values still need a cardinality.
       cardinalities.setdefault(tff.CLIENTS, 0)
-      executor = (ConcurrentRemoteExecutor if concurrent else tff.framework.RemoteExecutor)(stub)
+      if self._pool is not None:
+        executor = ConcurrentRemoteExecutor(stub, self._pool)
+      else:
+        executor = tff.framework.RemoteExecutor(stub)
       executor.set_cardinalities(cardinalities)
       return executor
 
@@ -419,6 +430,8 @@ class Runtime:
       worker.stop()
     self.workers.clear()
     self.endpoints.clear()
+    if self._pool is not None:
+      self._pool.shutdown(wait=False, cancel_futures=True)
     self.context = None
 
   def __enter__(self) -> Runtime:
