@@ -200,8 +200,8 @@ def _pretrained(
 ) -> Preset:
   """`preset` with every setting starting from weights pretrained on the built-in public
   source (synthetic_public: another camera, EyePACS's grade balance; disjoint from the
-  private synthetic set). The settings' hyper-parameters are the preset's own (not
-  retuned for the pretrained start)."""
+  private synthetic set). The settings' hyper-parameters are the preset's own; a
+  caller may retune them for the pretrained start (_cpu_pretrained does)."""
   public = dataclasses.replace(
     preset.data, dataset="synthetic_public", num_examples=num_examples, num_hospitals=1,
     test_fraction=0.1,
