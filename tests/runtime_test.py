@@ -214,3 +214,14 @@ def test_after_shutdown_only_closed_channel_finalizer_errors_are_quiet(monkeypat
   assert not getattr(
     sys.unraisablehook.__closure__[0].cell_contents, "quiet_closed_channels", False
   )
+
+
+def test_data_travel_inline_to_workers_on_other_hosts():
+  def ships(**kw):
+    return runtime.RuntimeConfig(**kw).ships_data
+
+  assert not ships()  # local workers read the shard files
+  assert not ships(addresses=("localhost:1", "127.0.0.1:2"))
+  assert ships(addresses=("localhost:1", "10.0.0.7:2"), insecure_transport=True)
+  assert not ships(addresses=("10.0.0.7:2",), insecure_transport=True, data_transport="files")
+  assert ships(data_transport="inline")
