@@ -29,7 +29,6 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
-import ctypes
 import dataclasses
 import os
 import signal
@@ -44,13 +43,9 @@ import portpicker
 import tensorflow_federated as tff
 
 from dopamine_tff import transport
+from dopamine_tff import worker_host
 
-_PR_SET_PDEATHSIG = 1
-
-
-def default_worker_binary() -> str:
-  """Path of the worker binary shipped in the tensorflow-federated wheel."""
-  return os.path.normpath(os.path.join(os.path.dirname(tff.__file__), "data", "worker_binary"))
+default_worker_binary = worker_host.default_worker_binary  # TFF's CPU build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,18 +115,6 @@ class RuntimeConfig:
     return any(not transport.is_loopback(a) for a in self.addresses)
 
 
-def _die_with_parent() -> None:
-  """Runs in the forked child before exec: SIGTERM when the parent dies."""
-  libc = ctypes.CDLL("libc.so.6", use_errno=True)
-  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-  # Ctrl-C in a terminal signals the whole process group: the parent finishes
-  # its round, checkpoints and stops the worker itself (SIG_IGN survives exec).
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
-  # If the parent already died between fork and prctl, go now.
-  if os.getppid() == 1:
-    os._exit(1)
-
-
 class WorkerDied(RuntimeError):
   """A TFF worker this process started exited while the run needed it, or a
   worker at an address could not be reached."""
@@ -170,7 +153,7 @@ class Worker:
         stdout=log,
         stderr=subprocess.STDOUT,
         close_fds=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=worker_host.child_setup(),
       )
     finally:
       log.close()

@@ -42,14 +42,12 @@ import time
 
 import grpc
 
+from dopamine_tff import transport
+
 _PR_SET_PDEATHSIG = 1
 _INNER_PORT = 10000  # inside the private namespace every port is free
 _SERVICE = "/tensorflow_federated.v0.ExecutorGroup/"
-_OPTIONS = (
-  ("grpc.max_message_length", 2**31 - 1),
-  ("grpc.max_receive_message_length", 2**31 - 1),
-  ("grpc.max_send_message_length", 2**31 - 1),
-)
+_OPTIONS = transport.GRPC_OPTIONS
 
 
 def default_worker_binary() -> str:
@@ -137,14 +135,18 @@ def parse_cpus(text: str) -> tuple[int, ...]:
   return tuple(sorted(set(cpus)))
 
 
-def _child_setup(cpus: tuple[int, ...]):
+def child_setup(cpus: tuple[int, ...] = ()):
+  """The preexec_fn of a worker we start: it gets SIGTERM when its parent dies
+  (even a SIGKILLed one), ignores Ctrl-C (the terminal signals the whole group;
+  the parent finishes its round and stops it), and runs on `cpus` if given."""
+
   def setup():
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the host stops it on Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIG_IGN survives exec
     if cpus:
       os.sched_setaffinity(0, cpus)
-    if os.getppid() == 1:
+    if os.getppid() == 1:  # the parent died between fork and prctl
       os._exit(1)
 
   return setup
@@ -158,7 +160,7 @@ def _start_worker(binary, port, max_calls, log_path, cpus) -> subprocess.Popen:
       stdout=log,
       stderr=subprocess.STDOUT,
       close_fds=True,
-      preexec_fn=_child_setup(cpus),
+      preexec_fn=child_setup(cpus),
     )
 
 
@@ -284,7 +286,7 @@ class Host:
       stdout=subprocess.PIPE,
       stderr=subprocess.DEVNULL,
       close_fds=True,
-      preexec_fn=_child_setup(()),
+      preexec_fn=child_setup(),
       env=env,
     )
     line = proc.stdout.readline().decode().strip()

@@ -1,6 +1,7 @@
 """Splitting a round's hospitals across two TFF workers changes nothing."""
 
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -64,8 +65,9 @@ def test_bad_worker_counts():
 
 def test_two_workers_compute_their_shares_at_the_same_time(data, tff_runtime):
   """TFF's RemoteExecutor blocks the event loop in its gRPC calls, so the
-  mergeable context ran one worker's share after the other's: no call on one
-  worker ever overlapped a call on the other."""
+  mergeable context ran one worker's share after the other's. One worker's
+  first call of a round is held for 1.5 s: the other worker's calls must run
+  meanwhile (in the old order they all came before it or after it)."""
   rt = runtime.start(runtime.RuntimeConfig(num_workers=2))
   try:
     cfg = configs.TrainConfig(
@@ -73,14 +75,27 @@ def test_two_workers_compute_their_shares_at_the_same_time(data, tff_runtime):
     )
     trainer = trainers.make_trainer(cfg, data, tempfile.mkdtemp())
     state = trainer.initial_state()
-    for r in range(2):
-      state = trainer.run(state, trainer.plan(r), r).state
-    a, b = rt.call_intervals().values()
-    computes = [[(t0, t1) for name, t0, t1 in calls if name == "compute"] for calls in (a, b)]
-    assert computes[0] and computes[1]
-    overlaps = [
-      (s0, e0, s1, e1) for s0, e0 in computes[0] for s1, e1 in computes[1] if s0 < e1 and s1 < e0
-    ]
-    assert overlaps, "the two workers' computations never ran at the same time"
+    state = trainer.run(state, trainer.plan(0), 0).state  # compiles for both workers
+    slow, other = rt.endpoints
+    held = []
+    create_value = slow.stub.create_value
+
+    def held_first(request):
+      t0 = time.monotonic()
+      if not held:
+        time.sleep(1.5)
+      response = create_value(request)
+      held.append((t0, time.monotonic()))
+      return response
+
+    slow.stub.create_value = held_first
+    since = time.monotonic()
+    trainer.run(state, trainer.plan(1), 1)
+    t0, t1 = held[0]
+    calls = [(s, e) for _, s, e in other.stub.traffic.intervals if s >= since]
+    assert calls, "the other worker got no calls"
+    assert any(
+      s < t1 and t0 < e for s, e in calls
+    ), "the other worker's calls all ran before or after the held one: the workers take turns"
   finally:
     runtime.start()
