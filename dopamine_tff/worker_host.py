@@ -41,6 +41,7 @@ import threading
 import time
 
 import grpc
+import portpicker
 
 from dopamine_tff import transport
 
@@ -243,7 +244,7 @@ class Host:
       os.close(fd)
     if not cfg.tls:
       if self.port == 0:
-        self.port = _free_port()
+        self.port = portpicker.pick_unused_port()
       self.process = _start_worker(
         binary, self.port, cfg.max_concurrent_computation_calls, self.log_path, cfg.cpus
       )
@@ -255,7 +256,7 @@ class Host:
       self.process = self._start_isolated(binary, target)
       self._channel = grpc.insecure_channel(f"unix:{target}", _OPTIONS)
     else:
-      inner = _free_port()
+      inner = portpicker.pick_unused_port()
       self.process = _start_worker(
         binary, inner, cfg.max_concurrent_computation_calls, self.log_path, cfg.cpus
       )
@@ -359,12 +360,6 @@ class Host:
     if self._dir is not None:
       shutil.rmtree(self._dir, ignore_errors=True)
       self._dir = None
-
-
-def _free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("", 0))
-    return s.getsockname()[1]
 
 
 def _loopback_up() -> None:
