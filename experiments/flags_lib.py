@@ -165,6 +165,46 @@ def run_configs(values: Mapping, present: set, given: set | None = None) -> RunC
   return RunConfigs(data, train, rt, options, tuple(warnings), used, recipe_name)
 
 
+# Flags that say how this start acts, never what the run is: a resumed run
+# does not take them from its record.
+_PER_START = ("resume", "overwrite", "output_dir")
+
+
+def resumed_values(values: Mapping, present: set, recorded: Mapping) -> tuple[dict, set, list]:
+  """A resumed run's flag values: its recorded ones, with those given now on top.
+
+  A bare ``--resume`` continues the run it names with every value that run was
+  started with (its budget, rounds and recipe among them), never with today's
+  defaults. A given flag overrides its recorded value: the fields of
+  resume.RESUMABLE_CHANGES may change (listed in the returned changes), any
+  other difference is refused later by the checkpoint's identity.
+
+  Args:
+    values: this start's flag values.
+    present: the flags given on this command line.
+    recorded: the run's hparams.json (its flag values and a few derived keys).
+
+  Returns:
+    (values, the flags now set: given or recorded, changes as log lines).
+  """
+  inherited = {
+    k: recorded[k] for k in recorded if k in values and k not in present and k not in _PER_START
+  }
+  merged = {**values, **inherited}
+  changes = []
+  for name in resume.RESUMABLE_CHANGES:
+    if name not in present or name not in recorded or recorded[name] == merged[name]:
+      continue
+    before, after = recorded[name], merged[name]
+    line = f"--{name} {before!r} -> {after!r}"
+    if name == "target_epsilon" and before is not None and after > before:
+      line += " (the budget is raised: this run may spend more privacy than it was started with)"
+    elif name == "target_epsilon":
+      line += " (the budget is lowered)" if before is not None else " (a budget is set)"
+    changes.append(line)
+  return merged, set(present) | set(inherited), changes
+
+
 def runtime_config(values: Mapping) -> runtime.RuntimeConfig:
   """The TFF runtime's config from run_experiment's flags (ValueError, one line)."""
   addresses = tuple(values.get("worker_addresses") or ())

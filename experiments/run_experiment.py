@@ -277,17 +277,28 @@ def main(argv):
   del argv  # flags_lib.run refuses positional arguments
   values = flags.FLAGS.flag_values_dict()
   present = {name for name in values if flags.FLAGS[name].present}
-  given = {n for n in present if flags.FLAGS[n].value != flags.FLAGS[n].default}
-  own = flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])
+  own = {f.name for f in flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])}
   hint = f"rerun with --resume to continue from the newest checkpoint in {_OUTPUT_DIR.value}"
   with flags_lib.one_line_errors("run_experiment", hint, where=values["output_dir"]):
-    summary, cfgs, data = _main(values, present, given, {f.name: f.value for f in own})
+    changes, recorded = [], {}
+    if values["resume"] and run_dir.has_checkpoint(values["output_dir"]):
+      # The run's own values, not today's defaults: a bare --resume keeps its budget.
+      recorded = run_dir.recorded_flags(values["output_dir"])
+      values, present, changes = flags_lib.resumed_values(values, present, recorded)
+    given = {n for n in present if values[n] != flags.FLAGS[n].default}
+    hparams = {name: values[name] for name in own}
+    hparams.update({k: recorded[k] for k in ("defaults_from",) if k in recorded})
+    if changes:
+      hparams["resume_changes"] = changes
+    summary, cfgs, data = _main(values, present, given, hparams, changes)
   _report(summary, cfgs.train, data.name, values["output_dir"])
 
 
-def _main(values, present, given, hparams):
+def _main(values, present, given, hparams, changes=()):
   """Checks everything, loads the data, runs; ValueError for any bad input."""
   cfgs = flags_lib.run_configs(values, present, given)
+  for change in changes:
+    logging.info("resume changes %s", change)
   for warning in cfgs.warnings:
     print(f"run_experiment: warning: {warning}", file=sys.stderr)
   if cfgs.recipe:

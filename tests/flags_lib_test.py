@@ -158,3 +158,24 @@ def test_fscdp_defaults_to_masked_sums_and_the_others_to_none():
     assert cfgs.train.secure_aggregation == "none", setting
   given = flags_lib.run_configs(_values(secure_aggregation="none"), {"secure_aggregation"})
   assert given.train.secure_aggregation == "none"
+
+
+def test_resume_takes_the_recorded_values_and_names_each_change():
+  values = {"rounds": None, "target_epsilon": None, "eval_every": None, "seed": 0}
+  values.update(resume=True, output_dir="/x", noise_multiplier=None)
+  recorded = {"rounds": 40, "target_epsilon": 5.0, "eval_every": 3, "seed": 7}
+  recorded.update(noise_multiplier=1.0, resume=False, output_dir="/y", data={"k": 1})
+  merged, present, changes = flags_lib.resumed_values(values, {"resume"}, recorded)
+  # A bare --resume: every recorded value, not the recipe's or the flag's default.
+  assert merged["target_epsilon"] == 5.0 and merged["rounds"] == 40 and merged["seed"] == 7
+  assert merged["noise_multiplier"] == 1.0 and changes == []
+  # How this start acts is never inherited; keys that are not flags are ignored.
+  assert merged["resume"] is True and merged["output_dir"] == "/x" and "data" not in merged
+  assert {"rounds", "target_epsilon", "seed", "noise_multiplier"} <= present
+  given = {**values, "target_epsilon": 8.0, "rounds": 60}
+  _, _, changes = flags_lib.resumed_values(given, {"target_epsilon", "rounds"}, recorded)
+  assert changes[0] == "--rounds 40 -> 60"
+  assert changes[1].startswith("--target_epsilon 5.0 -> 8.0 (the budget is raised")
+  lower = {**values, "target_epsilon": 3.0}
+  _, _, changes = flags_lib.resumed_values(lower, {"target_epsilon"}, recorded)
+  assert changes == ["--target_epsilon 5.0 -> 3.0 (the budget is lowered)"]

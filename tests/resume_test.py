@@ -53,9 +53,9 @@ def _rows(out):
     return list(csv.DictReader(f))
 
 
-def _kill_part_way(setting, out, after_rows=10):
+def _kill_part_way(setting, out, after_rows=10, extra=(), signum=signal.SIGKILL):
   proc = subprocess.Popen(
-    _cmd(setting, out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    _cmd(setting, out, *extra), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
   )
   deadline = time.monotonic() + 300
   try:
@@ -66,7 +66,8 @@ def _kill_part_way(setting, out, after_rows=10):
       if proc.poll() is not None:
         raise AssertionError("the run ended before it could be killed")
       time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signum)
+    proc.wait(timeout=300)
   finally:
     proc.kill()
     proc.wait()
@@ -304,3 +305,34 @@ def test_tf_privacy_cdp_resume_draws_fresh_noise_and_keeps_momentum(tmp_path):
   resumed = run(cfg, out, resume=True)
   step_full, step_resumed = _flat(full) - w1, _flat(resumed) - w1
   assert np.linalg.norm(step_resumed - step_full) < 0.01 * np.linalg.norm(step_full)
+
+
+def test_bare_resume_after_sigterm_keeps_the_budget_and_the_rounds(tmp_path):
+  out = str(tmp_path / "run")
+  budget = ["--rounds=40", "--target_epsilon=3.3"]  # 3.3 stops the run near round 17
+  _kill_part_way("fscdp", out, after_rows=5, extra=budget, signum=signal.SIGTERM)
+  stopped_at = len(_rows(out))
+  assert 5 <= stopped_at < 17
+  # Exactly what the stop line says: --resume and the directory, nothing else.
+  bare = [sys.executable, "-m", "experiments.run_experiment", "--resume", f"--output_dir={out}"]
+  resumed = subprocess.run(bare, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert summary["target_epsilon"] == 3.3 and summary["epsilon"] <= 3.3
+  assert summary["stop_reason"].startswith("budget") and summary["rounds_run"] < 40
+  hparams = json.loads((tmp_path / "run" / "hparams.json").read_text())
+  assert hparams["target_epsilon"] == 3.3 and hparams["rounds"] == 40
+  assert "resume changes" not in resumed.stderr
+  # A given change is named in the log, the raised budget as spending more.
+  more = subprocess.run(
+    [*bare, "--target_epsilon=3.5", "--rounds=30"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert more.returncode == 0, more.stderr[-2000:]
+  assert "resume changes --target_epsilon 3.3 -> 3.5 (the budget is raised" in more.stderr
+  assert "resume changes --rounds 40 -> 30" in more.stderr
+  summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert summary["target_epsilon"] == 3.5 and 3.3 < summary["epsilon"] <= 3.5

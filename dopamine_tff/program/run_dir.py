@@ -60,6 +60,29 @@ def has_checkpoint(output_dir: str) -> bool:
   return bool(checkpoint.rounds(os.path.join(output_dir, "checkpoints")))
 
 
+def recorded_flags(output_dir: str) -> dict:
+  """The flag values a run in `output_dir` was started with (its hparams.json).
+
+  Raises:
+    RunDirError: the file is missing or unreadable: a resume could then only
+      guess the run's budget and rounds, so it is refused.
+  """
+  path = os.path.join(output_dir, "hparams.json")
+  try:
+    with open(path) as f:
+      blob = json.load(f)
+  except FileNotFoundError:
+    raise RunDirError(
+      f"--resume: {path} (the run's recorded flags) is missing; without it the run's budget "
+      "and rounds are unknown; start a new run with --overwrite or another --output_dir"
+    ) from None
+  except (OSError, ValueError) as e:
+    raise RunDirError(f"--resume: cannot read {path} (the run's recorded flags): {e}") from None
+  if not isinstance(blob, dict):
+    raise RunDirError(f"--resume: {path} is not a JSON object of flag values")
+  return blob
+
+
 def check_writable(output_dir: str) -> None:
   """RunDirError unless `output_dir` is (or can be made) a directory this process writes in.
 
