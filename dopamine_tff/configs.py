@@ -329,6 +329,17 @@ class TrainConfig:
     if self.setting == "fscdp" and self.secure_aggregation != "none":
       self.secagg_config(num_hospitals)  # thresholds, colluders, graphs
 
+  def check_delta(self, units: int) -> None:
+    """Refuses delta >= 1/N (ValueError): such a delta admits releasing one of the
+    N protected units (examples or patients) outright, so the epsilon beside it
+    would mean nothing."""
+    if self.private and units > 0 and self.delta >= 1.0 / units:
+      raise ValueError(
+        f"delta={self.delta:g} >= 1/N = 1/{units}: a mechanism that publishes one of the "
+        f"{units} protected {self.privacy_unit}s outright meets it, so no epsilon would mean "
+        f"anything; choose delta well below 1/N (e.g. {0.1 / units:.2g})"
+      )
+
   def secagg_config(self, num_hospitals: int):
     """The run's SecAggConfig (ValueError for parameters it cannot cover)."""
     from dopamine_tff.secagg import protocol

@@ -43,9 +43,9 @@ import portpicker
 import tensorflow_federated as tff
 
 from dopamine_tff import transport
-from dopamine_tff import worker_host
+from dopamine_tff import worker_process
 
-default_worker_binary = worker_host.default_worker_binary  # TFF's CPU build
+default_worker_binary = worker_process.default_worker_binary  # TFF's CPU build
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +153,7 @@ class Worker:
         stdout=log,
         stderr=subprocess.STDOUT,
         close_fds=True,
-        preexec_fn=worker_host.child_setup(),
+        preexec_fn=worker_process.child_setup(),
       )
     finally:
       log.close()

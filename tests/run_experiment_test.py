@@ -145,6 +145,7 @@ def test_budget_below_one_round_fails_and_names_the_first_rounds_cost(setting, t
     ("--noise_multiplier=-1", "noise_multiplier=-1.0: sigma must be >= 0"),
     ("--l2_norm_clip=0", "l2_norm_clip=0.0: C must be > 0"),
     ("--delta=1", "delta=1.0: must be in (0, 1)"),
+    ("--delta=0.5", "delta=0.5 >= 1/N = 1/1438"),  # printed (0.000, 0.5)-DP before
     ("--target_epsilon=-2", "target_epsilon=-2.0: must be > 0"),
     ("--num_hospitals=0", "num_hospitals must be >= 1"),
     ("--num_hospitals=5000", "larger than the data"),
@@ -269,6 +270,10 @@ def test_import_filter_keeps_other_tensorflow_messages():
       "nearest valid: [8]",
     ),
     (["--resume", "--overwrite"], "--resume and --overwrite: pick one"),
+    (
+      ["--secure_aggregation=secagg", "--num_hospitals=1"],  # ran "threshold 1 of 1" before
+      "secure aggregation needs K >= 2 hospitals, got 1",
+    ),
     (["--resume"], "holds no checkpoint to continue"),
     (
       ["--secure_aggregation=secagg", "--num_hospitals=10", "--assumed_colluders=6"],

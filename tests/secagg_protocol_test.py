@@ -28,7 +28,6 @@ def _codes(k, seed=0):
 @pytest.mark.parametrize(
   "mode,k,senders,responders",
   [
-    ("secagg", 1, [0], [0]),
     ("secagg", 2, [0, 1], [0, 1]),
     ("secagg", 5, [0, 1, 2, 3, 4], [0, 1, 2, 3, 4]),  # no dropout
     ("secagg", 5, [0, 2, 3, 4], [0, 2, 3, 4]),  # 1 dropped before sending

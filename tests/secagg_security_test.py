@@ -213,6 +213,8 @@ def test_secrets_stay_out_of_reprs():
   [
     (dict(mode="secagg", num_hospitals=10, colluders=6), "below the Shamir threshold t=6"),
     (dict(mode="secagg", num_hospitals=10, threshold=1), "must be in \\[2, 10\\]"),
+    # One hospital's sum is its own update: refused, not "threshold 1 of 1".
+    (dict(mode="secagg", num_hospitals=1), "needs K >= 2 hospitals, got 1"),
     (dict(mode="secagg_plus", num_hospitals=100, colluders=6), "below the Shamir threshold"),
     (dict(mode="secagg_plus", num_hospitals=100, threshold=4, colluders=5), "threshold t=4"),
     (

@@ -17,8 +17,9 @@ import time
 import numpy as np
 import pytest
 
-from dopamine_tff import worker_host
+from dopamine_tff import worker_process
 from tests import tls_certs
+from tests.tff_worker_test import fingerprint
 from tests.tff_worker_test import serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,12 +107,13 @@ def test_fscdp_over_two_separately_started_workers_is_one_worker_bit_for_bit(tmp
 
 
 @pytest.mark.skipif(
-  worker_host.namespaces_allowed() is not None, reason="no unprivileged network namespaces"
+  worker_process.namespaces_allowed() is not None, reason="no unprivileged network namespaces"
 )
 def test_inline_data_over_tls_with_client_certificates_gives_the_same_weights(tmp_path, workers):
   certs = tls_certs.make(str(tmp_path))
   tls = [f"--tls_cert={certs['server']}", f"--tls_key={certs['server_key']}"]
-  _, a = workers(*tls, f"--client_ca={certs['ca']}")
+  pin = f"--allowed_clients={fingerprint(certs['client'])}"
+  _, a = workers(*tls, f"--client_ca={certs['ca']}", pin)
   _, b = workers("--insecure_transport")
   files, inline = str(tmp_path / "files"), str(tmp_path / "inline")
   _run(files, "--rounds=3", f"--worker_addresses={b}")

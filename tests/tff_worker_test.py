@@ -6,10 +6,12 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
-from dopamine_tff import worker_host
+from dopamine_tff import worker_gate
+from dopamine_tff import worker_process
 from tests import procs
 from tests import tls_certs
 
@@ -33,6 +35,14 @@ def serving(proc) -> int:
   return int(match.group(1))
 
 
+_CERTS = tls_certs.make(tempfile.mkdtemp(prefix="tff_worker_test_"))
+
+
+def fingerprint(path):
+  with open(path, "rb") as f:
+    return worker_gate.fingerprint_of_pem(f.read())
+
+
 def descendants(pid):
   out = []
   for child in procs.children(pid):
@@ -46,9 +56,17 @@ def descendants(pid):
     ([], "give --tls_cert and --tls_key"),
     (["--insecure_transport", "--cpus=x"], "--cpus 'x' is not a list"),
     (["--insecure_transport", "extra"], "unexpected arguments"),
+    # As the docstring once showed it: any client could run code on this host.
+    (["--tls_cert={server}", "--tls_key={server_key}"], "TLS without --client_ca"),
+    (
+      ["--tls_cert={server}", "--tls_key={server_key}", "--client_ca={ca}"],
+      "pin the driver with --allowed_clients",
+    ),
+    (["--insecure_transport", "--bind=0.0.0.0"], "plain gRPC on 0.0.0.0: anyone who reaches"),
   ],
 )
 def test_bad_flags_get_one_line_and_exit_2(args, message):
+  args = [a.format(**_CERTS) for a in args]
   proc = start(*args)
   out, err = proc.communicate(timeout=60)
   assert proc.returncode == 2, err
@@ -80,7 +98,7 @@ def test_a_worker_that_dies_ends_it_with_exit_1(tmp_path):
 
 
 @pytest.mark.skipif(
-  worker_host.namespaces_allowed() is not None, reason="no unprivileged network namespaces"
+  worker_process.namespaces_allowed() is not None, reason="no unprivileged network namespaces"
 )
 def test_a_tls_worker_stops_cleanly_with_its_namespace(tmp_path):
   certs = tls_certs.make(str(tmp_path))
@@ -88,6 +106,7 @@ def test_a_tls_worker_stops_cleanly_with_its_namespace(tmp_path):
     f"--tls_cert={certs['server']}",
     f"--tls_key={certs['server_key']}",
     f"--client_ca={certs['ca']}",
+    f"--allowed_clients={fingerprint(certs['client'])}",
     f"--log_file={tmp_path / 'w.log'}",
   )
   serving(proc)

@@ -94,10 +94,44 @@ def read_aptos_csv(csv_path: str) -> list[CsvRow]:
           if not value:
             raise DataError(f"{csv_path} row {line}: empty {column}")
           extra[key] = value
-      rows.append(CsvRow(code, label, **extra))
+      rows.append((line, CsvRow(code, label, **extra)))
   if not rows:
     raise DataError(f"{csv_path}: a header but no rows")
-  return rows
+  return _unique(rows, csv_path)
+
+
+def _unique(rows: list[tuple[int, CsvRow]], csv_path: str) -> list[CsvRow]:
+  """One row per id_code: identical repeats dropped (and logged), conflicts refused.
+
+  A repeated image would be two DP units (the guarantee would cover half of
+  what it says for it) and could land in both train and test.
+  """
+  first: dict[str, tuple[int, CsvRow]] = {}
+  kept, dropped = [], 0
+  for line, row in rows:
+    if row.code not in first:
+      first[row.code] = (line, row)
+      kept.append(row)
+    elif first[row.code][1] == row:
+      dropped += 1
+    else:
+      seen_line, seen = first[row.code]
+      raise DataError(
+        f"{csv_path}: id_code {row.code!r} appears in rows {seen_line} and {line} with "
+        f"different values ({_describe(seen)} vs {_describe(row)}); keep one row per image"
+      )
+  if dropped:
+    from absl import logging
+
+    logging.warning("%s: dropped %d repeated row(s) (same id_code, same values)", csv_path, dropped)
+  return kept
+
+
+def _describe(row: CsvRow) -> str:
+  extra = "".join(
+    f", {k} {v}" for k, v in (("hospital", row.hospital), ("patient_id", row.patient)) if v
+  )
+  return f"diagnosis {row.label}{extra}"
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -111,13 +145,74 @@ def _image_path(folder: str, code: str) -> str:
   raise DataError(f"image file not found: {os.path.join(folder, code)}{{.png,.jpg,.jpeg}}")
 
 
+# Modes Pillow converts to 8-bit RGB without losing range (PNGs of 16 bits per
+# colour channel open as 8-bit RGB/RGBA: Pillow keeps each sample's high byte).
+_EIGHT_BIT = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr")
+_ALPHA = ("RGBA", "LA", "PA", "La", "RGBa")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _grey16(im, path: str) -> np.ndarray:
+  """A 16-bit grey image as floats in [0, 1] (65535 is white), not saturated to 1."""
+  values = np.asarray(im, dtype=np.float64)
+  if values.min() < 0 or values.max() > 65535:  # mode I holds 32-bit integers
+    raise DataError(
+      f"image {path}: {im.mode} samples span [{values.min():g}, {values.max():g}], not a "
+      "16-bit range; save it as 8- or 16-bit PNG"
+    )
+  return (values / 65535.0).astype(np.float32)
+
+
+def _pixels(im, path: str) -> np.ndarray:
+  """Any supported image as an RGB array in [0, 1] at its own size.
+
+  Alpha is composited over black (a fundus photograph's background);
+  palette images with a transparent colour count as having alpha.
+  """
+  mode = im.mode
+  if mode in _SIXTEEN_BIT or (mode == "I" and im.format == "PNG"):
+    return np.repeat(_grey16(im, path)[..., None], 3, axis=-1)
+  if mode == "P" and "transparency" in im.info:
+    mode = "PA"
+  if mode in _ALPHA:
+    rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+    return rgba[..., :3] * rgba[..., 3:]
+  if mode in _EIGHT_BIT:
+    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+  raise DataError(
+    f"image {path}: mode {mode} cannot be read as RGB (supported: 8- and 16-bit grey, RGB, "
+    "CMYK, YCbCr, palette, with or without alpha)"
+  )
+
+
+def _resized(pixels: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear resize of an [0, 1] RGB array, channel by channel at float precision."""
+  from PIL import Image
+
+  if pixels.shape[:2] == (size, size):
+    return pixels.astype(np.float32)
+  channels = [
+    np.asarray(Image.fromarray(pixels[..., c], mode="F").resize((size, size), Image.BILINEAR))
+    for c in range(pixels.shape[-1])
+  ]
+  return np.clip(np.stack(channels, axis=-1), 0.0, 1.0).astype(np.float32)
+
+
 def _read_image(path: str, size: int) -> np.ndarray:
+  """An image file as a size x size RGB array in [0, 1], at the file's own bit depth."""
   from PIL import Image
 
   try:
     with Image.open(path) as im:
-      im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-      return np.asarray(im, dtype=np.float32) / 255.0
+      if im.mode in ("RGB", "L") or (im.mode == "P" and "transparency" not in im.info):
+        # The common 8-bit case: resize in 8 bits, as every earlier result was made.
+        im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.float32) / 255.0
+      return _resized(_pixels(im, path), size)
+  except DataError:
+    raise
+  except Image.DecompressionBombError as e:
+    raise DataError(f"image {path} is too large to decode safely: {e}") from None
   except (OSError, ValueError, SyntaxError) as e:
     raise DataError(f"unreadable or corrupt image {path}: {e}") from None
 

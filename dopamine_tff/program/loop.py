@@ -283,6 +283,7 @@ def run(
   raises resume.Interrupted.
   """
   cfg.check_hospitals(len(data.hospitals))
+  cfg.check_delta(_units(cfg, data))
   run_dir.check_output_dir(output_dir, options)
   hparams = dict(hparams or {})
   if data_config is not None:
@@ -302,6 +303,14 @@ def run(
     return _run(cfg, data, output_dir, trainer, hparams, options, log)
   finally:
     run_dir.remove_scratch(output_dir, created)
+
+
+def _units(cfg, data) -> int:
+  """N, the protected units the guarantee counts: training examples, or patients."""
+  ids = [h.patients for h in data.hospitals]
+  if cfg.privacy_unit == "patient" and all(p is not None for p in ids):
+    return len(np.unique(np.concatenate(ids)))
+  return data.num_train
 
 
 def _sinks(output_dir, options, start_round):

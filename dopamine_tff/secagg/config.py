@@ -187,8 +187,11 @@ class SecAggConfig:
     k = self.num_hospitals
     if self.mode not in MODES[1:]:
       raise ValueError(f"secure_aggregation={self.mode!r}: must be one of {MODES[1:]}")
-    if k < 1:
-      raise ValueError(f"secure aggregation needs >= 1 hospital, got {k}")
+    if k < 2:
+      raise ValueError(
+        f"secure aggregation needs K >= 2 hospitals, got {k}: one hospital's sum is its own "
+        "update, with nothing to hide it among; use --secure_aggregation=none"
+      )
     if self.prg not in masking.PRGS:
       raise ValueError(f"secagg_prg={self.prg!r}: must be one of {masking.PRGS}")
     if not 0.0 <= self.adversarial_fraction < 1.0:
