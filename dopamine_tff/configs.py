@@ -83,6 +83,9 @@ class TrainConfig:
     secagg_dropout_rate: delta, the share of hospitals SecAgg+'s parameters
       assume drop in a round.
     secagg_prg: 'chacha20', or 'philox_insecure' (fast, NOT cryptographic).
+    secagg_server_model: 'malicious' (the server may lie about who dropped:
+      thresholds above half the holders plus the corrupted ones) or
+      'semi_honest' (smaller thresholds and SecAgg+ graphs).
     secagg_unmask_dropout_prob: chance that a hospital which sent its masked
       vector is gone before it answers the unmasking (its input still counts).
       With secure aggregation the --dropout_prob / --dropout_schedule
@@ -144,6 +147,7 @@ class TrainConfig:
   secagg_threshold: int | None = None
   secagg_neighbours: int | None = None
   secagg_prg: str = "chacha20"
+  secagg_server_model: str = "malicious"
   secagg_adversarial_fraction: float = 0.05
   secagg_dropout_rate: float = 0.33
   secagg_unmask_dropout_prob: float = 0.0
@@ -353,6 +357,7 @@ class TrainConfig:
       adversarial_fraction=self.secagg_adversarial_fraction,
       dropout_rate=self.secagg_dropout_rate,
       colluders=self.assumed_colluders,
+      server_model=self.secagg_server_model,
     )
 
 

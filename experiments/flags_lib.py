@@ -279,6 +279,7 @@ _DEPENDENT_FLAGS = {
       "secagg_threshold",
       "secagg_neighbours",
       "secagg_prg",
+      "secagg_server_model",
       "secagg_adversarial_fraction",
       "secagg_dropout_rate",
       "secagg_unmask_dropout_prob",

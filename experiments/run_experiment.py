@@ -167,6 +167,13 @@ flags.DEFINE_integer(
   "secagg_plus: neighbours k per hospital, even (default: the smallest k meeting 2^-40 "
   "security and 2^-20 correctness under the two assumptions below).",
 )
+flags.DEFINE_enum(
+  "secagg_server_model",
+  "malicious",
+  ["malicious", "semi_honest"],
+  "The server SecAgg withstands: malicious (it may lie about who dropped and split its "
+  "requests across holders; larger thresholds and SecAgg+ graphs) or semi_honest.",
+)
 flags.DEFINE_float(
   "secagg_adversarial_fraction",
   0.05,

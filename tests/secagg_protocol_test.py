@@ -78,12 +78,16 @@ def test_masks_are_fresh_each_round_and_the_sum_is_not_the_codes_without_unmaski
 
 
 def test_secagg_plus_graph_is_symmetric_with_k_neighbours():
-  cfg = protocol.SecAggConfig("secagg_plus", 100)
+  cfg = protocol.SecAggConfig("secagg_plus", 100, server_model="semi_honest")
   graph = protocol.neighbour_graph(cfg, b"order")
   assert cfg.degree == 28 and cfg.t == 6  # derived (federated-compute's reference values)
   for i, near in graph.items():
     assert len(near) == 28 and i not in near
     assert all(i in graph[j] for j in near)
+  # Against a malicious server: t > (holders + t1) / 2 = (75 + 5) / 2 needs 74 neighbours.
+  cfg = protocol.SecAggConfig("secagg_plus", 100)
+  assert (cfg.degree, cfg.t, cfg.corrupted_holders) == (74, 41, 5)
+  assert all(len(near) == 74 for near in protocol.neighbour_graph(cfg, b"order").values())
   full = protocol.neighbour_graph(protocol.SecAggConfig("secagg", 6))
   assert all(len(v) == 5 for v in full.values())
 

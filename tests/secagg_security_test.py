@@ -22,6 +22,7 @@ from dopamine_tff.secagg import masking
 from dopamine_tff.secagg import protocol
 from dopamine_tff.secagg import shamir
 
+SEMI = "semi_honest"
 N = 512
 _mask = tf.function(lambda c, pk, ps, sk: masking.mask(c, pk, ps, sk))
 
@@ -211,11 +212,17 @@ def test_secrets_stay_out_of_reprs():
 @pytest.mark.parametrize(
   "kwargs,message",
   [
-    (dict(mode="secagg", num_hospitals=10, colluders=6), "below the Shamir threshold t=6"),
+    (
+      dict(mode="secagg", num_hospitals=10, colluders=6, server_model=SEMI),
+      "below the Shamir threshold t=6",
+    ),
     (dict(mode="secagg", num_hospitals=10, threshold=1), "must be in \\[2, 10\\]"),
     # One hospital's sum is its own update: refused, not "threshold 1 of 1".
     (dict(mode="secagg", num_hospitals=1), "needs K >= 2 hospitals, got 1"),
-    (dict(mode="secagg_plus", num_hospitals=100, colluders=6), "below the Shamir threshold"),
+    (
+      dict(mode="secagg_plus", num_hospitals=100, colluders=6, server_model=SEMI),
+      "below the Shamir",
+    ),
     (dict(mode="secagg_plus", num_hospitals=100, threshold=4, colluders=5), "threshold t=4"),
     (
       dict(
@@ -223,7 +230,7 @@ def test_secrets_stay_out_of_reprs():
       ),
       "at most 3 corrupted",
     ),
-    (dict(mode="secagg_plus", num_hospitals=100, neighbours=8), "2\\^-40"),
+    (dict(mode="secagg_plus", num_hospitals=100, neighbours=8, server_model=SEMI), "2\\^-40"),
     (dict(mode="secagg_plus", num_hospitals=100, neighbours=7), "nearest valid: \\[6, 8\\]"),
     (
       dict(mode="secagg_plus", num_hospitals=100, adversarial_fraction=0.5, dropout_rate=0.5),
@@ -266,7 +273,9 @@ def test_the_old_log2_degree_was_far_from_the_bound():
 def test_a_victim_whose_honest_neighbours_dropped_is_not_unmasked():
   """K=40 SecAgg+ with t-1 colluding neighbours and the victim's other neighbours
   dropped: the old code unmasked it in a normal round; now the round aborts."""
-  cfg = protocol.SecAggConfig("secagg_plus", 40, adversarial_fraction=0.05, colluders=2)
+  cfg = protocol.SecAggConfig(
+    "secagg_plus", 40, adversarial_fraction=0.05, colluders=2, server_model=SEMI
+  )
   proto = protocol.Protocol(cfg)
   proto.start_round(0)
   victim = 0
@@ -303,3 +312,110 @@ def test_seeded_randomness_replays_and_secret_does_not():
   assert c.public_keys() != d.public_keys()
   np.testing.assert_array_equal(a.dither_inputs(0)[0], b.dither_inputs(0)[0])
   assert not np.array_equal(c.dither_inputs(0)[0], d.dither_inputs(0)[0])
+
+
+def _split_attack(cfg, colluders=(), victim=0):
+  """The server of the second review: it tells some of the victim's holders that
+  the victim delivered (asking its self-mask share) and the others that it
+  dropped (asking its private-key share), one holder at a time; colluding
+  holders hand over both. Returns (self-mask shares, key shares, refusals)."""
+  proto = protocol.Protocol(cfg)
+  proto.start_round(0)
+  proto.deliver(range(cfg.num_hospitals))  # everyone delivered
+  r = proto._round
+  holders = [*proto.graph[victim], victim]  # the victim is asked last, for its own key
+  corrupt = [h for h in holders if h in colluders]
+  honest = [h for h in holders if h not in colluders]
+  got = {protocol.SELF: {}, protocol.KEY: {}}
+  for h in corrupt:
+    got[protocol.SELF][h + 1] = r.self_shares[victim][h + 1]
+    got[protocol.KEY][h + 1] = r.key_shares[victim][h + 1]
+  refusals = 0
+  need_self = max(0, cfg.t - len(corrupt))
+  plan = [(h, protocol.SELF) for h in honest[:need_self]] + [
+    (h, protocol.KEY) for h in honest[need_self:]
+  ]
+  plan += [(h, protocol.KEY) for h in honest[:need_self]]  # short of key shares: ask again
+  for h, kind in plan:
+    other = protocol.KEY if kind == protocol.SELF else protocol.SELF
+    try:
+      answer = proto.respond(h, {kind: {victim}, other: set()})
+    except protocol.ProtocolViolation:
+      refusals += 1
+      continue
+    for (_, _owner), share in answer.items():
+      got[kind][h + 1] = share
+  return got[protocol.SELF], got[protocol.KEY], refusals
+
+
+@pytest.mark.parametrize(
+  "mode,k,colluders",
+  [
+    ("secagg_plus", 40, ()),  # the review: t=3 of 17 holders, both secrets recovered
+    ("secagg_plus", 100, ()),  # t=6 of 29
+    ("secagg", 10, (1, 2)),  # 2 colluders (c < t was all the old check asked)
+    ("secagg", 20, (1, 2)),
+  ],
+)
+def test_split_requests_across_holders_never_yield_both_secrets(mode, k, colluders):
+  cfg = protocol.SecAggConfig(mode, k, colluders=len(colluders))
+  self_shares, key_shares, refusals = _split_attack(cfg, colluders)
+  # Never t shares of both: the victim's update stays masked.
+  assert len(self_shares) < cfg.t or len(key_shares) < cfg.t
+  assert refusals > 0  # an honest holder (or the victim itself) refused the second secret
+  # The semi-honest parameters leave the split room: two sets of t holders
+  # need not share an honest one. Under SecAgg+ the attack then recovers both
+  # (the victim's refusal of its own key alone stops it at these SecAgg sizes).
+  weak = protocol.SecAggConfig(mode, k, colluders=len(colluders), server_model=SEMI)
+  assert 2 * weak.t <= weak.holders_per_secret + weak.corrupted_holders
+  if mode == "secagg_plus":
+    self_shares, key_shares, _ = _split_attack(weak, colluders)
+    assert len(self_shares) >= weak.t and len(key_shares) >= weak.t
+
+
+def test_a_hospital_never_releases_its_own_key_in_a_round_it_delivered():
+  proto = protocol.Protocol(protocol.SecAggConfig("secagg", 5))
+  proto.start_round(0)
+  proto.deliver([0, 1, 2, 3, 4])
+  with pytest.raises(protocol.ProtocolViolation, match="its own private key"):
+    proto.respond(2, {protocol.SELF: set(), protocol.KEY: {2}})
+  assert proto.respond(3, {protocol.SELF: set(), protocol.KEY: {2}})  # another holder may
+
+
+def test_the_malicious_thresholds_hold_at_k_1000():
+  cfg = protocol.SecAggConfig("secagg_plus", 1000)
+  assert 2 * cfg.t > cfg.holders_per_secret + cfg.corrupted_holders
+  assert cfg.guarantee.security_log2 <= -40 and cfg.guarantee.correctness_log2 <= -20
+  weak = protocol.SecAggConfig("secagg_plus", 1000, server_model=SEMI)
+  assert (weak.degree, weak.t) == (72, 24)  # 24 + 24 < 73 holders: the split attack's room
+
+
+@pytest.mark.parametrize("model", ["malicious", SEMI])
+def test_the_hiding_check_counts_the_corrupted_neighbours_the_threat_model_names(model):
+  """The review: K=40, c=0, 2 corrupt neighbours of a hospital and its other
+  neighbours dropped. The old check used c=0, completed the round and revealed
+  the dropped neighbours' keys: the victim's masks were all known."""
+  cfg = protocol.SecAggConfig("secagg_plus", 40, server_model=model)
+  assert cfg.colluders == 0 and cfg.corrupted_holders == 2  # t1 at K=40, gamma 0.05
+  proto = protocol.Protocol(cfg)
+  proto.start_round(0)
+  near = list(proto.graph[0])
+  senders = [h for h in range(40) if h not in near[2:]]  # 2 corrupt neighbours deliver
+  with pytest.raises(protocol.RoundAborted, match="hospital 0 has 2 delivering neighbours"):
+    proto.unmask(np.zeros(N, np.int64), senders=senders, responders=senders)
+  assert proto.revealed_counts == {protocol.SELF: 0, protocol.KEY: 0}
+
+
+@pytest.mark.parametrize("model", ["malicious", SEMI])
+@pytest.mark.parametrize("k", [5, 6, 10, 16, 17, 18, 33, 40])
+def test_secagg_plus_never_aborts_more_often_than_it_states(k, model):
+  """The review: t = max(t1 + 1, 2) exceeded t2 at small K (2^-1.58 at K=10)."""
+  cfg = protocol.SecAggConfig("secagg_plus", k, server_model=model)
+  assert cfg.guarantee.correctness_log2 <= -20
+  assert cfg.guarantee.security_log2 <= -40
+  assert (cfg.note is not None) == cfg.complete  # the complete graph says why
+
+
+def test_an_explicit_secagg_plus_choice_that_aborts_too_often_is_refused():
+  with pytest.raises(ValueError, match="a round aborts with probability"):
+    protocol.SecAggConfig("secagg_plus", 10, neighbours=4, threshold=3, server_model=SEMI)

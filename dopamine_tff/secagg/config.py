@@ -26,6 +26,7 @@ from scipy import stats
 from dopamine_tff.secagg import masking
 
 MODES = ("none", "secagg", "secagg_plus")
+SERVER_MODELS = ("malicious", "semi_honest")
 SECURITY_BITS = 40  # statistical security of SecAgg+'s parameters (Bell et al.)
 CORRECTNESS_BITS = 20  # chance of an abort when the dropout assumption holds
 _SMALL = 1e-14  # keeps floor(rate * K) from rounding down across an integer
@@ -108,14 +109,47 @@ def guarantee(k: int, degree: int, t: int, gamma: float, delta: float) -> Guaran
   return Guarantee(sec, _log2(min(1.0, p_short)))
 
 
-def harary_parameters(k: int, gamma: float, delta: float) -> tuple[int, int] | None:
+def adversarial_neighbours(k: int, degree: int, gamma: float) -> int:
+  """t1: a bound on every hospital's corrupted neighbours that fails with
+  probability at most 2^-41 (floor(gamma K) on the complete graph)."""
+  adversaries = math.floor((gamma + _SMALL) * k)
+  if degree >= k - 1:
+    return adversaries
+  xs = np.arange(degree + 1)
+  # The smallest x with P(adversarial neighbours > x) <= 2^-41 / k.
+  return int(
+    xs[stats.hypergeom(k, adversaries, degree).sf(xs) <= 2.0 ** -(SECURITY_BITS + 1) / k][0]
+  )
+
+
+def malicious_threshold(holders: int, corrupted: int) -> int:
+  """The smallest t with 2t > holders + corrupted.
+
+  A server that lies about who dropped asks some of a hospital's holders for
+  its self-mask share and others for its private-key share. Two sets of t
+  holders then share more than `corrupted` members, so an honest holder is in
+  both, and an honest holder never reveals both secrets of one hospital.
+  """
+  return (holders + corrupted) // 2 + 1
+
+
+def _threshold_for(degree: int, t1: int, colluders: int, malicious: bool) -> int:
+  t = max(t1 + 1, 2)
+  return max(t, malicious_threshold(degree + 1, max(colluders, t1))) if malicious else t
+
+
+def harary_parameters(
+  k: int, gamma: float, delta: float, *, malicious: bool = False, colluders: int = 0
+) -> tuple[int, int] | None:
   """The smallest even degree and its smallest threshold that meet 2^-40
   security and 2^-20 correctness (None: no degree below k - 1 does).
 
   For a degree: the graph of honest survivors must stay connected with
   probability 1 - 2^-41; t - 1 must bound the adversarial neighbours of
-  every hospital but with probability 2^-41 (t = t1 + 1), and t the surviving
-  ones but with probability 2^-20 (t <= t2).
+  every hospital but with probability 2^-41 (t > t1), and t the surviving
+  ones but with probability 2^-20 (t <= t2). Against a malicious server t
+  must also exceed (holders + t1) / 2 (malicious_threshold), which needs a
+  larger degree.
   """
   adversaries = math.floor((gamma + _SMALL) * k)
   survivors = math.ceil((1 - delta - _SMALL) * k)
@@ -123,16 +157,13 @@ def harary_parameters(k: int, gamma: float, delta: float) -> tuple[int, int] | N
   for degree in range(2, k - 1, 2):
     if _log_disconnected(k, degree, adversaries + k - survivors) >= per_event:
       continue
-    adv = stats.hypergeom(k, adversaries, degree)
-    alive = stats.hypergeom(k, survivors, degree)
-    # t1: the smallest x with P(adversarial neighbours > x) <= 2^-41 / k.
-    xs = np.arange(degree + 1)
-    t1 = int(xs[adv.sf(xs) <= 2.0 ** -(SECURITY_BITS + 1) / k][0])
+    t = _threshold_for(degree, adversarial_neighbours(k, degree, gamma), colluders, malicious)
     # t2: the smallest x with P(surviving neighbours <= x) >= 2^-20 / k.
-    ok = alive.cdf(xs) >= 2.0**-CORRECTNESS_BITS / k
+    xs = np.arange(degree + 1)
+    ok = stats.hypergeom(k, survivors, degree).cdf(xs) >= 2.0**-CORRECTNESS_BITS / k
     t2 = int(xs[ok][0]) if ok.any() else degree
-    if t2 > t1:
-      return degree, max(t1 + 1, 2)
+    if t <= t2:
+      return degree, t
   return None
 
 
@@ -153,6 +184,10 @@ class SecAggConfig:
     dropout_rate: delta, the share of hospitals assumed to drop in a round.
     colluders: c, the hospitals the run's colluder ledger assumes; refused
       when c >= t, or (SecAgg+) c > gamma K.
+    server_model: 'malicious' (the server may lie about who dropped and ask
+      different holders for different secrets: t exceeds half the holders
+      plus the corrupted ones) or 'semi_honest' (it follows the protocol:
+      smaller thresholds and SecAgg+ graphs).
   """
 
   mode: str
@@ -163,15 +198,19 @@ class SecAggConfig:
   adversarial_fraction: float = 0.05
   dropout_rate: float = 0.33
   colluders: int = 0
+  server_model: str = "malicious"
 
   def __post_init__(self):
     self._check_assumptions()
     degree, derived_t = self._parameters()
     object.__setattr__(self, "_degree", degree)
+    corrupted = adversarial_neighbours(self.num_hospitals, degree, self._gamma)
+    object.__setattr__(self, "_corrupted", max(self.colluders, corrupted))
     t = self.threshold if self.threshold is not None else derived_t
     object.__setattr__(self, "_t", t)
     self._check_threshold(degree, t)
     self._check_colluders(t)
+    self._check_server_model(t)
     g = self.guarantee
     if self.mode == "secagg_plus" and g.security_log2 > -SECURITY_BITS:
       raise ValueError(
@@ -181,12 +220,15 @@ class SecAggConfig:
         f"secagg_dropout_rate={self.dropout_rate}; leave --secagg_neighbours and "
         "--secagg_threshold unset to derive them"
       )
+    self._check_correctness()
 
   def _check_assumptions(self) -> None:
     """The mode, K, the PRG, the threat model's fractions and an explicit degree."""
     k = self.num_hospitals
     if self.mode not in MODES[1:]:
       raise ValueError(f"secure_aggregation={self.mode!r}: must be one of {MODES[1:]}")
+    if self.server_model not in SERVER_MODELS:
+      raise ValueError(f"secagg_server_model={self.server_model!r}: must be one of {SERVER_MODELS}")
     if k < 2:
       raise ValueError(
         f"secure aggregation needs K >= 2 hospitals, got {k}: one hospital's sum is its own "
@@ -245,20 +287,86 @@ class SecAggConfig:
         f"(secagg_adversarial_fraction={self.adversarial_fraction} of {k}); raise it"
       )
 
+  def _check_server_model(self, t: int) -> None:
+    """A malicious server must not collect both secrets of a hospital."""
+    if not self.malicious:
+      return
+    need = malicious_threshold(self.holders_per_secret, self.corrupted_holders)
+    if t < need:
+      raise ValueError(
+        f"secagg_threshold={t}: a malicious server that asks some of a hospital's "
+        f"{self.holders_per_secret} holders for its self-mask share and others for its "
+        f"private-key share collects both unless t > (holders + {self.corrupted_holders} "
+        f"corrupted) / 2; need t >= {need} (or --secagg_server_model=semi_honest)"
+      )
+
+  def _check_correctness(self) -> None:
+    """SecAgg+'s rounds must abort no more often than 2^-20 under the dropout rate."""
+    g = self.guarantee
+    if self.mode == "secagg_plus" and g.correctness_log2 > -CORRECTNESS_BITS:
+      raise ValueError(
+        f"secagg_plus with {self.degree} neighbours and threshold {self.t} at K="
+        f"{self.num_hospitals}: a round aborts with probability 2^{g.correctness_log2:.1f} > "
+        f"2^-{CORRECTNESS_BITS} under secagg_dropout_rate={self.dropout_rate}; leave "
+        "--secagg_neighbours and --secagg_threshold unset, or use --secure_aggregation=secagg"
+      )
+
+  def _threat_model(self) -> str:
+    return _threat_model_text(self)
+
+  @property
+  def malicious(self) -> bool:
+    return self.server_model == "malicious"
+
+  def _derived_t(self, degree: int) -> int:
+    k = self.num_hospitals
+    t = _threshold_for(
+      degree, adversarial_neighbours(k, degree, self._gamma), self.colluders, self.malicious
+    )
+    if degree >= k - 1:  # the complete graph: a majority at least, as SecAgg always had
+      t = max(t, k // 2 + 1)
+    return min(t, degree + 1)
+
+  @property
+  def _gamma(self) -> float:
+    """The adversarial fraction the threat model names (none for SecAgg: c only)."""
+    return self.adversarial_fraction if self.mode == "secagg_plus" else 0.0
+
   def _parameters(self) -> tuple[int, int]:
     k = self.num_hospitals
-    complete = (k - 1, k // 2 + 1 if k > 1 else 1)
     if self.mode == "secagg":
-      return complete
-    if self.neighbours is not None:
-      degree = self.neighbours
-      if self.threshold is not None:
-        return degree, self.threshold
-      found = harary_parameters(k, self.adversarial_fraction, self.dropout_rate)
-      t = found[1] if found and found[0] <= degree else (degree + 1) // 2 + 1
-      return degree, min(t, degree + 1)
-    found = harary_parameters(k, self.adversarial_fraction, self.dropout_rate)
-    return found if found is not None else complete
+      return k - 1, self._derived_t(k - 1)
+    degree = self.neighbours
+    if degree is None:
+      found = harary_parameters(
+        k,
+        self.adversarial_fraction,
+        self.dropout_rate,
+        malicious=self.malicious,
+        colluders=self.colluders,
+      )
+      if found is not None:
+        return found
+      degree = k - 1  # no Harary degree meets the bounds: the complete graph (see `note`)
+    return degree, self.threshold if self.threshold is not None else self._derived_t(degree)
+
+  @property
+  def corrupted_holders(self) -> int:
+    """Corrupted holders of one hospital's secrets the parameters withstand:
+    c for SecAgg; for SecAgg+ also gamma K, or on a Harary graph t1, the bound
+    on any hospital's corrupted neighbours (failing within the security bound)."""
+    return self._corrupted
+
+  @property
+  def note(self) -> str | None:
+    """Why SecAgg+ runs on the complete graph, when it does."""
+    if self.mode == "secagg_plus" and self.complete:
+      return (
+        f"secagg_plus at K={self.num_hospitals}: no Harary degree below K - 1 meets 2^-"
+        f"{SECURITY_BITS} security and 2^-{CORRECTNESS_BITS} correctness "
+        f"({self.server_model.replace('_', '-')} server); every hospital masks with every other"
+      )
+    return None
 
   @property
   def degree(self) -> int:
@@ -295,18 +403,36 @@ class SecAggConfig:
       "assumed_adversarial_fraction": self.adversarial_fraction,
       "assumed_dropout_rate": self.dropout_rate,
       "assumed_colluders": self.colluders,
-      "threat_model": (
-        f"semi-honest server; updates hidden against it with up to {self.colluders} colluding "
-        f"hospitals (checked every round); keys secret against any {self.t - 1}"
-        if self.complete
-        else "semi-honest server; updates hidden against it with up to "
-        f"{math.floor((self.adversarial_fraction + _SMALL) * self.num_hospitals)} corrupted "
-        f"hospitals but with probability 2^{self.guarantee.security_log2:.1f}"
-      )
-      + "; keys, shares and graph fresh every round",
+      "corrupted_holders_withstood": self.corrupted_holders,
+      "server_model": self.server_model,
+      "threat_model": self._threat_model(),
+      **({"note": self.note} if self.note else {}),
       "prg": self.prg,
       **self.guarantee.to_json(),
     }
+
+
+def _threat_model_text(cfg: SecAggConfig) -> str:
+  server = (
+    f"malicious server (it may lie about who dropped and split its requests across holders: "
+    f"no hospital's two secrets are released, t = {cfg.t} > (holders {cfg.holders_per_secret} "
+    f"+ corrupted {cfg.corrupted_holders}) / 2 and each holder refuses the second)"
+    if cfg.malicious
+    else "semi-honest server (it follows the protocol)"
+  )
+  if cfg.mode == "secagg":
+    hidden = (
+      f"updates hidden against it with up to {cfg.colluders} colluding hospitals (checked "
+      f"every round); keys secret against any {cfg.t - 1}"
+    )
+  else:
+    adversaries = math.floor((cfg.adversarial_fraction + _SMALL) * cfg.num_hospitals)
+    hidden = (
+      f"updates hidden against it with up to {adversaries} corrupted hospitals, at most "
+      f"{cfg.corrupted_holders} among any hospital's holders (checked every round), but "
+      f"with probability 2^{cfg.guarantee.security_log2:.1f}"
+    )
+  return f"{server}; {hidden}; keys, shares and graph fresh every round"
 
 
 def neighbour_graph(cfg: SecAggConfig, order_seed: bytes = b"") -> dict[int, tuple[int, ...]]:

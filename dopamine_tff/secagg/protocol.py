@@ -113,6 +113,7 @@ class RoundMessages:
   self_keys: dict  # hospital -> 32 bytes (its own secret)
   key_shares: dict  # hospital -> shamir.Shares of its private key
   self_shares: dict  # hospital -> shamir.Shares of its self-mask key
+  delivered: set  # hospitals that sent their masked input (each knows its own)
 
   def __repr__(self):
     return f"RoundMessages(round={self.round_num}, hospitals={len(self.public)}, secrets hidden)"
@@ -171,7 +172,7 @@ class Protocol:
       for i, b in self_keys.items()
     }
     self._round = RoundMessages(
-      round_num, graph, private, public, self_keys, key_shares, self_shares
+      round_num, graph, private, public, self_keys, key_shares, self_shares, set()
     )
     self.revealed = {
       h: {key: kind for key, kind in rec.items() if key[0] == round_num}
@@ -206,6 +207,10 @@ class Protocol:
     signs = np.array([1 if hospital < j else -1 for j in near], np.int32)
     return np.array(keys, np.int64).reshape(-1, 2), signs
 
+  def deliver(self, hospitals) -> None:
+    """Records that `hospitals` sent their masked inputs this round (each knows it)."""
+    self._round.delivered.update(int(h) for h in hospitals)
+
   def respond(self, holder: int, request: dict) -> dict:
     """An honest holder's answer to the server's unmasking request.
 
@@ -218,12 +223,18 @@ class Protocol:
       {(kind, owner): share} for the owners whose secret the holder holds.
 
     Raises:
-      ProtocolViolation: the request asks for both secrets of one owner, or
-        for the other secret of an owner whose first this holder revealed.
+      ProtocolViolation: the request asks for both secrets of one owner, for
+        the other secret of an owner whose first this holder revealed, or for
+        the holder's own private key in a round it delivered.
     """
     r = self._round
     record = self.revealed.setdefault(holder, {})
     asked = [(SELF, o) for o in request.get(SELF, ())] + [(KEY, o) for o in request.get(KEY, ())]
+    if holder in r.delivered and holder in request.get(KEY, ()):
+      raise ProtocolViolation(
+        f"hospital {holder} refuses: round {r.round_num + 1} asks for its own private key, "
+        "but it delivered its masked input"
+      )
     for kind, owner in asked:
       before = record.get((r.round_num, owner))
       both = SELF in request and KEY in request and owner in request[SELF] and owner in request[KEY]
@@ -257,6 +268,7 @@ class Protocol:
     cfg = self.cfg
     senders, responders = set(senders), set(responders) & set(senders)
     dropped = set(range(cfg.num_hospitals)) - senders
+    self.deliver(senders)  # the simulation's truth: each sender knows it sent
     self._check_recoverable(senders, responders, dropped)  # before anything is revealed
     request = {SELF: frozenset(senders), KEY: frozenset(dropped)}
     received: dict = {}
@@ -280,7 +292,7 @@ class Protocol:
   def _check_recoverable(self, senders, responders, dropped) -> None:
     """RoundAborted unless the updates stay hidden and every needed secret has t shares."""
     r, cfg = self._round, self.cfg
-    check_hidden(r.graph, senders, cfg.colluders)
+    check_hidden(r.graph, senders, cfg.corrupted_holders)
     for kind, owners in ((SELF, senders), (KEY, dropped)):
       for owner in sorted(owners):
         holders = {h - 1 for h in (r.self_shares if kind == SELF else r.key_shares)[owner]}

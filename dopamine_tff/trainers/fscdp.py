@@ -208,7 +208,8 @@ def describe_secagg(sa: secagg_protocol.SecAggConfig) -> str:
     f"; {sa.mode}: {sa.degree} neighbours per hospital"
     + (" (complete graph)" if sa.complete else " (Harary graph, new every round)")
     + f", Shamir threshold {sa.t} of {sa.holders_per_secret}, fresh keys every round, "
-    f"PRG {sa.prg}"
+    f"{sa.server_model.replace('_', '-')} server, PRG {sa.prg}"
     + exposure
+    + (f" ({sa.note})" if sa.note else "")
     + (" (INSECURE: Philox is not a cryptographic PRG)" if sa.prg != "chacha20" else "")
   )
