@@ -7,8 +7,10 @@ Map of the subpackage:
 * shamir.py: t-of-n Shamir secret sharing over GF(2^521 - 1).
 * masking.py: plain-TF masking of a hospital's codes mod 2**32 and the
   removal of revealed masks.
-* config.py: SecAggConfig, the parameters (degree, threshold) from the threat
-  model, their guarantee, the neighbour graphs and the hiding check.
+* parameters.py: SecAgg+'s degree and threshold from the threat model (semi-
+  honest or malicious server) and their guarantee.
+* config.py: SecAggConfig, one run's parameters checked against its claims.
+* graphs.py: the neighbour graphs and the check that a round hides every update.
 * protocol.py: the parties and phases (X25519 + HKDF-SHA256 pair keys,
   self-mask keys, shares, unmasking with dropout recovery, abort below t).
 * rounds.py: one FSCDP round around the protocol for either runtime.

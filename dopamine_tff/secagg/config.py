@@ -1,35 +1,33 @@
-"""SecAgg's parameters from the threat model: graph degree, threshold, guarantee.
+"""SecAggConfig: one run's secure aggregation, checked against its threat model.
 
-Parameters (:class:`SecAggConfig`): SecAgg uses the complete graph and a
-threshold t (default: a majority of K). SecAgg+ derives its degree k and t
-from K, an assumed adversarial fraction gamma and dropout rate delta for 40
-bits of security and 20 of correctness, as Bell et al. and Google's
-federated-compute parameter finder do (:func:`harary_parameters`); explicit
-values are checked against the same bounds. ``colluders`` (c hospitals
-colluding with the server) must stay below t (and below gamma K for
-SecAgg+): the run refuses any c its bounds do not cover.
+SecAgg uses the complete graph and a threshold t (default: a majority of K,
+more against a malicious server with colluders). SecAgg+ derives its degree
+k and t from K, an assumed adversarial fraction gamma and dropout rate delta
+for 40 bits of security and 20 of correctness (secagg/parameters.py);
+explicit values are checked against the same bounds. ``colluders`` (c
+hospitals colluding with the server) must stay below t (and below gamma K
+for SecAgg+): the run refuses any c its bounds do not cover. Against a
+malicious server (the default) t exceeds half of a secret's holders plus its
+corrupted ones, so no split of the server's requests collects both secrets
+of a hospital.
 
-Also here: the neighbour graphs (complete for SecAgg, a Harary graph over a
-fresh order each round for SecAgg+), the check that a round's delivering
-hospitals keep every update hidden, and the errors that abort a round.
+Also here: the errors that abort a round. The graphs and the hiding check
+are secagg/graphs.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 
-import numpy as np
-from scipy import stats
-
 from dopamine_tff.secagg import masking
+from dopamine_tff.secagg import parameters
 
 MODES = ("none", "secagg", "secagg_plus")
 SERVER_MODELS = ("malicious", "semi_honest")
-SECURITY_BITS = 40  # statistical security of SecAgg+'s parameters (Bell et al.)
-CORRECTNESS_BITS = 20  # chance of an abort when the dropout assumption holds
-_SMALL = 1e-14  # keeps floor(rate * K) from rounding down across an integer
+SECURITY_BITS = parameters.SECURITY_BITS
+CORRECTNESS_BITS = parameters.CORRECTNESS_BITS
+_SMALL = parameters.SMALL
 
 
 class RoundAborted(RuntimeError):
@@ -43,128 +41,6 @@ class UpdateNotEncodable(RoundAborted):
 
 class ProtocolViolation(RoundAborted):
   """A request an honest holder refuses (e.g. both secrets of one hospital)."""
-
-
-# ---------------------------------------------------------------------------
-# Parameters: Harary-graph degree and Shamir threshold from the threat model.
-
-
-def _log_disconnected(k: int, degree: int, bad: int) -> float:
-  """log of a bound on P(a random Harary graph H(degree, k) loses connectivity
-  when `bad` uniformly placed nodes are removed).
-
-  Disconnecting a Harary graph takes two runs of degree/2 consecutive removed
-  nodes on its ring; union bound over the k (k - degree - 1) / 2 pairs of run
-  positions, each fully removed with probability C(k - degree, bad - degree)
-  / C(k, bad) (Bell et al. 2020; the federated-compute finder's bound).
-  """
-  if degree > bad:
-    return -math.inf
-  pairs = math.log(k) + math.log(max(k - degree - 1, 1)) - math.log(2)
-  return (
-    pairs
-    + math.lgamma(bad + 1)
-    + math.lgamma(k - degree + 1)
-    - math.lgamma(k + 1)
-    - math.lgamma(bad - degree + 1)
-  )
-
-
-@dataclasses.dataclass(frozen=True)
-class Guarantee:
-  """Failure probabilities (log2) of a SecAgg instance under its assumptions."""
-
-  security_log2: float  # P(some update exposed to server + adversaries)
-  correctness_log2: float  # P(a round aborts though the dropout rate holds)
-
-  def to_json(self) -> dict:
-    def fmt(x):
-      return None if x == -math.inf else round(x, 2)
-
-    return {
-      "security_failure_log2": fmt(self.security_log2),
-      "correctness_failure_log2": fmt(self.correctness_log2),
-    }
-
-
-def _log2(p: float) -> float:
-  return math.log2(p) if p > 0 else -math.inf
-
-
-def guarantee(k: int, degree: int, t: int, gamma: float, delta: float) -> Guarantee:
-  """The failure probabilities of (degree, t) for K=k, adversarial fraction
-  gamma and dropout rate delta (union bounds over the k hospitals)."""
-  adversaries = math.floor((gamma + _SMALL) * k)
-  survivors = math.ceil((1 - delta - _SMALL) * k)
-  if degree >= k - 1:  # complete graph: deterministic under the assumptions
-    sec = 0.0 if adversaries >= t else -math.inf
-    cor = 0.0 if survivors < t else -math.inf
-    return Guarantee(sec, cor)
-  log_disc = _log_disconnected(k, degree, adversaries + k - survivors)
-  # A hospital is exposed when t of its neighbours are adversarial.
-  p_adv = k * float(stats.hypergeom.sf(t - 1, k, adversaries, degree))
-  sec = _log2(min(1.0, math.exp(log_disc) + p_adv))
-  # A round aborts when fewer than t of a hospital's neighbours survive.
-  p_short = k * float(stats.hypergeom.cdf(t - 1, k, survivors, degree))
-  return Guarantee(sec, _log2(min(1.0, p_short)))
-
-
-def adversarial_neighbours(k: int, degree: int, gamma: float) -> int:
-  """t1: a bound on every hospital's corrupted neighbours that fails with
-  probability at most 2^-41 (floor(gamma K) on the complete graph)."""
-  adversaries = math.floor((gamma + _SMALL) * k)
-  if degree >= k - 1:
-    return adversaries
-  xs = np.arange(degree + 1)
-  # The smallest x with P(adversarial neighbours > x) <= 2^-41 / k.
-  return int(
-    xs[stats.hypergeom(k, adversaries, degree).sf(xs) <= 2.0 ** -(SECURITY_BITS + 1) / k][0]
-  )
-
-
-def malicious_threshold(holders: int, corrupted: int) -> int:
-  """The smallest t with 2t > holders + corrupted.
-
-  A server that lies about who dropped asks some of a hospital's holders for
-  its self-mask share and others for its private-key share. Two sets of t
-  holders then share more than `corrupted` members, so an honest holder is in
-  both, and an honest holder never reveals both secrets of one hospital.
-  """
-  return (holders + corrupted) // 2 + 1
-
-
-def _threshold_for(degree: int, t1: int, colluders: int, malicious: bool) -> int:
-  t = max(t1 + 1, 2)
-  return max(t, malicious_threshold(degree + 1, max(colluders, t1))) if malicious else t
-
-
-def harary_parameters(
-  k: int, gamma: float, delta: float, *, malicious: bool = False, colluders: int = 0
-) -> tuple[int, int] | None:
-  """The smallest even degree and its smallest threshold that meet 2^-40
-  security and 2^-20 correctness (None: no degree below k - 1 does).
-
-  For a degree: the graph of honest survivors must stay connected with
-  probability 1 - 2^-41; t - 1 must bound the adversarial neighbours of
-  every hospital but with probability 2^-41 (t > t1), and t the surviving
-  ones but with probability 2^-20 (t <= t2). Against a malicious server t
-  must also exceed (holders + t1) / 2 (malicious_threshold), which needs a
-  larger degree.
-  """
-  adversaries = math.floor((gamma + _SMALL) * k)
-  survivors = math.ceil((1 - delta - _SMALL) * k)
-  per_event = math.log(2.0 ** -(SECURITY_BITS + 1))
-  for degree in range(2, k - 1, 2):
-    if _log_disconnected(k, degree, adversaries + k - survivors) >= per_event:
-      continue
-    t = _threshold_for(degree, adversarial_neighbours(k, degree, gamma), colluders, malicious)
-    # t2: the smallest x with P(surviving neighbours <= x) >= 2^-20 / k.
-    xs = np.arange(degree + 1)
-    ok = stats.hypergeom(k, survivors, degree).cdf(xs) >= 2.0**-CORRECTNESS_BITS / k
-    t2 = int(xs[ok][0]) if ok.any() else degree
-    if t <= t2:
-      return degree, t
-  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +80,7 @@ class SecAggConfig:
     self._check_assumptions()
     degree, derived_t = self._parameters()
     object.__setattr__(self, "_degree", degree)
-    corrupted = adversarial_neighbours(self.num_hospitals, degree, self._gamma)
+    corrupted = parameters.adversarial_neighbours(self.num_hospitals, degree, self._gamma)
     object.__setattr__(self, "_corrupted", max(self.colluders, corrupted))
     t = self.threshold if self.threshold is not None else derived_t
     object.__setattr__(self, "_t", t)
@@ -291,7 +167,7 @@ class SecAggConfig:
     """A malicious server must not collect both secrets of a hospital."""
     if not self.malicious:
       return
-    need = malicious_threshold(self.holders_per_secret, self.corrupted_holders)
+    need = parameters.malicious_threshold(self.holders_per_secret, self.corrupted_holders)
     if t < need:
       raise ValueError(
         f"secagg_threshold={t}: a malicious server that asks some of a hospital's "
@@ -320,8 +196,11 @@ class SecAggConfig:
 
   def _derived_t(self, degree: int) -> int:
     k = self.num_hospitals
-    t = _threshold_for(
-      degree, adversarial_neighbours(k, degree, self._gamma), self.colluders, self.malicious
+    t = parameters.threshold_for(
+      degree,
+      parameters.adversarial_neighbours(k, degree, self._gamma),
+      self.colluders,
+      self.malicious,
     )
     if degree >= k - 1:  # the complete graph: a majority at least, as SecAgg always had
       t = max(t, k // 2 + 1)
@@ -338,7 +217,7 @@ class SecAggConfig:
       return k - 1, self._derived_t(k - 1)
     degree = self.neighbours
     if degree is None:
-      found = harary_parameters(
+      found = parameters.harary_parameters(
         k,
         self.adversarial_fraction,
         self.dropout_rate,
@@ -386,8 +265,8 @@ class SecAggConfig:
     return self.degree >= self.num_hospitals - 1
 
   @property
-  def guarantee(self) -> Guarantee:
-    return guarantee(
+  def guarantee(self) -> parameters.Guarantee:
+    return parameters.guarantee(
       self.num_hospitals, self.degree, self.t, self.adversarial_fraction, self.dropout_rate
     )
 
@@ -433,72 +312,3 @@ def _threat_model_text(cfg: SecAggConfig) -> str:
       f"with probability 2^{cfg.guarantee.security_log2:.1f}"
     )
   return f"{server}; {hidden}; keys, shares and graph fresh every round"
-
-
-def neighbour_graph(cfg: SecAggConfig, order_seed: bytes = b"") -> dict[int, tuple[int, ...]]:
-  """Hospital -> its neighbours (symmetric): complete, or a Harary graph of
-  even degree over the random order keyed by `order_seed` (32 secret bytes)."""
-  k = cfg.num_hospitals
-  if cfg.degree >= k - 1:
-    return {i: tuple(j for j in range(k) if j != i) for i in range(k)}
-  return harary_graph(k, cfg.degree, order_seed)
-
-
-def harary_graph(k: int, degree: int, order_seed: bytes) -> dict[int, tuple[int, ...]]:
-  """H(degree, k) over a random order: each hospital's degree/2 ring neighbours per side."""
-  rng = np.random.default_rng(np.random.SeedSequence(int.from_bytes(order_seed or b"\0", "big")))
-  order = rng.permutation(k)
-  pos = {int(h): p for p, h in enumerate(order)}
-  half = degree // 2
-  graph = {}
-  for i in range(k):
-    near = {int(order[(pos[i] + d) % k]) for d in range(-half, half + 1) if d}
-    graph[i] = tuple(sorted(near))
-  return graph
-
-
-def check_hidden(graph: dict, alive, colluders: int = 0, exact_limit: int = 20_000) -> None:
-  """RoundAborted unless the delivering hospitals' graph hides every update.
-
-  The server learns the sum of every connected component of the honest
-  delivering hospitals (pair masks with dropped hospitals are removed, those
-  with colluders known). So: each hospital must have more than `colluders`
-  delivering neighbours, and the graph on `alive` must stay connected after
-  removing any `colluders` of them (checked exactly while the subsets number
-  at most `exact_limit`; beyond, the probabilistic bound of the parameters
-  covers it).
-  """
-  alive = set(alive)
-  if len(alive) <= 1:
-    return
-  for i in alive:
-    live = sum(1 for j in graph[i] if j in alive)
-    if live <= colluders:
-      raise RoundAborted(
-        f"hospital {i} has {live} delivering neighbours, not more than the "
-        f"{colluders} assumed colluders: its update would be exposed"
-      )
-
-  def connected(nodes):
-    if not nodes:
-      return True
-    start = min(nodes)
-    seen, todo = {start}, [start]
-    while todo:
-      for j in graph[todo.pop()]:
-        if j in nodes and j not in seen:
-          seen.add(j)
-          todo.append(j)
-    return seen == nodes
-
-  if not connected(alive):
-    raise RoundAborted(
-      "the delivering hospitals' graph is disconnected: a partial sum would be released"
-    )
-  if colluders and math.comb(len(alive), colluders) <= exact_limit:
-    for removed in itertools.combinations(sorted(alive), colluders):
-      if not connected(alive - set(removed)):
-        raise RoundAborted(
-          f"removing {colluders} hospital(s) {list(removed)} disconnects the delivering "
-          "hospitals' graph: colluders could learn a partial sum"
-        )

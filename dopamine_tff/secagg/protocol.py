@@ -59,24 +59,26 @@ import numpy as np
 from dopamine_tff import seeds
 from dopamine_tff.secagg import chacha
 from dopamine_tff.secagg import config as config_lib
+from dopamine_tff.secagg import graphs
 from dopamine_tff.secagg import masking
+from dopamine_tff.secagg import parameters
 from dopamine_tff.secagg import shamir
 
 _INFO = b"dopamine_tff/secagg/v1/pair-mask"
 _DITHER_INFO = b"dopamine_tff/secagg/v1/pair-dither"
 
 
-# Re-exported from dopamine_tff/secagg/config.py (the parameters and graphs).
+# Re-exported from secagg/config.py, parameters.py and graphs.py.
 RoundAborted = config_lib.RoundAborted
 UpdateNotEncodable = config_lib.UpdateNotEncodable
 ProtocolViolation = config_lib.ProtocolViolation
 SecAggConfig = config_lib.SecAggConfig
-Guarantee = config_lib.Guarantee
-guarantee = config_lib.guarantee
-harary_parameters = config_lib.harary_parameters
-harary_graph = config_lib.harary_graph
-neighbour_graph = config_lib.neighbour_graph
-check_hidden = config_lib.check_hidden
+Guarantee = parameters.Guarantee
+guarantee = parameters.guarantee
+harary_parameters = parameters.harary_parameters
+harary_graph = graphs.harary_graph
+neighbour_graph = graphs.neighbour_graph
+check_hidden = graphs.check_hidden
 MODES = config_lib.MODES
 
 

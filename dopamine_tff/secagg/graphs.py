@@ -1,0 +1,85 @@
+"""SecAgg's neighbour graphs and the check that a round keeps every update hidden.
+
+The complete graph for SecAgg; for SecAgg+ a Harary graph H(k, K) over a
+fresh secret order every round (Bell et al. 2020).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from dopamine_tff.secagg import config as config_lib
+
+
+def neighbour_graph(
+  cfg: config_lib.SecAggConfig, order_seed: bytes = b""
+) -> dict[int, tuple[int, ...]]:
+  """Hospital -> its neighbours (symmetric): complete, or a Harary graph of
+  even degree over the random order keyed by `order_seed` (32 secret bytes)."""
+  k = cfg.num_hospitals
+  if cfg.degree >= k - 1:
+    return {i: tuple(j for j in range(k) if j != i) for i in range(k)}
+  return harary_graph(k, cfg.degree, order_seed)
+
+
+def harary_graph(k: int, degree: int, order_seed: bytes) -> dict[int, tuple[int, ...]]:
+  """H(degree, k) over a random order: each hospital's degree/2 ring neighbours per side."""
+  rng = np.random.default_rng(np.random.SeedSequence(int.from_bytes(order_seed or b"\0", "big")))
+  order = rng.permutation(k)
+  pos = {int(h): p for p, h in enumerate(order)}
+  half = degree // 2
+  graph = {}
+  for i in range(k):
+    near = {int(order[(pos[i] + d) % k]) for d in range(-half, half + 1) if d}
+    graph[i] = tuple(sorted(near))
+  return graph
+
+
+def check_hidden(graph: dict, alive, colluders: int = 0, exact_limit: int = 20_000) -> None:
+  """RoundAborted unless the delivering hospitals' graph hides every update.
+
+  The server learns the sum of every connected component of the honest
+  delivering hospitals (pair masks with dropped hospitals are removed, those
+  with colluders known). So: each hospital must have more than `colluders`
+  delivering neighbours, and the graph on `alive` must stay connected after
+  removing any `colluders` of them (checked exactly while the subsets number
+  at most `exact_limit`; beyond, the probabilistic bound of the parameters
+  covers it).
+  """
+  alive = set(alive)
+  if len(alive) <= 1:
+    return
+  for i in alive:
+    live = sum(1 for j in graph[i] if j in alive)
+    if live <= colluders:
+      raise config_lib.RoundAborted(
+        f"hospital {i} has {live} delivering neighbours, not more than the "
+        f"{colluders} assumed colluders: its update would be exposed"
+      )
+
+  def connected(nodes):
+    if not nodes:
+      return True
+    start = min(nodes)
+    seen, todo = {start}, [start]
+    while todo:
+      for j in graph[todo.pop()]:
+        if j in nodes and j not in seen:
+          seen.add(j)
+          todo.append(j)
+    return seen == nodes
+
+  if not connected(alive):
+    raise config_lib.RoundAborted(
+      "the delivering hospitals' graph is disconnected: a partial sum would be released"
+    )
+  if colluders and math.comb(len(alive), colluders) <= exact_limit:
+    for removed in itertools.combinations(sorted(alive), colluders):
+      if not connected(alive - set(removed)):
+        raise config_lib.RoundAborted(
+          f"removing {colluders} hospital(s) {list(removed)} disconnects the delivering "
+          "hospitals' graph: colluders could learn a partial sum"
+        )
