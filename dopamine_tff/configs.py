@@ -373,6 +373,8 @@ class LoopOptions:
       (dopamine_tff/audit.py) and put the results in summary.json.
     overwrite: replace a previous run in the output directory. Without it
       (and without resume) a directory holding a run is refused.
+    record_timings: write each round's time into metrics.csv and TensorBoard
+      (a side channel: a round's time grows with its Poisson batches).
   """
 
   checkpoint_every: int = 10
@@ -380,6 +382,7 @@ class LoopOptions:
   tensorboard: bool = True
   audit: bool = False
   overwrite: bool = False
+  record_timings: bool = False
 
   def __post_init__(self):
     if self.checkpoint_every < 0:

@@ -242,6 +242,12 @@ flags.DEFINE_bool(
   "overwrite", False, "Replace a previous run's files in --output_dir instead of refusing."
 )
 flags.DEFINE_bool("tensorboard", True, "Write TensorBoard events to <output_dir>/tensorboard.")
+flags.DEFINE_bool(
+  "record_timings",
+  False,
+  "Write each round's time to metrics.csv and TensorBoard: a side channel (a round's time "
+  "grows with its Poisson batches); summary.json says so.",
+)
 flags.DEFINE_list(
   "worker_addresses",
   [],

@@ -92,7 +92,7 @@ class Stop:
     return self.after is not None and self.calls > self.after
 
 
-def _loop(trainer, rounds=6, stop=None, target=None, ema_decay=0.0, saves=None):
+def _loop(trainer, rounds=6, stop=None, target=None, ema_decay=0.0, saves=None, **kwargs):
   cfg = configs.TrainConfig(rounds=rounds, target_epsilon=target, ema_decay=ema_decay)
   parties = accounting.Parties(trainer.parties(), cfg.delta)
   sink = Sink()
@@ -106,7 +106,7 @@ def _loop(trainer, rounds=6, stop=None, target=None, ema_decay=0.0, saves=None):
     lambda _: None,
   )
   start = resume.Restored(trainer.initial_state(), 0, 0.0, None)
-  return loop.Loop(cfg, parts, start), parties, sink
+  return loop.Loop(cfg, parts, start, **kwargs), parties, sink
 
 
 def test_unreleased_rounds_keep_the_weights_and_spend_nothing():
@@ -188,3 +188,25 @@ def test_checkpoints_on_schedule_and_on_a_stop_request():
 def test_a_non_private_setting_reports_infinite_epsilon():
   parties = accounting.Parties([], 1e-4, private=False)
   assert math.isinf(parties.epsilon())
+
+
+def test_published_rows_carry_no_round_times_unless_asked():
+  """A round's time grows with its Poisson batch: it stays out of the rows by default."""
+  trainer = FakeTrainer(aborted={1})
+  lp, _, sink = _loop(trainer, rounds=3)
+  lp.rounds(trainer.initial_state())
+  assert all(math.isnan(r["round_time_s"]) and math.isnan(r["wall_time_s"]) for r in sink.rows)
+  lp, _, sink = _loop(FakeTrainer(), rounds=3, record_timings=True)
+  lp.rounds(trainer.initial_state())
+  assert all(r["round_time_s"] >= 0 and r["wall_time_s"] >= 0 for r in sink.rows)
+
+
+def test_the_encode_failure_column_says_whether_not_how_many():
+  class ThreeFlagged(FakeTrainer):
+    def run(self, state, plan, r):
+      return base.RoundOutcome(state, {"secure_clipped_count": 3}, False, "not encodable")
+
+  trainer = ThreeFlagged()
+  lp, _, sink = _loop(trainer, rounds=2)
+  lp.rounds(trainer.initial_state())
+  assert [r["secure_clipped"] for r in sink.rows] == [1, 1]

@@ -322,6 +322,9 @@ def test_bare_resume_after_sigterm_keeps_the_budget_and_the_rounds(tmp_path):
   assert summary["stop_reason"].startswith("budget") and summary["rounds_run"] < 40
   hparams = json.loads((tmp_path / "run" / "hparams.json").read_text())
   assert hparams["target_epsilon"] == 3.3 and hparams["rounds"] == 40
+  # The published rows carry no per-round times (a side channel) by default.
+  assert all(r["round_time_s"] == "" == r["wall_time_s"] for r in _rows(out))
+  assert summary["per_round_timings"].startswith("not recorded")
   assert "resume changes" not in resumed.stderr
   # A given change is named in the log, the raised budget as spending more.
   more = subprocess.run(

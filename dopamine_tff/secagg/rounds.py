@@ -67,7 +67,7 @@ class SecureDpSgd:
     )
     if int(flagged):
       raise protocol_lib.UpdateNotEncodable(
-        f"{int(flagged)} hospital(s) had a non-finite or out-of-range update; the round is "
+        "a hospital's update had a non-finite or out-of-range coordinate; the round is "
         "abandoned before unmasking"
       )
     t1 = time.monotonic()

@@ -140,7 +140,8 @@ class DpSgdTrainer(base.TffTrainer):
       flagged = int(measurements.get("secure_clipped_count", 0))
       if flagged:  # the plain sum flags, and the round is abandoned, after the fact
         raise secagg_protocol.UpdateNotEncodable(
-          f"{flagged} hospital(s) had a non-finite or out-of-range update; the round is abandoned"
+          "a hospital's update had a non-finite or out-of-range coordinate; the round is "
+          "abandoned"
         )
     except secagg_protocol.RoundAborted as e:
       flagged = int(isinstance(e, secagg_protocol.UpdateNotEncodable))
