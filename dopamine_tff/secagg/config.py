@@ -87,16 +87,7 @@ class SecAggConfig:
     self._check_threshold(degree, t)
     self._check_colluders(t)
     self._check_server_model(t)
-    g = self.guarantee
-    if self.mode == "secagg_plus" and g.security_log2 > -SECURITY_BITS:
-      raise ValueError(
-        f"secagg_plus with {degree} neighbours and threshold {t}: an update is exposed with "
-        f"probability 2^{g.security_log2:.1f} > 2^-{SECURITY_BITS} under "
-        f"secagg_adversarial_fraction={self.adversarial_fraction}, "
-        f"secagg_dropout_rate={self.dropout_rate}; leave --secagg_neighbours and "
-        "--secagg_threshold unset to derive them"
-      )
-    self._check_correctness()
+    self._check_guarantee()
 
   def _check_assumptions(self) -> None:
     """The mode, K, the PRG, the threat model's fractions and an explicit degree."""
@@ -176,16 +167,27 @@ class SecAggConfig:
         f"corrupted) / 2; need t >= {need} (or --secagg_server_model=semi_honest)"
       )
 
-  def _check_correctness(self) -> None:
-    """SecAgg+'s rounds must abort no more often than 2^-20 under the dropout rate."""
+  def _check_guarantee(self) -> None:
+    """SecAgg+ must meet its stated bounds: exposure 2^-40, aborts 2^-20."""
     g = self.guarantee
-    if self.mode == "secagg_plus" and g.correctness_log2 > -CORRECTNESS_BITS:
-      raise ValueError(
-        f"secagg_plus with {self.degree} neighbours and threshold {self.t} at K="
-        f"{self.num_hospitals}: a round aborts with probability 2^{g.correctness_log2:.1f} > "
-        f"2^-{CORRECTNESS_BITS} under secagg_dropout_rate={self.dropout_rate}; leave "
-        "--secagg_neighbours and --secagg_threshold unset, or use --secure_aggregation=secagg"
-      )
+    if self.mode != "secagg_plus":
+      return
+    what = (
+      f"secagg_plus with {self.degree} neighbours and threshold {self.t} at K={self.num_hospitals}"
+    )
+    assumed = (
+      f"secagg_adversarial_fraction={self.adversarial_fraction}, "
+      f"secagg_dropout_rate={self.dropout_rate}"
+    )
+    for bits, log2, event in (
+      (SECURITY_BITS, g.security_log2, "an update is exposed"),
+      (CORRECTNESS_BITS, g.correctness_log2, "a round aborts"),
+    ):
+      if log2 > -bits:
+        raise ValueError(
+          f"{what}: {event} with probability 2^{log2:.1f} > 2^-{bits} under {assumed}; leave "
+          "--secagg_neighbours and --secagg_threshold unset to derive them"
+        )
 
   def _threat_model(self) -> str:
     return _threat_model_text(self)
