@@ -26,6 +26,7 @@ from dopamine_tff import runtime
 from dopamine_tff import transport
 from dopamine_tff.data import loaders
 from dopamine_tff.program import resume
+from dopamine_tff.program import run_dir
 
 
 def config_from(cls, values: Mapping, **overrides):
@@ -351,7 +352,7 @@ def one_line_errors(binary: str, resume_hint: str, where: str | None = None):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     print(f"{binary}: {e}" + (f" (in {where})" if where else ""), file=sys.stderr)
     sys.exit(128 + e.signum)
-  except runtime.WorkerDied as e:
+  except (runtime.WorkerDied, run_dir.WriteFailed) as e:
     print(f"{binary}: error: {e}", file=sys.stderr)
     sys.exit(1)
   except KeyboardInterrupt:  # a second Ctrl-C, or one outside the round loop

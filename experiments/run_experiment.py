@@ -292,7 +292,10 @@ def main(argv):
   present = {name for name in values if flags.FLAGS[name].present}
   own = {f.name for f in flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])}
   hint = f"rerun with --resume to continue from the newest checkpoint in {_OUTPUT_DIR.value}"
-  with flags_lib.one_line_errors("run_experiment", hint, where=values["output_dir"]):
+  with (
+    flags_lib.one_line_errors("run_experiment", hint, where=values["output_dir"]),
+    run_dir.exclusive(values["output_dir"]),  # before the directory is read: one run in it
+  ):
     changes, recorded = [], {}
     if values["resume"] and run_dir.has_checkpoint(values["output_dir"]):
       # The run's own values, not today's defaults: a bare --resume keeps its budget.

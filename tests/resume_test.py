@@ -339,3 +339,43 @@ def test_bare_resume_after_sigterm_keeps_the_budget_and_the_rounds(tmp_path):
   assert "resume changes --rounds 40 -> 30" in more.stderr
   summary = json.loads((tmp_path / "run" / "summary.json").read_text())
   assert summary["target_epsilon"] == 3.5 and 3.3 < summary["epsilon"] <= 3.5
+
+
+def test_a_second_start_in_a_running_runs_directory_is_refused_and_the_run_survives(tmp_path):
+  """The review: a --resume 12 s into a running run deleted its shards and both died."""
+  out = str(tmp_path / "run")
+  running = subprocess.Popen(
+    _cmd("fscdp", out, "--rounds=400"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+  )
+  try:
+    deadline = time.monotonic() + 300
+    while not (os.path.isfile(os.path.join(out, "metrics.csv")) and len(_rows(out)) >= 3):
+      assert running.poll() is None and time.monotonic() < deadline, "the run ended early"
+      time.sleep(0.05)
+    for extra in (["--resume"], ["--overwrite"], []):
+      second = subprocess.run(
+        _cmd("fscdp", out, "--rounds=400", *extra),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+      )
+      assert second.returncode == 2, second.stderr[-2000:]
+      line = second.stderr.strip().splitlines()[-1]
+      assert f"is in use by another run (PID {running.pid})" in line
+    rows_before = len(_rows(out))
+    time.sleep(1.0)
+    assert running.poll() is None and len(_rows(out)) > rows_before  # still training
+  finally:
+    running.send_signal(signal.SIGTERM)
+    running.communicate(timeout=300)
+  assert running.returncode == 128 + signal.SIGTERM
+  done = checkpoint.rounds(os.path.join(out, "checkpoints"))[-1]
+  resumed = subprocess.run(
+    _cmd("fscdp", out, "--rounds", str(done + 2), "--resume"),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -1,6 +1,8 @@
 """The output directory: a previous run is refused, resumed or replaced, never clobbered."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -55,3 +57,51 @@ def test_a_file_or_an_unwritable_place_is_one_line_before_anything_runs(tmp_path
   run_dir.check_output_dir(str(tmp_path / "new" / "deeper"), configs.LoopOptions())
   assert not (tmp_path / "new").exists()  # the check creates nothing
   assert sorted(os.listdir(tmp_path)) == ["a_file"]
+
+
+def _hold_lock(directory):
+  """Another process holding `directory`'s run lock, as a running run does."""
+  code = (
+    "import fcntl, os, sys, time\n"
+    f"fd = os.open({os.path.join(directory, run_dir.LOCK)!r}, os.O_RDWR | os.O_CREAT)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "os.pwrite(fd, str(os.getpid()).encode(), 0)\n"
+    "print('held', flush=True)\n"
+    "time.sleep(60)\n"
+  )
+  proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().strip() == "held"
+  return proc
+
+
+def test_a_directory_another_process_runs_in_is_refused_naming_its_pid(tmp_path):
+  (tmp_path / ".scratch").mkdir()
+  (tmp_path / ".scratch" / "hospital_0000.tfrec").write_text("the running run's data")
+  holder = _hold_lock(str(tmp_path))
+  try:
+    refused = pytest.raises(
+      run_dir.RunDirError, match=rf"in use by another run \(PID {holder.pid}\)"
+    )
+    with refused, run_dir.exclusive(str(tmp_path)):
+      run_dir.make_scratch(str(tmp_path))
+    # The running run's scratch files are untouched.
+    assert (tmp_path / ".scratch" / "hospital_0000.tfrec").exists()
+  finally:
+    holder.kill()
+    holder.wait()
+  # The kernel released the dead holder's lock: the directory is free again.
+  with run_dir.exclusive(str(tmp_path)), run_dir.exclusive(str(tmp_path)):  # re-entrant
+    run_dir.make_scratch(str(tmp_path), log=lambda _: None)
+  assert not list((tmp_path / ".scratch").iterdir())
+
+
+def test_scratch_is_never_cleaned_without_the_lock(tmp_path):
+  with pytest.raises(RuntimeError, match="outside run_dir.exclusive"):
+    run_dir.make_scratch(str(tmp_path))
+
+
+def test_a_directory_the_lock_created_goes_when_nothing_was_written(tmp_path):
+  out = tmp_path / "new"
+  with run_dir.exclusive(str(out)):
+    assert sorted(os.listdir(out)) == [run_dir.LOCK]
+  assert not out.exists()

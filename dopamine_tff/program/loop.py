@@ -296,6 +296,11 @@ def run(
   """
   cfg.check_hospitals(len(data.hospitals))
   cfg.check_delta(_units(cfg, data))
+  with run_dir.exclusive(output_dir):  # one run per directory, for the whole run
+    return _locked_run(cfg, data, output_dir, hparams, data_config, options, log)
+
+
+def _locked_run(cfg, data, output_dir, hparams, data_config, options, log) -> dict:
   run_dir.check_output_dir(output_dir, options)
   hparams = dict(hparams or {})
   if data_config is not None:
@@ -308,13 +313,12 @@ def run(
   # The hospitals' shard files (copies of the training data) are scratch:
   # owner-only, under the run's own directory, removed on every exit that runs
   # code; a killed run's are removed by the next start.
-  created = not os.path.exists(output_dir)
   scratch = run_dir.make_scratch(output_dir, log)
   try:
     trainer = trainers.make_trainer(cfg, data, scratch)
     return _run(cfg, data, output_dir, trainer, hparams, options, log)
   finally:
-    run_dir.remove_scratch(output_dir, created)
+    run_dir.remove_scratch(output_dir)
 
 
 def _units(cfg, data) -> int:

@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
@@ -31,18 +34,111 @@ RUN_FILES = (
 
 
 SCRATCH = ".scratch"  # the run's shard files: copies of the training data
+LOCK = ".lock"  # held (flock) by the one process that runs in the directory
 
 
 class RunDirError(ValueError):
   """The output directory holds a run that this start would clobber or mismatch."""
 
 
+class WriteFailed(RuntimeError):
+  """A file of the run could not be written (a full disk, an I/O error)."""
+
+
+# Errors of the storage, not of the program: the run stops with one line.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def writing(path: str, what: str, cleanup: str | None = None):
+  """Turns a storage error while writing `what` at `path` into WriteFailed.
+
+  Args:
+    path: the file or directory being written (named in the message).
+    what: what it is ("checkpoint", "metrics.csv", ...).
+    cleanup: a temporary file or directory to remove on failure.
+  """
+  try:
+    yield
+  except OSError as e:
+    if cleanup is not None:
+      if os.path.isdir(cleanup):
+        shutil.rmtree(cleanup, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.remove(cleanup)
+    if e.errno not in STORAGE_ERRNOS:
+      raise
+    raise WriteFailed(
+      f"cannot write the {what} {path}: {e.strerror or e}; the last complete checkpoint is "
+      "intact: free space (or fix the disk) and rerun with --resume"
+    ) from None
+
+
+def fsync_dir(path: str) -> None:
+  """Makes a rename or a new entry in directory `path` durable."""
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
 def write_json(path: str, blob: dict) -> None:
-  """Writes `blob` to `path` atomically (a killed write leaves the old file)."""
+  """Writes `blob` to `path` atomically and durably (a killed write or a power
+  cut leaves the old file or the new one, never a mix)."""
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(blob, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
+  with writing(path, os.path.basename(path), cleanup=tmp):
+    with open(tmp, "w") as f:
+      json.dump(blob, f, indent=2, sort_keys=True, default=str)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+_HELD: dict[str, int] = {}  # real path of an output directory -> the fd holding its lock
+
+
+@contextlib.contextmanager
+def exclusive(output_dir: str):
+  """One run per directory: an exclusive flock on <output_dir>/.lock for the block.
+
+  The kernel releases it when the process dies, however it dies. Re-entrant
+  within one process. A directory this call created is removed again when
+  the block leaves nothing in it but the lock.
+
+  Raises:
+    RunDirError: another process holds the directory (named by its PID).
+  """
+  path = os.path.realpath(output_dir)
+  if path in _HELD:
+    yield
+    return
+  check_writable(output_dir)
+  created = not os.path.exists(path)
+  os.makedirs(path, exist_ok=True)
+  lock = os.path.join(path, LOCK)
+  fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    os.close(fd)
+    raise RunDirError(
+      f"{output_dir} is in use by another run (PID {holder}); wait for it to end or stop it "
+      "(its --resume continues it), or use another --output_dir"
+    ) from None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+  _HELD[path] = fd
+  try:
+    yield
+  finally:
+    del _HELD[path]
+    if created and os.path.isdir(path) and os.listdir(path) == [LOCK]:
+      shutil.rmtree(path, ignore_errors=True)
+    os.close(fd)
 
 
 def previous_run_files(output_dir: str) -> list[str]:
@@ -131,7 +227,9 @@ def make_scratch(output_dir: str, log=print) -> str:
   copies of the training data there: they are removed first, and the log says so.
   """
   path = os.path.join(output_dir, SCRATCH)
-  if os.path.exists(path):
+  if os.path.realpath(output_dir) not in _HELD:
+    raise RuntimeError(f"make_scratch outside run_dir.exclusive({output_dir!r})")
+  if os.path.exists(path):  # under the lock: no run is using them
     count = sum(len(files) for _, _, files in os.walk(path))
     shutil.rmtree(path)
     log(f"removed {count} scratch file(s) (training-data copies) left by a killed run in {path}")
@@ -140,9 +238,7 @@ def make_scratch(output_dir: str, log=print) -> str:
   return path
 
 
-def remove_scratch(output_dir: str, created: bool = False) -> None:
-  """Removes the scratch directory, and `output_dir` too when this start created it
-  and nothing else was written (a run refused before its first round leaves nothing)."""
+def remove_scratch(output_dir: str) -> None:
+  """Removes the scratch directory (the directory itself, if this start made
+  it and nothing else was written, goes with the lock: `exclusive`)."""
   shutil.rmtree(os.path.join(output_dir, SCRATCH), ignore_errors=True)
-  if created and os.path.isdir(output_dir) and not os.listdir(output_dir):
-    os.rmdir(output_dir)
