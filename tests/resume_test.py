@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -229,17 +230,100 @@ def test_resume_may_raise_the_round_count(tmp_path):
   assert fewer.returncode == 2 and "beyond --rounds=8" in fewer.stderr
 
 
+def _meta(x):
+  return {"x": x, "ledgers": {"all": x}, "fingerprint": "f"}
+
+
 def test_checkpoint_round_trip_and_atomicity(tmp_path):
   d = str(tmp_path)
-  checkpoint.save(d, 4, {"weights": [np.ones(3)], "velocity": []}, {"x": 1})
-  checkpoint.save(d, 8, {"weights": [np.full(3, 2.0)]}, {"x": 2})
-  checkpoint.save(d, 12, {"weights": [np.full(3, 3.0)]}, {"x": 3})
-  os.makedirs(os.path.join(d, "ckpt_00000016.tmp"))  # a save killed half-way
-  assert checkpoint.rounds(d) == [8, 12]
-  arrays, meta = checkpoint.load_latest(d)
-  assert meta == {"x": 3, "round": 12}
-  np.testing.assert_array_equal(arrays["weights"][0], np.full(3, 3.0))
+  checkpoint.save(d, 4, {"weights": [np.ones(3)], "velocity": []}, _meta(1))
+  checkpoint.save(d, 8, {"weights": [np.full(3, 2.0)]}, _meta(2))
+  checkpoint.save(d, 12, {"weights": [np.full(3, 3.0)]}, _meta(3))
+  checkpoint.save(d, 16, {"weights": [np.full(3, 4.0)]}, _meta(4))
+  os.makedirs(os.path.join(d, "ckpt_00000020.tmp"))  # a save killed half-way
+  assert checkpoint.rounds(d) == [8, 12, 16]
+  found = checkpoint.load_latest(d)
+  assert found.meta["round"] == 16 and found.meta["x"] == 4 and found.damaged == ()
+  assert len(found.meta["arrays_sha256"]) == 64
+  np.testing.assert_array_equal(found.arrays["weights"][0], np.full(3, 4.0))
   assert checkpoint.load_latest(str(tmp_path / "none")) is None
+
+
+def _damage(path, how):
+  npz, meta = os.path.join(path, "arrays.npz"), os.path.join(path, "meta.json")
+  if how == "truncated arrays":
+    with open(npz, "r+b") as f:
+      f.truncate(300)
+  elif how == "arrays missing":
+    os.remove(npz)
+  elif how == "arrays empty":
+    pathlib.Path(npz).write_bytes(b"")
+  elif how == "arrays NaN":  # rewritten whole, as a bug or a tamperer would
+    np.savez(npz, weights__00000=np.full(3, np.nan))
+  elif how == "meta without ledgers":
+    blob = json.loads(pathlib.Path(meta).read_text())
+    del blob["ledgers"]
+    pathlib.Path(meta).write_text(json.dumps(blob))
+  elif how == "meta garbage":
+    pathlib.Path(meta).write_text("{not json")
+
+
+@pytest.mark.parametrize(
+  "how,why",
+  [
+    ("truncated arrays", "does not match the SHA-256"),
+    ("arrays missing", "arrays.npz is missing"),
+    ("arrays empty", "does not match the SHA-256"),
+    ("arrays NaN", "does not match the SHA-256"),
+    ("meta without ledgers", "meta.json lacks ledgers"),
+    ("meta garbage", "meta.json is unreadable"),
+  ],
+)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one(how, why, tmp_path):
+  """The review: a truncated arrays.npz was a BadZipFile traceback, NaN arrays
+  resumed silently; the intact older checkpoint was never used."""
+  d = str(tmp_path)
+  checkpoint.save(d, 4, {"weights": [np.ones(3)]}, _meta(1))
+  checkpoint.save(d, 8, {"weights": [np.full(3, 2.0)]}, _meta(2))
+  _damage(os.path.join(d, "ckpt_00000008"), how)
+  found = checkpoint.load_latest(d)
+  assert found.meta["round"] == 4
+  np.testing.assert_array_equal(found.arrays["weights"][0], np.ones(3))
+  (line,) = found.damaged
+  assert "ckpt_00000008" in line and why in line
+  # The ledger of a checkpoint whose meta.json is readable is kept (never under-count).
+  readable = how not in ("meta without ledgers", "meta garbage")
+  assert (found.newest_round, found.newest_ledgers) == (
+    (8, {"all": 2}) if readable else (None, None)
+  )
+  # With no intact checkpoint left, one line says why.
+  _damage(os.path.join(d, "ckpt_00000004"), how)
+  with pytest.raises(checkpoint.Damaged, match="no intact checkpoint to resume from"):
+    checkpoint.load_latest(d)
+
+
+def test_a_run_resumes_past_a_truncated_checkpoint_with_the_ledger_kept(tmp_path):
+  out = str(tmp_path / "run")
+  first = subprocess.run(
+    _cmd("fscdp", out, "--rounds=12"), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert first.returncode == 0, first.stderr[-2000:]
+  eps_full = json.loads((tmp_path / "run" / "summary.json").read_text())["epsilon"]
+  ckpts = os.path.join(out, "checkpoints")
+  assert checkpoint.rounds(ckpts) == [4, 8, 12]
+  _damage(os.path.join(ckpts, "ckpt_00000012"), "truncated arrays")
+  again = subprocess.run(
+    _cmd("fscdp", out, "--rounds=12", "--resume"),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert "does not match the SHA-256" in again.stderr and "resuming after round 8" in again.stderr
+  # Rounds 9-12 ran twice: both charged, so epsilon is above the single run's.
+  eps = json.loads((tmp_path / "run" / "summary.json").read_text())["epsilon"]
+  assert eps > eps_full
 
 
 def _flat(weights):

@@ -48,8 +48,8 @@ def test_ema_is_the_average_of_released_weights_and_resumes_exactly(digits, tmp_
   ema = _final(ema_dir)
   assert not all(np.array_equal(a, b) for a, b in zip(ema, _final(plain)))
   # The EMA run's own state weights are the plain run's (post-processing only).
-  arrays, _ = checkpoint.load_latest(os.path.join(ema_dir, "checkpoints"))
-  plain_arrays, _ = checkpoint.load_latest(os.path.join(plain, "checkpoints"))
+  arrays = checkpoint.load_latest(os.path.join(ema_dir, "checkpoints")).arrays
+  plain_arrays = checkpoint.load_latest(os.path.join(plain, "checkpoints")).arrays
   for a, b in zip(arrays["weights"], plain_arrays["weights"]):
     np.testing.assert_array_equal(a, b)
   for a, b in zip(arrays["ema"], ema):

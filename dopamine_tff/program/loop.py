@@ -242,10 +242,10 @@ def _first_round_cost(cfg, trainer, parties) -> float | None:
   return parties.epsilon_if(plan.steps)
 
 
-def _start(cfg, data, output_dir, trainer, parties, options) -> resume.Restored:
+def _start(cfg, data, output_dir, trainer, parties, options, log) -> resume.Restored:
   """The restored checkpoint, or a fresh start (a previous run's files removed)."""
   ckpt_dir = os.path.join(output_dir, "checkpoints")
-  restored = resume.restore(trainer, parties, ckpt_dir, cfg, data) if options.resume else None
+  restored = resume.restore(trainer, parties, ckpt_dir, cfg, data, log) if options.resume else None
   if restored is not None:
     return restored
   cost = _first_round_cost(cfg, trainer, parties) if cfg.target_epsilon else None
@@ -339,7 +339,7 @@ def _sinks(output_dir, options, start_round):
 
 def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
   parties = accounting.Parties(trainer.parties(), cfg.delta, cfg.budget_accountant, cfg.private)
-  start = _start(cfg, data, output_dir, trainer, parties, options)
+  start = _start(cfg, data, output_dir, trainer, parties, options, log)
   os.makedirs(output_dir, exist_ok=True)
   run_dir.write_json(os.path.join(output_dir, "hparams.json"), hparams)
   _log_start(cfg, trainer, options, start.round, log)

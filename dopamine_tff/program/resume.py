@@ -94,19 +94,44 @@ def _check_identity(meta: dict, ckpt_dir: str, cfg, data) -> None:
   )
 
 
-def restore(trainer, parties: accounting.Parties, ckpt_dir: str, cfg, data) -> Restored | None:
-  """The newest checkpoint's state (ledgers restored into `parties`); None if none."""
-  found = checkpoint.load_latest(ckpt_dir)
+def restore(
+  trainer, parties: accounting.Parties, ckpt_dir: str, cfg, data, log=print
+) -> Restored | None:
+  """The newest intact checkpoint's state (ledgers restored into `parties`); None if none.
+
+  A damaged newer checkpoint is named in the log and skipped; the ledgers
+  then come from the newest one whose meta.json is readable, so the rounds it
+  charged stay charged when they are run again (the ledger never under-counts).
+  """
+  try:
+    found = checkpoint.load_latest(ckpt_dir)
+  except checkpoint.Damaged as e:
+    raise run_dir.RunDirError(f"cannot resume: {e}; start afresh with --overwrite") from None
   if found is None:
     return None
-  arrays, meta = found
+  arrays, meta = found.arrays, found.meta
+  for line in found.damaged:
+    log(f"{line}; resuming from the newest intact one, round {meta['round']}")
   _check_identity(meta, ckpt_dir, cfg, data)
   if meta["round"] > cfg.rounds:
     raise run_dir.RunDirError(
       f"cannot resume: the checkpoint in {ckpt_dir} is at round {meta['round']}, "
       f"beyond --rounds={cfg.rounds}; raise --rounds"
     )
-  parties.restore(meta["ledgers"])
+  try:
+    parties.restore(meta["ledgers"])
+    if found.newest_ledgers is not None:
+      parties.restore(found.newest_ledgers)
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
+    raise run_dir.RunDirError(
+      f"cannot resume: the privacy ledgers in {ckpt_dir} are malformed ({e!r}); the spent "
+      "budget is unknown, so the run cannot continue: start afresh with --overwrite"
+    ) from None
+    log(
+      f"the privacy ledger keeps the rounds up to {found.newest_round} that the damaged "
+      f"checkpoint charged; rerunning rounds {meta['round'] + 1}-{found.newest_round} charges "
+      "them again"
+    )
   ema = arrays.pop("ema", None)
   state = trainer.state_from_arrays(arrays)
   return Restored(state, meta["round"], meta.get("wall_time_s", 0.0), ema)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -20,6 +19,7 @@ import tempfile
 
 from dopamine_tff import configs
 from dopamine_tff.program import checkpoint
+from dopamine_tff.program import durable
 
 # What a run writes into its directory (and --overwrite removes).
 RUN_FILES = (
@@ -41,60 +41,17 @@ class RunDirError(ValueError):
   """The output directory holds a run that this start would clobber or mismatch."""
 
 
-class WriteFailed(RuntimeError):
-  """A file of the run could not be written (a full disk, an I/O error)."""
-
-
-# Errors of the storage, not of the program: the run stops with one line.
-STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG)
-
-
-@contextlib.contextmanager
-def writing(path: str, what: str, cleanup: str | None = None):
-  """Turns a storage error while writing `what` at `path` into WriteFailed.
-
-  Args:
-    path: the file or directory being written (named in the message).
-    what: what it is ("checkpoint", "metrics.csv", ...).
-    cleanup: a temporary file or directory to remove on failure.
-  """
-  try:
-    yield
-  except OSError as e:
-    if cleanup is not None:
-      if os.path.isdir(cleanup):
-        shutil.rmtree(cleanup, ignore_errors=True)
-      else:
-        with contextlib.suppress(OSError):
-          os.remove(cleanup)
-    if e.errno not in STORAGE_ERRNOS:
-      raise
-    raise WriteFailed(
-      f"cannot write the {what} {path}: {e.strerror or e}; the last complete checkpoint is "
-      "intact: free space (or fix the disk) and rerun with --resume"
-    ) from None
-
-
-def fsync_dir(path: str) -> None:
-  """Makes a rename or a new entry in directory `path` durable."""
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
-
-
 def write_json(path: str, blob: dict) -> None:
   """Writes `blob` to `path` atomically and durably (a killed write or a power
   cut leaves the old file or the new one, never a mix)."""
   tmp = path + ".tmp"
-  with writing(path, os.path.basename(path), cleanup=tmp):
+  with durable.writing(path, os.path.basename(path), cleanup=tmp):
     with open(tmp, "w") as f:
       json.dump(blob, f, indent=2, sort_keys=True, default=str)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+    durable.fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 _HELD: dict[str, int] = {}  # real path of an output directory -> the fd holding its lock
@@ -242,3 +199,6 @@ def remove_scratch(output_dir: str) -> None:
   """Removes the scratch directory (the directory itself, if this start made
   it and nothing else was written, goes with the lock: `exclusive`)."""
   shutil.rmtree(os.path.join(output_dir, SCRATCH), ignore_errors=True)
+
+
+WriteFailed = durable.WriteFailed  # what the binaries catch
