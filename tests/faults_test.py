@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import pytest
 
 from tests import procs
@@ -141,3 +142,80 @@ def test_a_second_ctrl_c_exits_at_once_without_tracebacks(tmp_path, start):
   assert len(_our_lines(err)) == 1
   assert all(procs.dead(w) for w in workers)
   assert glob.glob(os.path.join(out, "checkpoints", "ckpt_*[0-9]"))  # the last one intact
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A real 64 MB tmpfs (skipped where this process may not mount one)."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  proc = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True, text=True
+  )
+  if proc.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+  yield mount
+  subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory):
+  """Writes a file until the disk is full; returns its path."""
+  path = os.path.join(directory, "filler")
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+  try:
+    for size in (1 << 16, 1 << 10, 1):
+      try:
+        while os.write(fd, b"\0" * size):
+          pass
+      except OSError:
+        continue
+  finally:
+    os.close(fd)
+  return path
+
+
+def test_a_full_disk_ends_the_run_in_one_line_and_resume_finishes_it(small_disk, tmp_path):
+  """The review: ENOSPC was an OSError traceback. Now one line naming the file,
+  the last checkpoint intact, nothing temporary left; after space is freed,
+  --resume reaches the uninterrupted run's weights (seeded mode)."""
+  short = [a for a in ARGS if not a.startswith("--rounds")] + ["--rounds=30"]
+  seeded = [*short, "--insecure_seeded_noise", "--checkpoint_every=1", "--seed=3"]
+  cmd = [sys.executable, "-m", "experiments.run_experiment", *seeded]
+  straight = subprocess.run(
+    [*cmd, f"--output_dir={tmp_path / 'straight'}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert straight.returncode == 0, straight.stderr[-2000:]
+  out = str(small_disk / "run")
+  proc = subprocess.Popen(
+    [*cmd, f"--output_dir={out}"],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  deadline = time.monotonic() + 300
+  while not glob.glob(os.path.join(out, "checkpoints", "ckpt_*[0-9]")):
+    assert proc.poll() is None and time.monotonic() < deadline, "the run ended early"
+    time.sleep(0.05)
+  filler = _fill(str(small_disk))
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 1, err[-2000:]
+  assert "Traceback" not in err
+  line = err.strip().splitlines()[-1]
+  assert line.startswith("run_experiment: error: cannot write the ") and "--resume" in line
+  assert "No space left on device" in line
+  left = [p for p in glob.glob(os.path.join(out, "**", "*"), recursive=True) if ".tmp" in p]
+  assert left == []
+  os.remove(filler)
+  resumed = subprocess.run(
+    [*cmd, f"--output_dir={out}", "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  a = np.load(os.path.join(out, "final_weights.npz"))
+  b = np.load(tmp_path / "straight" / "final_weights.npz")
+  for key in a.files:
+    np.testing.assert_array_equal(a[key], b[key])

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from dopamine_tff.data import loaders
+from dopamine_tff.program import durable
 
 
 def patient_ids(s: loaders.ImageSet) -> np.ndarray:
@@ -36,9 +37,17 @@ def write_shards(
     path = os.path.join(directory, f"hospital_{k:04d}.tfrec")
     records = [s.images, s.labels] + ([patient_ids(s)] if with_groups else [])
     tmp = path + ".tmp"
-    with tf.io.TFRecordWriter(tmp) as w:
-      for array in records:
-        w.write(tf.io.serialize_tensor(tf.constant(array)).numpy())
+    try:
+      with tf.io.TFRecordWriter(tmp) as w:
+        for array in records:
+          w.write(tf.io.serialize_tensor(tf.constant(array)).numpy())
+    except tf.errors.OpError as e:  # TF reports a full disk as its own error
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise durable.WriteFailed(
+        f"cannot write the training-data shard {path}: {e.message}; free space (or fix "
+        "the disk) and start again"
+      ) from None
     os.replace(tmp, path)
     paths.append(path)
   return paths

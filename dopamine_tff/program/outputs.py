@@ -13,6 +13,8 @@ import os
 
 import tensorflow as tf
 
+from dopamine_tff.program import durable
+
 METRIC_FIELDS = (
   "round",
   "epochs",
@@ -51,35 +53,53 @@ class MetricsFile:
     # Rounds that released nothing (aborted, or too few hospitals delivered).
     self.skipped = sum(int(r.get("skipped") or 0) for r in rows)
     tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
-      writer.writeheader()
-      writer.writerows(rows)
-    os.replace(tmp, path)
+    with durable.writing(path, "metrics file", cleanup=tmp):
+      with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+      os.replace(tmp, path)
+    self.path = path
     self._file = open(path, "a", newline="")  # noqa: SIM115 (closed in close())
     self._writer = csv.DictWriter(self._file, fieldnames=METRIC_FIELDS)
 
   def write(self, row: dict) -> None:
+    """Appends one row whole, or (a full disk) none of it: WriteFailed."""
+    end = self._file.tell()
+    try:
+      with durable.writing(self.path, "metrics file"):
+        self._writer.writerow({k: _fmt(v) for k, v in row.items()})
+        self._file.flush()
+    except durable.WriteFailed:
+      self._file = None  # its buffer holds the failed row: never flushed again
+      os.truncate(self.path, end)  # no half row left for a resume to misread
+      raise
     self.skipped += int(row.get("skipped", 0))
-    self._writer.writerow({k: _fmt(v) for k, v in row.items()})
-    self._file.flush()
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
 
 
 class TensorBoardSink:
   """The row's finite scalars as TensorBoard events, step = round."""
 
   def __init__(self, directory: str):
+    self.directory = directory
     self._writer = tf.summary.create_file_writer(directory)
 
   def write(self, row: dict) -> None:
-    with self._writer.as_default():
-      for key, value in row.items():
-        if key != "round" and isinstance(value, int | float) and math.isfinite(value):
-          tf.summary.scalar(key, value, step=row["round"])
-    self._writer.flush()
+    try:
+      with self._writer.as_default():
+        for key, value in row.items():
+          if key != "round" and isinstance(value, int | float) and math.isfinite(value):
+            tf.summary.scalar(key, value, step=row["round"])
+      self._writer.flush()
+    except tf.errors.OpError as e:  # TF reports a full disk as its own error
+      raise durable.WriteFailed(
+        f"cannot write the TensorBoard events in {self.directory}: {e.message}; the last "
+        "complete checkpoint is intact: free space and rerun with --resume"
+      ) from None
 
   def close(self) -> None:
     self._writer.close()

@@ -14,6 +14,7 @@ import numpy as np
 
 from dopamine_tff import accounting
 from dopamine_tff import models
+from dopamine_tff.program import durable
 from dopamine_tff.program import run_dir
 
 
@@ -94,8 +95,13 @@ def finish(
   last = last_eval
   if last.get("round") != facts.rounds_run:
     last = dict(evaluator(weights, with_train=False), round=facts.rounds_run)
-  np.savez(os.path.join(output_dir, "final_weights.npz"), *weights)
-  evaluator.save_model(weights, os.path.join(output_dir, "model.keras"))
+  final = os.path.join(output_dir, "final_weights.npz")
+  with durable.writing(final, "final weights", cleanup=final + ".tmp.npz"):
+    np.savez(final + ".tmp.npz", *weights)
+    os.replace(final + ".tmp.npz", final)
+  model = os.path.join(output_dir, "model.keras")
+  with durable.writing(model, "final model"):
+    evaluator.save_model(weights, model)
   summary = summarize(cfg, data, trainer, parties, evaluator, last, facts)
   warning = skipped_warning(facts)
   if warning:
