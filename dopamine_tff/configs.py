@@ -28,6 +28,9 @@ PRIVACY_UNITS = ("example", "patient")
 LR_SCHEDULES = ("constant", "cosine")
 
 
+MAX_NOISE_MULTIPLIER = 1e5  # dp_accounting's RDP fails from about 1e6 (negative divergences)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Hyper-parameters of one run.
@@ -213,6 +216,12 @@ class TrainConfig:
       bad("sampling_prob", "q must be in (0, 1]")
     if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
       bad("noise_multiplier", "sigma must be >= 0")
+    if self.noise_multiplier > MAX_NOISE_MULTIPLIER:
+      bad(
+        "noise_multiplier",
+        f"above {MAX_NOISE_MULTIPLIER:g} the noise drowns every gradient (epsilon is 0 to "
+        "float precision) and the RDP accountant's arithmetic fails; lower it",
+      )
     if not (self.l2_norm_clip > 0 and math.isfinite(self.l2_norm_clip)):
       bad("l2_norm_clip", "C must be > 0")
     if not 0.0 < self.delta < 1.0:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import zipfile
 
 import numpy as np
 
@@ -84,8 +85,11 @@ def _read(path: str, model) -> list[np.ndarray]:
       with np.load(path) as f:
         names = sorted(f.files, key=lambda n: int(n.split("_")[1]) if n.startswith("arr_") else -1)
         return [f[n] for n in names]
-    except (OSError, ValueError) as e:
-      raise InitWeightsError(f"--init_weights={path}: not a readable .npz ({e})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      why = str(e) or type(e).__name__
+      raise InitWeightsError(
+        f"--init_weights={path}: not a readable .npz, truncated or corrupt ({why})"
+      ) from None
   if path.endswith((".weights.h5", ".keras")):
     try:
       if path.endswith(".keras"):
@@ -132,6 +136,11 @@ def load(
   out = []
   for i, (array, (var, shape)) in enumerate(zip(arrays, wanted)):
     if tuple(array.shape) == shape:
+      if not np.all(np.isfinite(array)):
+        raise InitWeightsError(
+          f"--init_weights={path}: variable {i} ({var}) holds non-finite values (NaN or inf); "
+          "every round would be abandoned as not encodable"
+        )
       out.append(np.asarray(array, np.float32))
       continue
     if reinit_head and i >= len(wanted) - head:

@@ -148,3 +148,18 @@ def test_the_input_scaling_follows_the_weights(tmp_path):
   )
   with pytest.raises(ValueError, match="needs RGB images"):
     loaders.load(loaders.DataConfig(dataset="digits", normalization="imagenet"))
+
+
+def test_a_truncated_or_non_finite_weights_file_is_one_line_naming_it(tmp_path):
+  """The review: 300 bytes of an .npz were an EOFError traceback; NaN weights
+  were accepted and every round was abandoned, epsilon 0, exit 0."""
+  good = _write(tmp_path / "good.npz", models.initial_weights("small_cnn", SHAPE, 10, seed=1))
+  cut = tmp_path / "cut.npz"
+  cut.write_bytes(open(good, "rb").read()[:300])  # noqa: SIM115
+  with pytest.raises(init_weights.InitWeightsError, match=r"cut\.npz: not a readable \.npz"):
+    init_weights.load(str(cut), "small_cnn", SHAPE, 10, seed=0)
+  bad = models.initial_weights("small_cnn", SHAPE, 10, seed=1)
+  bad[3] = np.full_like(bad[3], np.nan)
+  nan = _write(tmp_path / "nan.npz", bad)
+  with pytest.raises(init_weights.InitWeightsError, match=r"variable 3 .* non-finite values"):
+    init_weights.load(nan, "small_cnn", SHAPE, 10, seed=0)

@@ -146,6 +146,11 @@ def test_budget_below_one_round_fails_and_names_the_first_rounds_cost(setting, t
     ("--l2_norm_clip=0", "l2_norm_clip=0.0: C must be > 0"),
     ("--delta=1", "delta=1.0: must be in (0, 1)"),
     ("--delta=0.5", "delta=0.5 >= 1/N = 1/1438"),  # printed (0.000, 0.5)-DP before
+    # Library errors before: dp_accounting's "Renyi divergence cannot be negative",
+    # numpy's "zero-size array to reduction" and _ArrayMemoryError (149 GiB).
+    ("--noise_multiplier=1e9", "noise_multiplier=1000000000.0: above 100000 the noise"),
+    ("--test_fraction=0.001", "test_fraction=0.001 leaves no test example"),
+    ("--image_size=100000", "--image_size=100000 on digits: 1797 images of 100000x100000x1"),
     ("--target_epsilon=-2", "target_epsilon=-2.0: must be > 0"),
     ("--num_hospitals=0", "num_hospitals must be >= 1"),
     ("--num_hospitals=5000", "larger than the data"),

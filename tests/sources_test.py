@@ -87,3 +87,11 @@ def test_conflicting_labels_for_one_id_are_refused_naming_the_rows(tmp_path):
     sources.DataError, match=r"id_code 'a' appears in rows 2 and 4 .*diagnosis 0 vs diagnosis 3"
   ):
     sources.read_aptos_csv(_csv(tmp_path, ["a,0", "b,2", "a,3"]))
+
+
+def test_an_image_too_large_to_decode_safely_is_named(tmp_path, monkeypatch):
+  """The review: a 196-megapixel APTOS image was PIL's DecompressionBombError traceback."""
+  root = _folder(tmp_path, [Image.fromarray(np.zeros((64, 64, 3), np.uint8))])
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x the limit
+  with pytest.raises(sources.DataError, match=r"im0\.png is too large to decode safely"):
+    sources.load_aptos(root, image_size=8)

@@ -197,8 +197,19 @@ def _synthetic_cached(config: DataConfig, size: int, camera: str = "aptos"):
   return sources.Raw(images, labels, synthetic.NUM_CLASSES)
 
 
+# Examples and channels of the built-in and TFDS sources (aptos: checked from
+# its CSV), to refuse an image size that cannot fit before allocating it.
+_SIZES = {"synthetic": (3000, 3), "synthetic_public": (3000, 3), "digits": (1797, 1)}
+_SIZES["eyepacs"] = (35126, 3)
+
+
 def _raw(config: DataConfig) -> sources.Raw:
   size = config.resolved_image_size
+  if config.dataset in _SIZES:
+    count, channels = _SIZES[config.dataset]
+    if config.num_examples and (config.dataset != "digits" or config.num_examples < count):
+      count = config.num_examples
+    sources.check_fits(count, size, channels, f"--image_size={size} on {config.dataset}")
   if config.dataset == "synthetic":
     return _synthetic_cached(config, size)
   if config.dataset == "synthetic_public":

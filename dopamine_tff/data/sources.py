@@ -217,6 +217,23 @@ def _read_image(path: str, size: int) -> np.ndarray:
     raise DataError(f"unreadable or corrupt image {path}: {e}") from None
 
 
+def check_fits(count: int, size: int, channels: int, what: str) -> None:
+  """DataError, before anything is allocated, when `count` images of size^2 x
+  channels float32 cannot fit in this machine's memory (with the copies the
+  loader makes: read, normalised, split: three)."""
+  need = 3 * count * size * size * channels * 4
+  try:
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError):
+    return
+  if need > have:
+    raise DataError(
+      f"{what}: {count} images of {size}x{size}x{channels} as float32 need about "
+      f"{need / 2**30:.1f} GiB (three copies while loading), more than this machine's "
+      f"{have / 2**30:.1f} GiB; lower --image_size or --num_examples"
+    )
+
+
 def _ids(values: list[str]) -> np.ndarray:
   """Dense int64 ids of string keys, in order of first appearance."""
   index: dict[str, int] = {}
@@ -228,6 +245,7 @@ def load_aptos(data_dir: str, image_size: int, max_examples: int = 0) -> Raw:
   rows = read_aptos_csv(os.path.join(data_dir, "train.csv"))
   if max_examples:
     rows = rows[:max_examples]
+  check_fits(len(rows), image_size, 3, f"--image_size={image_size} on {data_dir}")
   folder = os.path.join(data_dir, "train_images")
   images = np.stack([_read_image(_image_path(folder, r.code), image_size) for r in rows])
   labels = np.array([r.label for r in rows], dtype=np.int32)

@@ -32,6 +32,11 @@ def split_test(
     idx = rng.permutation(np.flatnonzero(group_labels == cls))
     test_groups.extend(uniq[idx[: int(round(fraction * len(idx)))]].tolist())
   is_test = np.isin(groups, np.array(test_groups, dtype=groups.dtype))
+  if not is_test.any():
+    raise ValueError(
+      f"test_fraction={fraction:g} leaves no test example: {fraction:g} of each class of the "
+      f"{len(uniq)} units rounds to 0; raise --test_fraction"
+    )
   return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
