@@ -463,3 +463,57 @@ def test_a_second_start_in_a_running_runs_directory_is_refused_and_the_run_survi
     timeout=600,
   )
   assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def _crash_loop(tmp_path, kills, seed):
+  """SIGKILLs a seeded FSCDP run at random moments (one checkpoint per round, so
+  some kills land inside a checkpoint write) and resumes it each time."""
+  rng = np.random.default_rng(seed)
+  full, out = str(tmp_path / "full"), str(tmp_path / "crashed")
+  extra = ["--rounds=30", "--checkpoint_every=1"]
+  done = subprocess.run(
+    _cmd("fscdp", full, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  ckpts = os.path.join(out, "checkpoints")
+
+  def newest():
+    return (checkpoint.rounds(ckpts) or [0])[-1]
+
+  for _ in range(kills):
+    start = newest()
+    resume = ["--resume"] if start else []  # refused where there is no checkpoint yet
+    cmd = _cmd("fscdp", out, *extra, *resume)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+      if newest() > start:  # it is training: kill it within the next round or two
+        time.sleep(float(rng.uniform(0.0, 0.4)))
+        break
+      time.sleep(0.005)
+    proc.kill()
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err, err.decode()[-2000:]
+  final = subprocess.run(
+    _cmd("fscdp", out, *extra, "--resume"), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert final.returncode == 0, final.stderr[-2000:]
+  a, b = (
+    np.load(os.path.join(full, "final_weights.npz")),
+    np.load(os.path.join(out, "final_weights.npz")),
+  )
+  for key in a.files:
+    np.testing.assert_array_equal(a[key], b[key])
+  # Never under-counted: at least the 30 rounds an uninterrupted run charges.
+  eps = json.loads(pathlib.Path(out, "summary.json").read_text())["epsilon"]
+  assert eps >= json.loads(pathlib.Path(full, "summary.json").read_text())["epsilon"]
+  assert [int(r["round"]) for r in _rows(out)] == list(range(1, 31))
+
+
+def test_crash_consistency_short(tmp_path):
+  _crash_loop(tmp_path, kills=5, seed=1)
+
+
+@pytest.mark.slow
+def test_crash_consistency_twenty_kills(tmp_path):
+  _crash_loop(tmp_path, kills=20, seed=2)
