@@ -118,7 +118,8 @@ class TfPrivacyCdpTrainer:
   @staticmethod
   def state_arrays(state):
     # The optimizer's momentum is saved; the noise needs no state: a resumed
-    # run draws from a stream keyed by its resume round (epoch_global_seed).
+    # run draws fresh noise (the OS seeds the kernels; in the insecure seeded
+    # mode, a stream keyed by its resume round: epoch_global_seed).
     return {"weights": list(state["weights"]), "optimizer": list(state["optimizer"])}
 
   @staticmethod
