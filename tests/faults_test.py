@@ -219,3 +219,30 @@ def test_a_full_disk_ends_the_run_in_one_line_and_resume_finishes_it(small_disk,
   b = np.load(tmp_path / "straight" / "final_weights.npz")
   for key in a.files:
     np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_disk_too_small_for_the_training_data_copies_is_one_line(tmp_path):
+  """The review: a full disk while the shards were written was TF's
+  ResourceExhaustedError traceback."""
+  mount = tmp_path / "tiny"
+  mount.mkdir()
+  proc = subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)], capture_output=True, text=True
+  )
+  if proc.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+  try:
+    run = subprocess.run(
+      [sys.executable, "-m", "experiments.run_experiment", *ARGS, f"--output_dir={mount / 'run'}"],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    line = run.stderr.strip().splitlines()[-1]
+    assert line.startswith("run_experiment: error: cannot write the training-data shard ")
+    assert not glob.glob(str(mount / "run" / ".scratch" / "*.tmp"))
+  finally:
+    subprocess.run(["umount", "-l", str(mount)], check=False)
