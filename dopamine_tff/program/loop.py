@@ -213,6 +213,7 @@ class Loop:
       + (f" ({self.skipped} skipped)" if self.skipped else "")
       + f" epochs {row['epochs']:.2f} "
       f"{self._split}_acc {row['test_accuracy']:.4f} {self._split}_loss {row['test_loss']:.4f} "
+      + (f"kappa {row['kappa']:.3f} " if math.isfinite(row.get("kappa", math.nan)) else "")
       + (f"eps {row['epsilon']:.3f}" if math.isfinite(row["epsilon"]) else "not private")
       + f" ({self.round_time:.2f} s/round, "
       f"ETA {per_round * max(0, end - row['round']):.0f} s"

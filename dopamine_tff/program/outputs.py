@@ -13,6 +13,7 @@ import os
 
 import tensorflow as tf
 
+from dopamine_tff import grading
 from dopamine_tff.program import durable
 
 METRIC_FIELDS = (
@@ -27,6 +28,7 @@ METRIC_FIELDS = (
   "num_clients",
   "skipped",
   "secure_clipped",
+  *grading.SCALARS,
   "round_time_s",
   "wall_time_s",
 )
@@ -55,13 +57,15 @@ class MetricsFile:
     tmp = path + ".tmp"
     with durable.writing(path, "metrics file", cleanup=tmp):
       with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=METRIC_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
       os.replace(tmp, path)
     self.path = path
     self._file = open(path, "a", newline="")  # noqa: SIM115 (closed in close())
-    self._writer = csv.DictWriter(self._file, fieldnames=METRIC_FIELDS)
+    # Rows carry more (per-class recall, the confusion matrix): TensorBoard and
+    # summary.json take those.
+    self._writer = csv.DictWriter(self._file, fieldnames=METRIC_FIELDS, extrasaction="ignore")
 
   def write(self, row: dict) -> None:
     """Appends one row whole, or (a full disk) none of it: WriteFailed."""

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from dopamine_tff import accounting
+from dopamine_tff import grading
 from dopamine_tff import models
 from dopamine_tff.program import durable
 from dopamine_tff.program import run_dir
@@ -48,6 +49,10 @@ def summarize(cfg, data, trainer, parties: accounting.Parties, evaluator, last, 
     "stop_reason": facts.stop_reason,
     "final_test_accuracy": last.get("test_accuracy"),
     "final_test_loss": last.get("test_loss"),
+    # The DR grading metrics (dopamine_tff/grading.py); null where they do not apply.
+    **{f"final_{k}": _finite_or_none(last.get(k)) for k in grading.SCALARS},
+    "final_recall": [_finite_or_none(r) for r in last.get("recall", [])],
+    "final_confusion_matrix": last.get("confusion_matrix"),
     # Round 0: does private training beat the starting (e.g. public) weights?
     "initial_test_accuracy": facts.initial.get("test_accuracy"),
     "init_weights": trainer.provenance.to_json(),
@@ -71,6 +76,10 @@ def summarize(cfg, data, trainer, parties: accounting.Parties, evaluator, last, 
     **({"secure_aggregation": trainer.secagg.to_json()} if trainer.secagg is not None else {}),
     **({"worker_traffic": facts.worker_traffic} if facts.worker_traffic else {}),
   }
+
+
+def _finite_or_none(x):
+  return float(x) if x is not None and np.isfinite(x) else None
 
 
 def skipped_warning(facts: RunFacts) -> str | None:
