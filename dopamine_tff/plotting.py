@@ -238,13 +238,15 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def write_table(rows: list[dict], csv_path: str, md_path: str) -> None:
+def write_table(rows: list[dict], csv_path: str, md_path: str, extra: str = "") -> None:
+  """results.csv and results.md (with `extra` Markdown after the table, e.g. the
+  grading table of dopamine_tff/grading_report.py)."""
   with open(csv_path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["setting"])
     writer.writeheader()
     writer.writerows(rows)
   with open(md_path, "w") as f:
-    f.write(markdown(rows) + "\n")
+    f.write(markdown(rows) + (f"\n\n{extra}" if extra else "") + "\n")
 
 
 def _curves(group: list[dict], x_key: str, y_key: str):
@@ -252,7 +254,10 @@ def _curves(group: list[dict], x_key: str, y_key: str):
   series = []
   for run in group:
     m = run["metrics"]
-    ok = np.isfinite(m[y_key]) & np.isfinite(m[x_key]) if y_key in m else np.array([], bool)
+    if y_key not in m:  # e.g. kappa in a run from before it was measured
+      series.append((np.array([]), np.array([])))
+      continue
+    ok = np.isfinite(m[y_key]) & np.isfinite(m[x_key])
     series.append((m[x_key][ok], m[y_key][ok]))
   n = min((len(x) for x, _ in series), default=0)
   if n == 0:
@@ -267,6 +272,7 @@ PANELS = (
   ("accuracy_vs_epochs", "epochs", "test_accuracy", "epochs", "test accuracy", False),
   ("epsilon_vs_epochs", "epochs", "epsilon", "epochs", "epsilon", True),
   ("accuracy_vs_epsilon", "epsilon", "test_accuracy", "epsilon", "test accuracy", True),
+  ("kappa_vs_epsilon", "epsilon", "kappa", "epsilon", "quadratic weighted kappa", True),
 )
 
 
@@ -436,7 +442,11 @@ def draw_figures(runs: dict[str, list[dict]], out_dir: str, title: str = "") -> 
   import matplotlib.pyplot as plt
 
   paths = []
-  for name, *_ in PANELS:
+  for name, _, y_key, *_ in PANELS:
+    if not any(
+      np.isfinite(r["metrics"].get(y_key, [np.nan])).any() for g in runs.values() for r in g
+    ):
+      continue  # e.g. kappa on data that are not DR grades
     fig = figure(runs, name, title)
     for ext in ("png", "pdf"):
       path = os.path.join(out_dir, f"{name}.{ext}")

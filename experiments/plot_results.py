@@ -10,6 +10,7 @@ import sys
 
 from absl import flags
 
+from dopamine_tff import grading_report
 from dopamine_tff import plotting
 from experiments import flags_lib
 
@@ -40,11 +41,15 @@ def main(argv):
   if os.path.exists(os.path.join(out, "results.md")):
     print(f"replacing the table and figures in {out}", file=sys.stderr)
   rows = plotting.table_rows(runs)
-  plotting.write_table(rows, os.path.join(out, "results.csv"), os.path.join(out, "results.md"))
+  grades = grading_report.markdown_of(runs)
+  plotting.write_table(
+    rows, os.path.join(out, "results.csv"), os.path.join(out, "results.md"), grades
+  )
   title = _TITLE.value if _TITLE.value is not None else plotting.default_title(runs)
-  for path in plotting.draw_figures(runs, out, title=title) if _FIGURES.value else []:
+  figures = [*plotting.draw_figures(runs, out, title), *grading_report.draw(runs, out, title)]
+  for path in figures if _FIGURES.value else []:
     print(path)
-  print(plotting.markdown(rows))
+  print(plotting.markdown(rows) + (f"\n\n{grades}" if grades else ""))
 
 
 if __name__ == "__main__":

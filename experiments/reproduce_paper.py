@@ -32,6 +32,7 @@ from absl import logging
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
 from dopamine_tff import configs
 from dopamine_tff import devices
+from dopamine_tff import grading_report
 from dopamine_tff import plotting
 from dopamine_tff import presets
 from dopamine_tff import pretraining
@@ -228,9 +229,14 @@ def main(argv):
     )
   runs = plotting.collect(root)
   rows = plotting.table_rows(runs)
-  plotting.write_table(rows, os.path.join(root, "results.csv"), os.path.join(root, "results.md"))
-  plotting.draw_figures(runs, root, title=f"{preset.name} preset, {data_cfg.dataset}")
-  print(plotting.markdown(rows))
+  grades = grading_report.markdown_of(runs)
+  plotting.write_table(
+    rows, os.path.join(root, "results.csv"), os.path.join(root, "results.md"), grades
+  )
+  title = f"{preset.name} preset, {data_cfg.dataset}"
+  plotting.draw_figures(runs, root, title=title)
+  grading_report.draw(runs, root, title=title)
+  print(plotting.markdown(rows) + (f"\n\n{grades}" if grades else ""))
   print(f"{ran} runs trained, {reused} reused; table and figures in {root}")
 
 

@@ -19,8 +19,15 @@ from absl import app
 from experiments import flags_lib
 
 HEADER = (
-  "| run | setting | test accuracy | epsilon (delta) | rounds | epochs | stopped | wall time |"
+  "| run | setting | test accuracy | balanced accuracy | kappa | referable AUC | "
+  "epsilon (delta) | rounds | epochs | stopped | wall time |"
 )
+
+
+def _metric(s: dict, key: str) -> str:
+  """A grading metric of summary.json ('-' where it does not apply or predates it)."""
+  value = s.get(f"final_{key}")
+  return "-" if value is None else f"{value:.3f}"
 
 
 def label(run_dir: str) -> str:
@@ -48,7 +55,8 @@ def row(run_dir: str) -> str:
     setting = "CDP (TF Privacy)"
   return (
     f"| {label(run_dir)} | {setting} | "
-    f"{100 * s['final_test_accuracy']:.2f} % | {eps} | {s['rounds_run']} | "
+    f"{100 * s['final_test_accuracy']:.2f} % | {_metric(s, 'balanced_accuracy')} | "
+    f"{_metric(s, 'kappa')} | {_metric(s, 'referable_auc')} | {eps} | {s['rounds_run']} | "
     f"{s['epochs']:.2f} | {stop} | {s['wall_time_s']:.0f} s |"
   )
 
@@ -63,7 +71,7 @@ def table(run_dirs: list[str], skipped: list[str] | None = None) -> str:
       if skipped is None:
         raise
       skipped.append(str(e))
-  return "\n".join([HEADER, "|" + "---|" * 8, *rows])
+  return "\n".join([HEADER, "|" + "---|" * 11, *rows])
 
 
 def main(argv):

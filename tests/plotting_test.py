@@ -19,13 +19,19 @@ def _write_run(d, setting, seed, eps_end, acc_end, initial=None):
   rounds = 10
   with open(d / "metrics.csv", "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["round", "epochs", "test_accuracy", "test_loss", "epsilon"])
+    w.writerow(["round", "epochs", "test_accuracy", "test_loss", "epsilon", "kappa"])
     for r in range(1, rounds + 1):
       eps = "inf" if eps_end is None else eps_end * (r / rounds) ** 0.5
-      w.writerow([r, r / 2, 0.48 + (acc_end - 0.48) * r / rounds + 0.01 * seed, 1.0, eps])
+      acc = 0.48 + (acc_end - 0.48) * r / rounds + 0.01 * seed
+      w.writerow([r, r / 2, acc, 1.0, eps, acc - 0.1])
+  # DP loses the rare grades first: recall of grades 3 and 4 falls with the accuracy.
+  recall = [0.95, 0.4, 0.7, acc_end - 0.4 + 0.01 * seed, acc_end - 0.3]
   summary = dict(
     final_test_accuracy=acc_end, epsilon=eps_end, delta=1e-4, epochs=5.0, rounds_run=rounds,
     wall_time_s=1.0, majority_class_accuracy=0.483, seed=seed, initial_test_accuracy=initial,
+    final_kappa=acc_end - 0.1 + 0.01 * seed, final_referable_auc=0.9, final_recall=recall,
+    final_balanced_accuracy=float(np.mean(recall)), final_referable_sensitivity=0.8,
+    final_referable_specificity=0.85, final_referable_specificity_at90=0.7,
   )  # fmt: skip
   (d / "summary.json").write_text(json.dumps(summary))
   (d / "hparams.json").write_text(json.dumps({"preset": "cpu", "data": {"dataset": "synthetic"}}))
@@ -87,8 +93,26 @@ def test_draw_figures_writes_every_panel(runs, tmp_path):
   out = tmp_path / "out"
   out.mkdir()
   paths = plotting.draw_figures(runs, str(out), plotting.default_title(runs))
-  assert len(paths) == 6 and all((out / p.split("/")[-1]).stat().st_size > 1000 for p in paths)
+  assert len(paths) == 8 and all((out / p.split("/")[-1]).stat().st_size > 1000 for p in paths)
   assert plotting.default_title(runs) == "cpu preset, synthetic"
   rows = plotting.table_rows(runs)
   assert [r["setting"] for r in rows] == ["c", "cdp", "fscdp"]
   assert np.isfinite(rows[1]["accuracy_ci95"])  # three runs: an interval
+
+
+def test_the_grading_table_and_the_recall_figure(runs, tmp_path):
+  from dopamine_tff import grading_report
+
+  rows = grading_report.table_rows(runs)
+  text = grading_report.markdown(rows)
+  assert "| setting | kappa | referable AUC |" in text and "4 proliferative" in text
+  fscdp = next(r for r in rows if r["setting"] == "fscdp")
+  assert fscdp["kappa"]["n"] == 3 and abs(fscdp["kappa"]["mean"] - 0.57) < 1e-9
+  assert abs(fscdp["recall"][3]["mean"] - 0.27) < 1e-9 and fscdp["recall"][3]["std"] > 0
+  assert "0.570 ± 0.010 [" in text  # mean ± std [95 % interval] from 3 seeds
+  extra = grading_report.markdown_of(runs)
+  plotting.write_table(plotting.table_rows(runs), tmp_path / "r.csv", tmp_path / "r.md", extra)
+  assert "Recall per grade" in (tmp_path / "r.md").read_text()
+  paths = grading_report.draw(runs, str(tmp_path))
+  assert [p.rsplit(".", 1)[1] for p in paths] == ["png", "pdf"]
+  assert any(p.endswith("kappa_vs_epsilon.png") for p in plotting.draw_figures(runs, str(tmp_path)))

@@ -29,7 +29,9 @@ def test_table_rows(tmp_path):
   a = _summary(tmp_path, "dp")
   b = _summary(tmp_path, "plain", setting="c", epsilon=None, delta=None, stop_reason="completed")
   lines = summarize.table([a, b]).splitlines()
-  assert lines[2] == "| dp | FSCDP | 50.00 % | 1.235 (0.0001) | 7 | 0.35 | budget | 3 s |"
+  assert (
+    lines[2] == "| dp | FSCDP | 50.00 % | - | - | - | 1.235 (0.0001) | 7 | 0.35 | budget | 3 s |"
+  )
   assert "not private" in lines[3] and "completed" in lines[3]
 
 
