@@ -9,6 +9,7 @@ epsilon (sigma follows from q, the steps and the target).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -63,6 +64,10 @@ PRETRAINED_SEARCH_SPACE = {
   "fpdp": {**SEARCH_SPACE["fpdp"], "learning_rate": _FINE},
 }
 PRETRAINED_SEARCH_SPACE["fscdp"] = PRETRAINED_SEARCH_SPACE["cdp"]
+
+
+# Validation scores a search can choose by (experiments/tune.py --select_by).
+SELECT_BY = ("accuracy", "kappa", "referable_auc")
 
 
 def search_space(setting: str, pretrained: bool = False) -> dict:
@@ -162,3 +167,34 @@ def ablation_variants(setting: str, chosen: dict) -> list[tuple[str, dict]]:
     out.append((f"batch_size={other}", dict(params, batch_size=other)))
   out.append(("augmentations=2", dict(params, augmentations=2)))
   return out
+
+
+def choose(rows: list[dict], select_by: str = "accuracy") -> dict:
+  """The best trial of one setting by its validation `select_by` (SELECT_BY).
+
+  Args:
+    rows: the setting's trials, each with ``param_*`` choices, ``trial``,
+      ``noise_multiplier`` and ``validation_<score>`` values.
+    select_by: the score that decides.
+
+  Returns:
+    The winner's parameters, trial, scores and ``selected_by``.
+
+  Raises:
+    ValueError: no trial measured the score (kappa and AUC need DR grades).
+  """
+  key = f"validation_{select_by}"
+  scored = [r for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+  if not scored:
+    raise ValueError(
+      f"--select_by={select_by}: no trial measured it (kappa and referable_auc need DR grades)"
+    )
+  top = max(scored, key=lambda r: r[key])
+  scores = ("validation_accuracy", "validation_kappa", "validation_referable_auc")
+  return {
+    **{k[len("param_") :]: v for k, v in top.items() if k.startswith("param_")},
+    "trial": top["trial"],
+    "selected_by": f"validation {select_by}",
+    **{k: top.get(k) for k in scores},
+    "noise_multiplier_at_tuning": top["noise_multiplier"],
+  }

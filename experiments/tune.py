@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 
 from absl import flags
@@ -65,6 +66,13 @@ flags.DEFINE_string(
   None,
   "Every trial starts from these weights (and draws from the pretrained grid). Default: a "
   "*_pretrained preset's own public pretraining (cached under <output_dir>/public), else random.",
+)
+flags.DEFINE_enum(
+  "select_by",
+  "accuracy",
+  list(tuning.SELECT_BY),
+  "The validation score a setting's best trial is chosen by: accuracy, kappa (quadratic "
+  "weighted, DR grades) or referable_auc (grade >= 2); recorded in chosen.json.",
 )
 flags.DEFINE_string(
   "ablate",
@@ -132,14 +140,21 @@ def _row(setting, i, params, cfg, summary) -> dict:
     "noise_multiplier": round(cfg.noise_multiplier, 4) if cfg.private else "",
     "epsilon": summary["epsilon"],
     "validation_accuracy": summary["final_test_accuracy"],
+    "validation_kappa": summary.get("final_kappa"),
+    "validation_referable_auc": summary.get("final_referable_auc"),
     "stop_reason": summary["stop_reason"],
   }
 
 
+def _score(value) -> str:
+  return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
 def _markdown(rows, best) -> str:
   lines = [
-    "| setting | trial | choices | rounds | sigma | epsilon | validation accuracy | best |",
-    "|---|---|---|---|---|---|---|---|",
+    "| setting | trial | choices | rounds | sigma | epsilon | validation accuracy | kappa | "
+    "referable AUC | best |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     choices = ", ".join(
@@ -149,7 +164,8 @@ def _markdown(rows, best) -> str:
     mark = "**best**" if best.get(r["setting"]) == r["trial"] else ""
     lines.append(
       f"| {r['setting'].upper()} | {r['trial']} | {choices} | {r['rounds']} | "
-      f"{r['noise_multiplier'] or '-'} | {eps} | {100 * r['validation_accuracy']:.2f} % | {mark} |"
+      f"{r['noise_multiplier'] or '-'} | {eps} | {100 * r['validation_accuracy']:.2f} % | "
+      f"{_score(r.get('validation_kappa'))} | {_score(r.get('validation_referable_auc'))} | {mark} |"
     )
   return "\n".join(lines)
 
@@ -217,17 +233,6 @@ def _search_setting(setting, preset, data, data_cfg, root, values, start) -> lis
   return rows
 
 
-def _chosen(rows) -> dict:
-  """The best trial's parameters and score."""
-  top = max(rows, key=lambda r: r["validation_accuracy"])
-  return {
-    **{k[len("param_") :]: v for k, v in top.items() if k.startswith("param_")},
-    "trial": top["trial"],
-    "validation_accuracy": top["validation_accuracy"],
-    "noise_multiplier_at_tuning": top["noise_multiplier"],
-  }
-
-
 def _write_search(root, rows, chosen, preset, values, start) -> None:
   best = {s: c["trial"] for s, c in chosen.items()}
   fields = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith("s"), k))
@@ -247,6 +252,7 @@ def _write_search(root, rows, chosen, preset, values, start) -> None:
     "start": "random" if start is None else start,
     "start_sha256": None if start is None else init_weights.sha256_of(start),
     "grid": "pretrained" if start is not None else "from scratch",
+    "select_by": values["select_by"],
     "chosen": {s: {k: v for k, v in c.items() if k != "trial"} for s, c in chosen.items()},
   }
   with open(os.path.join(root, "chosen.json"), "w") as f:
@@ -277,7 +283,7 @@ def main(argv):
       for setting in values["settings"]:
         mine = _search_setting(setting, preset, data, data_cfg, root, values, start)
         rows += mine
-        chosen[setting] = _chosen(mine)
+        chosen[setting] = tuning.choose(mine, values["select_by"])
     finally:
       runtime.shutdown()
   _write_search(root, rows, chosen, preset, values, start)

@@ -281,7 +281,12 @@ def test_import_filter_keeps_other_tensorflow_messages():
     ),
     (["--resume"], "holds no checkpoint to continue"),
     (
-      ["--secure_aggregation=secagg", "--num_hospitals=10", "--assumed_colluders=6"],
+      [
+        "--secure_aggregation=secagg",
+        "--num_hospitals=10",
+        "--assumed_colluders=6",
+        "--secagg_server_model=semi_honest",  # a malicious server's t is 9 with c=6
+      ],
       "below the Shamir threshold t=6",
     ),
   ],

@@ -65,6 +65,7 @@ def test_binary_tunes_the_smoke_preset_and_resumes(tmp_path):
   assert set(chosen["chosen"]) == {"c", "fscdp"} and chosen["trials_per_setting"] == 2
   table = (tmp_path / "search.md").read_text()
   assert table.count("**best**") == 2 and table.count("| FSCDP |") == 2
+  assert chosen["select_by"] == "accuracy" and "validation_kappa" in chosen["chosen"]["fscdp"]
   hparams = json.loads((tmp_path / "fscdp" / "trial_0" / "hparams.json").read_text())
   assert hparams["data"]["validation_fraction"] == 0.2  # scored on validation, not test
   summary = json.loads((tmp_path / "fscdp" / "trial_0" / "summary.json").read_text())
@@ -156,3 +157,20 @@ def test_binary_tunes_a_pretrained_preset_from_its_public_weights(tmp_path):
     assert hparams["learning_rate"] in tuning.PRETRAINED_SEARCH_SPACE["fpdp"]["learning_rate"]
     summary = json.loads((tmp_path / "fpdp" / f"trial_{i}" / "summary.json").read_text())
     assert summary["init_weights"]["sha256"] == chosen["start_sha256"]
+
+
+def test_a_search_can_choose_by_kappa_or_referable_auc():
+  rows = [
+    dict(trial=0, param_learning_rate=0.1, noise_multiplier=1.0, validation_accuracy=0.80,
+         validation_kappa=0.50, validation_referable_auc=0.91),
+    dict(trial=1, param_learning_rate=0.05, noise_multiplier=1.1, validation_accuracy=0.78,
+         validation_kappa=0.62, validation_referable_auc=0.89),
+  ]  # fmt: skip
+  assert tuning.choose(rows)["trial"] == 0
+  by_kappa = tuning.choose(rows, "kappa")
+  assert by_kappa["trial"] == 1 and by_kappa["learning_rate"] == 0.05
+  assert by_kappa["selected_by"] == "validation kappa" and by_kappa["validation_kappa"] == 0.62
+  assert tuning.choose(rows, "referable_auc")["trial"] == 0
+  digits = [dict(r, validation_kappa=None, validation_referable_auc=None) for r in rows]
+  with pytest.raises(ValueError, match="--select_by=kappa: no trial measured it"):
+    tuning.choose(digits, "kappa")
