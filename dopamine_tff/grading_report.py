@@ -11,7 +11,6 @@ grades in one picture (Bagdasaryan et al., NeurIPS 2019).
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -152,15 +151,6 @@ def recall_figure(runs: dict[str, list[dict]], title: str = ""):
 
 def draw(runs: dict[str, list[dict]], out_dir: str, title: str = "") -> list[str]:
   """The per-grade recall figure as PNG and PDF (nothing without grading metrics)."""
-  import matplotlib.pyplot as plt
-
   if not has_grading(table_rows(runs)):
     return []
-  fig = recall_figure(runs, title)
-  paths = []
-  for ext in ("png", "pdf"):
-    path = os.path.join(out_dir, f"recall_per_grade.{ext}")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    paths.append(path)
-  plt.close(fig)
-  return paths
+  return plotting.save(recall_figure(runs, title), out_dir, "recall_per_grade")

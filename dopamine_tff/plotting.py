@@ -439,7 +439,6 @@ def figure(runs: dict[str, list[dict]], panel: str, title: str = ""):
 
 def draw_figures(runs: dict[str, list[dict]], out_dir: str, title: str = "") -> list[str]:
   """Draws the three Figure-1 panels as PNG and PDF; returns the paths."""
-  import matplotlib.pyplot as plt
 
   paths = []
   for name, _, y_key, *_ in PANELS:
@@ -447,10 +446,18 @@ def draw_figures(runs: dict[str, list[dict]], out_dir: str, title: str = "") -> 
       np.isfinite(r["metrics"].get(y_key, [np.nan])).any() for g in runs.values() for r in g
     ):
       continue  # e.g. kappa on data that are not DR grades
-    fig = figure(runs, name, title)
-    for ext in ("png", "pdf"):
-      path = os.path.join(out_dir, f"{name}.{ext}")
-      fig.savefig(path, dpi=120, bbox_inches="tight")
-      paths.append(path)
-    plt.close(fig)
+    paths += save(figure(runs, name, title), out_dir, name)
+  return paths
+
+
+def save(fig, out_dir: str, name: str) -> list[str]:
+  """Saves `fig` as <name>.png and .pdf in `out_dir`, closes it; returns the paths."""
+  import matplotlib.pyplot as plt
+
+  paths = []
+  for ext in ("png", "pdf"):
+    path = os.path.join(out_dir, f"{name}.{ext}")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    paths.append(path)
+  plt.close(fig)
   return paths

@@ -7,6 +7,7 @@ are removed on every exit that runs code, and a SIGKILLed run's are removed
 by the next start, which says so.
 """
 
+import contextlib
 import glob
 import os
 import signal
@@ -144,18 +145,27 @@ def test_a_second_ctrl_c_exits_at_once_without_tracebacks(tmp_path, start):
   assert glob.glob(os.path.join(out, "checkpoints", "ckpt_*[0-9]"))  # the last one intact
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-  """A real 64 MB tmpfs (skipped where this process may not mount one)."""
-  mount = tmp_path / "disk"
+@contextlib.contextmanager
+def _tmpfs(mount, size: str):
+  """A real tmpfs of `size` at `mount` (skipped where this process may not mount one)."""
   mount.mkdir()
   proc = subprocess.run(
-    ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True, text=True
+    ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+    capture_output=True,
+    text=True,
   )
   if proc.returncode != 0:
     pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-  yield mount
-  subprocess.run(["umount", "-l", str(mount)], check=False)
+  try:
+    yield mount
+  finally:
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  with _tmpfs(tmp_path / "disk", "64m") as mount:
+    yield mount
 
 
 def _fill(directory):
@@ -224,14 +234,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_resume_finishes_it(small_disk,
 def test_a_disk_too_small_for_the_training_data_copies_is_one_line(tmp_path):
   """The review: a full disk while the shards were written was TF's
   ResourceExhaustedError traceback."""
-  mount = tmp_path / "tiny"
-  mount.mkdir()
-  proc = subprocess.run(
-    ["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)], capture_output=True, text=True
-  )
-  if proc.returncode != 0:
-    pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-  try:
+  with _tmpfs(tmp_path / "tiny", "48k") as mount:
     run = subprocess.run(
       [sys.executable, "-m", "experiments.run_experiment", *ARGS, f"--output_dir={mount / 'run'}"],
       cwd=ROOT,
@@ -244,5 +247,3 @@ def test_a_disk_too_small_for_the_training_data_copies_is_one_line(tmp_path):
     line = run.stderr.strip().splitlines()[-1]
     assert line.startswith("run_experiment: error: cannot write the training-data shard ")
     assert not glob.glob(str(mount / "run" / ".scratch" / "*.tmp"))
-  finally:
-    subprocess.run(["umount", "-l", str(mount)], check=False)
