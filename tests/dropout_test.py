@@ -95,9 +95,9 @@ def test_skipped_round_keeps_weights(data, tff_runtime):
   after_1 = checkpoint.load_latest(ck)  # round 2
   shutil.rmtree(os.path.join(ck, "ckpt_00000002"))
   after_0 = checkpoint.load_latest(ck)  # round 1
-  for a, b in zip(after_0[0]["weights"], after_1[0]["weights"]):
+  for a, b in zip(after_0.arrays["weights"], after_1.arrays["weights"]):
     np.testing.assert_array_equal(a, b)
-  assert after_0[1]["ledgers"] == after_1[1]["ledgers"]
+  assert after_0.meta["ledgers"] == after_1.meta["ledgers"]
 
 
 def test_provisioned_noise_std_is_sigma_c_sqrt_k_over_m(data, tff_runtime):

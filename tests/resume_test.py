@@ -349,7 +349,7 @@ def test_tf_privacy_cdp_resume_draws_fresh_noise_and_keeps_momentum(tmp_path):
     return list(np.load(os.path.join(out, "final_weights.npz")).values())
 
   def round_one(out):
-    arrays, _ = checkpoint.load_latest(os.path.join(out, "checkpoints"))
+    arrays = checkpoint.load_latest(os.path.join(out, "checkpoints")).arrays
     return arrays
 
   base = dict(

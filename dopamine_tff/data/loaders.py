@@ -200,7 +200,6 @@ def _synthetic_cached(config: DataConfig, size: int, camera: str = "aptos"):
 # Examples and channels of the built-in and TFDS sources (aptos: checked from
 # its CSV), to refuse an image size that cannot fit before allocating it.
 _SIZES = {"synthetic": (3000, 3), "synthetic_public": (3000, 3), "digits": (1797, 1)}
-_SIZES["eyepacs"] = (35126, 3)
 
 
 def _raw(config: DataConfig) -> sources.Raw:
