@@ -10,42 +10,28 @@ deliver: the ``correction``.
 
 The graph and the pair keys are fresh secrets each round
 (dopamine_tff/seeds.py); the release depends only on the noised total while
-the delivering hospitals' graph is connected (``secagg.protocol.check_hidden``).
+the delivering hospitals' graph is connected (``secagg.graphs.check_hidden``).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import tensorflow as tf
 
 from dopamine_tff import quantization
 from dopamine_tff import seeds
-from dopamine_tff.secagg import protocol as secagg_protocol
-
-# Up to this many hospitals the pair dithers use the complete graph; above it a
-# Harary ring of about log2 K neighbours over an order drawn afresh each round:
-# the finite-precision argument needs only a connected graph, and the complete
-# one costs K^2 model-length dither streams a round (measured: a K=100 round 6x
-# slower).
-DENSE_DITHER_MAX = 32
+from dopamine_tff.secagg import graphs
 
 
-def dither_degree(k: int) -> int:
-  """Dither partners per hospital of the plain secure sum."""
-  if k <= DENSE_DITHER_MAX:
-    return k - 1
-  wanted = 2 * math.ceil(math.log2(k) / 2)
-  return min(wanted + wanted % 2, k - 1)
+def dither_degree(k: int, colluders: int = 0) -> int:
+  """Dither partners per hospital of the plain secure sum (graphs.dither_degree)."""
+  return graphs.dither_degree(k, colluders)
 
 
-def dither_graph(k: int, order_seed: bytes) -> dict[int, tuple[int, ...]]:
-  """Hospital -> its dither partners: complete up to DENSE_DITHER_MAX, else a
-  Harary ring over the order keyed by `order_seed` (drawn per round)."""
-  if k <= DENSE_DITHER_MAX:
-    return {i: tuple(j for j in range(k) if j != i) for i in range(k)}
-  return secagg_protocol.harary_graph(k, dither_degree(k), order_seed)
+def dither_graph(k: int, order_seed: bytes, colluders: int = 0) -> dict[int, tuple[int, ...]]:
+  """Hospital -> its dither partners: a Harary graph of about log2 K partners
+  over the order keyed by `order_seed` (drawn per round), complete for K <= 5."""
+  return graphs.dither_graph(k, dither_degree(k, colluders), order_seed)
 
 
 class Correction:
@@ -67,7 +53,12 @@ class Correction:
 
 
 def round_dithers(
-  randomness: seeds.Randomness, round_num: int, k: int, senders, correction: Correction
+  randomness: seeds.Randomness,
+  round_num: int,
+  k: int,
+  senders,
+  correction: Correction,
+  colluders: int = 0,
 ) -> tuple[list, list, np.ndarray]:
   """Each sender's pair-dither keys and signs, and the server's correction.
 
@@ -76,7 +67,8 @@ def round_dithers(
       would then depend on more than the noised total).
   """
   alive = set(senders)
-  graph = dither_graph(k, randomness.secret_bytes(round_num, seeds.Purpose.SECAGG_GRAPH, -1))
+  order_seed = randomness.secret_bytes(round_num, seeds.Purpose.SECAGG_GRAPH, -1)
+  graph = dither_graph(k, order_seed, colluders)
   pair = randomness.pair_keys(round_num, [(i, j) for i in senders for j in graph[i]])
   keys, signs, lost = [], [], []
   for i in senders:
@@ -84,5 +76,5 @@ def round_dithers(
     keys.append(np.array([pair[min(i, j), max(i, j)] for j in near], np.int64).reshape(-1, 2))
     signs.append(np.array([1 if i < j else -1 for j in near], np.int32))
     lost += [(key, sign) for j, key, sign in zip(near, keys[-1], signs[-1]) if j not in alive]
-  secagg_protocol.check_hidden(graph, alive)
+  graphs.check_hidden(graph, alive, colluders)
   return keys, signs, correction(lost)

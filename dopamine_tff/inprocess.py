@@ -78,7 +78,8 @@ class InProcessDpSgd(_EncodedServer):
     self._client = tf.function(
       lambda w, ds, s, dk, dsg: tf_rounds.encoded_client_update(
         model, w, ds, s, dk, dsg, params, secure_sum
-      )
+      ),
+      reduce_retracing=True,  # one trace for hospitals of any size
     )
 
   def run(self, state, inputs: tf_rounds.RoundInputs):
@@ -107,7 +108,7 @@ class InProcessFedAvg:
       delta, size = tf_rounds.fedavg_client_update(model, w, ds, s, params)
       return [d * size for d in delta], size
 
-    self._client = tf.function(client)
+    self._client = tf.function(client, reduce_retracing=True)
     self._server = tf.function(
       lambda state, delta_sum, total: tf_rounds.fedavg_server_update(
         state, delta_sum, total, params.lr_schedule, params.total_rounds, params.frozen
@@ -147,7 +148,8 @@ class InProcessMaskedDpSgd(_EncodedServer):
     self._client = tf.function(
       lambda w, ds, s, dk, dsg, m: tf_rounds.masked_client_update(
         model, w, ds, s, dk, dsg, m, params, secure_sum
-      )
+      ),
+      reduce_retracing=True,
     )
 
   def masked_round(self, state, datasets, *client_arrays):

@@ -140,15 +140,22 @@ def encode(values, dither_values, config: QuantizationConfig):
     (int64 [n] codes in [0, 2**32), int32 count of coordinates changed beyond
     rounding: non-finite or beyond 2**52 steps, encoded as 0).
   """
-  y = flatten(values) / config.step
-  bad = tf.logical_not(tf.abs(y) < _MAX_EXACT)  # also NaN
-  y = tf.where(bad, tf.zeros_like(y), y)
+  if all(v.dtype == tf.float32 for v in values):  # one float64 pass, not one per variable
+    y = tf.cast(tf.concat([tf.reshape(v, [-1]) for v in values], 0), tf.float64)
+  else:
+    y = flatten(values)
+  y = y / config.step
+  ok = tf.abs(y) < _MAX_EXACT  # False also for NaN
+  y = tf.where(ok, y, 0.0)
   # floor(y) + floor(frac(y) + r + 1/2): the dither is added to the fraction
   # only, so it keeps its full precision however large the share y is (adding
-  # r to y itself rounds r to y's ulp, 2**-1 near 2**51 steps).
+  # r to y itself rounds r to y's ulp, 2**-1 near 2**51 steps). Both terms
+  # are integers below 2**53, so their float64 sum is exact; mod 2**32 is the
+  # low 32 bits of the two's complement.
   whole = tf.floor(y)
-  code = tf.cast(whole, tf.int64) + tf.cast(tf.floor(y - whole + dither_values + 0.5), tf.int64)
-  return tf.math.floormod(code, MODULUS), tf.reduce_sum(tf.cast(bad, tf.int32))
+  code = tf.cast(whole + tf.floor(y - whole + dither_values + 0.5), tf.int64)
+  changed = tf.size(ok) - tf.math.count_nonzero(ok, dtype=tf.int32)
+  return tf.bitwise.bitwise_and(code, MODULUS - 1), changed
 
 
 def decode(code_sum, correction, config: QuantizationConfig, dtype=tf.float32):

@@ -134,9 +134,16 @@ def initial_state(initial_weights, with_velocity: bool) -> ServerState:
   return ServerState(weights, velocity, tf.constant(0, tf.int32))
 
 
-def all_examples(dataset, with_groups: bool = False):
-  """The hospital's whole local set as (x, y, groups); groups is None per example."""
-  parts = dataset.unbatch().batch(2**30).get_single_element()
+def all_examples(data, with_groups: bool = False):
+  """The hospital's whole local set as (x, y, groups); groups is None per example.
+
+  `data` is the hospital's arrays held in memory (a tuple of tensors: the
+  in-process runtime) or a one-element tf.data.Dataset of them (the shard the
+  TFF worker reads, dopamine_tff/data/shards.py). Either way the examples
+  are taken as they are, not copied element by element: the Poisson sample
+  then gathers the ~q N examples it needs (dp_sgd.noisy_clipped_sum).
+  """
+  parts = tuple(data) if isinstance(data, tuple | list) else data.get_single_element()
   return parts[0], parts[1], (parts[2] if with_groups else None)
 
 

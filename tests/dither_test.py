@@ -1,5 +1,7 @@
 """The plain secure sum's pair dithers: graph, cancellation, correction."""
 
+import itertools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,6 +9,7 @@ import tensorflow as tf
 from dopamine_tff import dither
 from dopamine_tff import quantization
 from dopamine_tff import seeds
+from dopamine_tff.secagg import graphs
 from dopamine_tff.secagg import protocol
 
 WORDS = 50
@@ -19,13 +22,32 @@ def _dithers(keys, signs):
   ]
 
 
-def test_degree_is_complete_up_to_the_dense_limit_then_logarithmic():
+def test_degree_is_about_log2_k_and_more_than_the_colluders():
   assert dither.dither_degree(2) == 1
-  assert dither.dither_degree(dither.DENSE_DITHER_MAX) == dither.DENSE_DITHER_MAX - 1
+  assert dither.dither_degree(3) == 2  # complete
+  assert dither.dither_degree(5) == 4  # complete
+  assert dither.dither_degree(10) == 4  # 2 * ceil(log2(10) / 2), not the 9 of the complete graph
   assert dither.dither_degree(100) == 8  # 2 * ceil(log2(100) / 2)
+  assert dither.dither_degree(10, colluders=3) == 6  # d-connected: c + 1 more partners
   ring = dither.dither_graph(100, b"k")
   assert {len(v) for v in ring.values()} == {8}
   assert all(i in ring[j] for i in ring for j in ring[i])  # symmetric
+
+
+def test_a_split_dither_graph_aborts_the_round_before_any_release():
+  """H(4, 10) survives any 3 dropouts; two gaps of two neighbours in its ring cut it."""
+  rnd = seeds.Randomness(1, seeded=True)
+  order_seed = rnd.secret_bytes(0, seeds.Purpose.SECAGG_GRAPH, -1)
+  for gone in itertools.combinations(range(10), 3):  # never raises: 4-connected
+    dither.round_dithers(
+      rnd, 0, 10, [h for h in range(10) if h not in gone], dither.Correction(WORDS)
+    )
+  ring = graphs.ring_order(10, order_seed)
+  gone = {ring[0], ring[1], ring[5], ring[6]}
+  with pytest.raises(protocol.RoundAborted, match="disconnected"):
+    dither.round_dithers(
+      rnd, 0, 10, [h for h in range(10) if h not in gone], dither.Correction(WORDS)
+    )
 
 
 def test_dithers_cancel_when_everyone_delivers():

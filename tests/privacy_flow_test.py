@@ -69,7 +69,7 @@ def test_what_enters_the_secure_sum_is_already_noised(tff_runtime):
   client = process.build_dp_client_computation(_model_fn, W0, SHAPE, params)
   x = np.zeros((10, *SHAPE), np.float32)
   y = np.zeros(10, np.int32)
-  ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(5)
+  ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(10)  # one element: the whole local set
   noisy_sum, n = client(W0, ds, seeds.client_key(0, 0, 0))
   flat = np.concatenate([np.ravel(v) for v in noisy_sum])
   assert n == 10
@@ -134,7 +134,7 @@ def test_a_masked_vector_is_uniform_mod_2_32_whatever_its_input():
 
 
 def test_many_hospitals_dither_on_a_connected_ring_with_the_same_release(monkeypatch, tmp_path):
-  """Above DENSE_DITHER_MAX the pair dithers follow a ring of ~log2 K neighbours.
+  """The pair dithers follow a ring of ~log2 K neighbours, not the complete graph.
 
   The release must still be the noised total up to rounding: the weights match
   the complete graph's to float precision, and the ring is symmetric and connected.
@@ -143,11 +143,13 @@ def test_many_hospitals_dither_on_a_connected_ring_with_the_same_release(monkeyp
 
   from dopamine_tff import configs
   from dopamine_tff.data import loaders
+  from dopamine_tff.secagg import graphs
   from dopamine_tff.secagg import protocol
 
-  assert dither.dither_graph(10, b"r0") == {
-    i: tuple(j for j in range(10) if j != i) for i in range(10)
+  assert dither.dither_graph(5, b"r0") == {
+    i: tuple(j for j in range(5) if j != i) for i in range(5)
   }
+  assert {len(v) for v in dither.dither_graph(10, b"r0").values()} == {4}
   ring = dither.dither_graph(40, b"r0")
   assert {len(v) for v in ring.values()} == {6}
   assert all(i in ring[j] for i in ring for j in ring[i])
@@ -167,7 +169,7 @@ def test_many_hospitals_dither_on_a_connected_ring_with_the_same_release(monkeyp
   )
   opts = dict(options=configs.LoopOptions(tensorboard=False), log=lambda _: None)
   loop.run(cfg, data, str(tmp_path / "ring"), **opts)
-  monkeypatch.setattr(dither, "DENSE_DITHER_MAX", 1000)
+  monkeypatch.setattr(graphs, "dither_degree", lambda k, colluders=0: k - 1)
   loop.run(cfg, data, str(tmp_path / "complete"), **opts)
   a = np.load(tmp_path / "ring" / "final_weights.npz")
   b = np.load(tmp_path / "complete" / "final_weights.npz")

@@ -46,7 +46,7 @@ def test_unmasked_sum_equals_the_plain_integer_sum_bit_for_bit(mode, k, senders,
   np.testing.assert_array_equal(total, sum(codes[s] for s in senders))
   lost = stats.pop("lost_dithers")
   assert len(lost) == sum(
-    1 for d in range(k) if d not in senders for j in proto.graph[d] if j in senders
+    1 for d in range(k) if d not in senders for j in proto.dither_graph[d] if j in senders
   )
   assert stats == {"secagg_revealed_seeds": len(senders), "secagg_revealed_keys": k - len(senders)}
 

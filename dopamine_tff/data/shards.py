@@ -83,3 +83,12 @@ def inline_dataset(s: loaders.ImageSet, image_shape, with_groups: bool = False) 
     )
 
   return tf.data.Dataset.from_tensors(tuple(records)).map(relax)
+
+
+def in_memory(s: loaders.ImageSet, with_groups: bool = False) -> tuple:
+  """The element of `hospital_dataset` as tensors held in this process (the
+  in-process runtime's data: read once, not from the shard every round)."""
+  records = [s.images.astype(np.float32, copy=False), s.labels.astype(np.int32, copy=False)]
+  if with_groups:
+    records.append(patient_ids(s))
+  return tuple(tf.constant(a) for a in records)

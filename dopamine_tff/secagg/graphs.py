@@ -25,10 +25,40 @@ def neighbour_graph(
   return harary_graph(k, cfg.degree, order_seed)
 
 
+def dither_degree(k: int, colluders: int = 0) -> int:
+  """Pair-dither partners per hospital: about log2 K (even), more than the
+  colluders plus one, at most K - 1 (the complete graph).
+
+  The finite-precision argument (dopamine_tff/quantization.py) needs the
+  honest delivering hospitals' dither graph connected; a Harary graph of
+  degree d is d-connected, so any d - 1 hospitals may drop or collude and it
+  stays connected (a round whose graph does split is aborted before any
+  release: check_hidden). Each partner costs a model-length stream a round.
+  """
+  if k <= 2:
+    return k - 1
+  wanted = max(2 * math.ceil(math.log2(k) / 2), colluders + 2)
+  return min(wanted + wanted % 2, k - 1)
+
+
+def dither_graph(k: int, degree: int, order_seed: bytes) -> dict[int, tuple[int, ...]]:
+  """The pair-dither graph: complete at degree K - 1, else H(degree, K) over
+  the order keyed by `order_seed` (with SecAgg+'s own order, a sub-graph of
+  its neighbour graph of higher degree)."""
+  if degree >= k - 1:
+    return {i: tuple(j for j in range(k) if j != i) for i in range(k)}
+  return harary_graph(k, degree, order_seed)
+
+
+def ring_order(k: int, order_seed: bytes) -> np.ndarray:
+  """The hospitals in the ring order of a Harary graph keyed by `order_seed`."""
+  rng = np.random.default_rng(np.random.SeedSequence(int.from_bytes(order_seed or b"\0", "big")))
+  return rng.permutation(k)
+
+
 def harary_graph(k: int, degree: int, order_seed: bytes) -> dict[int, tuple[int, ...]]:
   """H(degree, k) over a random order: each hospital's degree/2 ring neighbours per side."""
-  rng = np.random.default_rng(np.random.SeedSequence(int.from_bytes(order_seed or b"\0", "big")))
-  order = rng.permutation(k)
+  order = ring_order(k, order_seed)
   pos = {int(h): p for p, h in enumerate(order)}
   half = degree // 2
   graph = {}

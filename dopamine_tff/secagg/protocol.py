@@ -116,6 +116,7 @@ class RoundMessages:
   key_shares: dict  # hospital -> shamir.Shares of its private key
   self_shares: dict  # hospital -> shamir.Shares of its self-mask key
   delivered: set  # hospitals that sent their masked input (each knows its own)
+  dither_graph: dict = dataclasses.field(default_factory=dict)  # a sub-graph of `graph`
 
   def __repr__(self):
     return f"RoundMessages(round={self.round_num}, hospitals={len(self.public)}, secrets hidden)"
@@ -150,13 +151,25 @@ class Protocol:
       raise RuntimeError("no round started")
     return self._round.graph
 
+  @property
+  def dither_graph(self) -> dict:
+    """This round's pair-dither graph (a sub-graph of `graph`)."""
+    if self._round is None:
+      raise RuntimeError("no round started")
+    return self._round.dither_graph
+
   def _holders(self, i: int, graph) -> dict:
     return {"threshold": self.cfg.t, "holders": [h + 1 for h in (i, *graph[i])]}
 
   def start_round(self, round_num: int) -> None:
     """Phase 1 of a fresh instance: graph, key pairs, self-mask keys and shares."""
     cfg, rnd, k = self.cfg, self.randomness, self.cfg.num_hospitals
-    graph = neighbour_graph(cfg, rnd.secret_bytes(round_num, seeds.Purpose.SECAGG_GRAPH, -1))
+    order_seed = rnd.secret_bytes(round_num, seeds.Purpose.SECAGG_GRAPH, -1)
+    graph = neighbour_graph(cfg, order_seed)
+    # The pair dithers need only a connected graph: about log2 K partners of
+    # the K - 1 (or SecAgg+'s k) mask partners, over the same order.
+    degree = min(graphs.dither_degree(k, cfg.colluders), cfg.degree)
+    dither_graph = graphs.dither_graph(k, degree, order_seed)
     private = {
       i: x25519.X25519PrivateKey.from_private_bytes(
         rnd.secret_bytes(round_num, seeds.Purpose.SECAGG_KEY, i)
@@ -174,7 +187,7 @@ class Protocol:
       for i, b in self_keys.items()
     }
     self._round = RoundMessages(
-      round_num, graph, private, public, self_keys, key_shares, self_shares, set()
+      round_num, graph, private, public, self_keys, key_shares, self_shares, set(), dither_graph
     )
     self.revealed = {
       h: {key: kind for key, kind in rec.items() if key[0] == round_num}
@@ -202,7 +215,7 @@ class Protocol:
   def dither_inputs(self, hospital: int) -> tuple[np.ndarray, np.ndarray]:
     """Hospital `hospital`'s pair-dither keys (int64 [M, 2]) and signs, from its agreements."""
     r = self._round
-    near = r.graph[hospital]
+    near = r.dither_graph[hospital]
     keys = [
       dither_key(r.private[hospital].exchange(r.public[j]), r.round_num, hospital, j) for j in near
     ]
@@ -295,6 +308,7 @@ class Protocol:
     """RoundAborted unless the updates stay hidden and every needed secret has t shares."""
     r, cfg = self._round, self.cfg
     check_hidden(r.graph, senders, cfg.corrupted_holders)
+    check_hidden(r.dither_graph, senders, cfg.colluders)
     for kind, owners in ((SELF, senders), (KEY, dropped)):
       for owner in sorted(owners):
         holders = {h - 1 for h in (r.self_shares if kind == SELF else r.key_shares)[owner]}
@@ -317,7 +331,8 @@ class Protocol:
           secret = private.exchange(r.public[j])
           pair_keys.append(pair_key(secret, r.round_num, d, j))
           pair_signs.append(1 if j < d else -1)
-          lost.append((dither_key(secret, r.round_num, d, j), 1 if j < d else -1))
+          if j in r.dither_graph[d]:
+            lost.append((dither_key(secret, r.round_num, d, j), 1 if j < d else -1))
     return pair_keys, pair_signs, lost
 
   def _reconstruct(self, shares: dict, owner: int, kind: str) -> int:

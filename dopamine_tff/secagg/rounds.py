@@ -55,6 +55,7 @@ class SecureDpSgd:
     proto.start_round(round_num)
     # Cheap abort before any computation: the same check guards the unmasking.
     protocol_lib.check_hidden(proto.graph, senders, proto.cfg.corrupted_holders)
+    protocol_lib.check_hidden(proto.dither_graph, senders, proto.cfg.colluders)
     num_words = int(sum(np.size(w) for w in tf_rounds.as_server_state(state).weights))
     dithers = [proto.dither_inputs(h) for h in senders]
     t0 = time.monotonic()

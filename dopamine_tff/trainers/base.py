@@ -113,7 +113,11 @@ class TffTrainer:
     self.units = [
       len(np.unique(shards.patient_ids(s))) if self.patient_unit else len(s) for s in sets
     ]
-    if runtime.ships_data():
+    if cfg.runtime == "in_process":
+      # The hospitals' arrays stay in memory: each round's Poisson sample
+      # gathers its examples from them instead of re-reading the shard.
+      self.datasets = [shards.in_memory(s, self.patient_unit) for s in sets]
+    elif runtime.ships_data():
       # Workers that cannot read this host's files get the data in the requests.
       self.datasets = [shards.inline_dataset(s, image_shape, self.patient_unit) for s in sets]
     else:

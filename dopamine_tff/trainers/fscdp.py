@@ -106,15 +106,18 @@ class DpSgdTrainer(base.TffTrainer):
     params = dp_sgd_params(cfg, share, self.patient_unit, self.frozen)
     secure = cfg.secure_aggregation != "none"
     self.secagg = cfg.secagg_config(k) if secure else None
-    degree = self.secagg.degree if secure else (dither.dither_degree(k) if k > 1 else 0)
-    extra = dict(degree=degree, prg=self.secagg.prg) if secure else {}
+    colluders = cfg.assumed_colluders
+    dither_degree = dither.dither_degree(k, colluders) if k > 1 else 0
+    if secure:  # the pair dithers use a sub-graph of the mask graph
+      dither_degree = min(dither_degree, self.secagg.degree)
+    extra = dict(degree=self.secagg.degree, prg=self.secagg.prg) if secure else {}
     built = _BUILDERS[cfg.runtime, secure](
       self.model_fn,
       self.initial_weights,
       image_shape,
       params,
       self.secure_sum,
-      dither_degree=degree,
+      dither_degree=dither_degree,
       **extra,
     )
     if secure:
@@ -130,7 +133,12 @@ class DpSgdTrainer(base.TffTrainer):
         plan, round_num, responders=tuple(h for h in plan.clients if h not in late)
       )
     keys, signs, correction = dither.round_dithers(
-      self.randomness, round_num, len(self.sizes), plan.clients, self.correction
+      self.randomness,
+      round_num,
+      len(self.sizes),
+      plan.clients,
+      self.correction,
+      self.cfg.assumed_colluders,
     )
     return self.inputs(plan, round_num, dither_keys=keys, dither_signs=signs, correction=correction)
 
