@@ -36,6 +36,7 @@ from dopamine_tff.data import loaders
 from experiments import bench_lib
 from experiments import client_steps_lib
 from experiments import flags_lib
+from experiments import round_overhead
 
 _OUTPUT = flags.DEFINE_string(
   "output", "runs/benchmark.json", "Where the JSON goes (results/ holds the committed one)."
@@ -215,6 +216,7 @@ SECTIONS = {
   "workers": ("workers", workers, "workers"),
   "secure_sum": ("secure sum", secure_sum_path, "secure_sum"),
   "client_steps": ("client steps", client_steps_lib.client_steps, "client_steps"),
+  "round_overhead": ("round overhead", round_overhead.round_overhead, "round_overhead"),
 }
 
 
@@ -274,7 +276,25 @@ def ratios(results: dict, baseline: str | None) -> dict:
     "memory_growth_50_rounds": scale["memory_growth_after_first_round"] if scale else None,
     "secure_over_plain_sum": _over(results["secure_sum"], "secure", "plain"),
     "two_workers_over_one": _over(results["workers"], "workers_2", "workers_1"),
+    **{
+      f"round_over_dp_steps_{rt}": _round_ratio(results["round_overhead"], rt)
+      for rt in round_overhead.RUNTIMES
+    },
   }
+
+
+def _round_ratio(section, rt):
+  """The worst FSCDP round / K DP steps of the K=10 cases, over the secure sums."""
+  if not section:
+    return None
+  return _worst(
+    *(
+      c["ratios"][f"round_{rt}_{mode}"]["over_dp_steps"]
+      for c in section["cases"]
+      if c["hospitals"] <= 10
+      for mode in round_overhead.MODES
+    )
+  )
 
 
 def _machine() -> dict:
