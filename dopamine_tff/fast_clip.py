@@ -109,7 +109,7 @@ def choose(positions: int, fan_in: int, fan_out: int, *, strided: bool = False) 
   in skinny products); else LOOP for a strided convolution or one whose
   per-example product T p d reaches LOOP_MIN_MACS; else EXPLICIT.
   Mixed ghost clipping (Bu et al. 2022) compares 2 T^2 with p d (memory); the
-  factor here was measured (README, "DP step cost").
+  factor here was measured (docs/performance.md).
   """
   if positions * positions * (fan_in + fan_out) < GHOST_FACTOR * fan_in * fan_out:
     return GHOST

@@ -15,7 +15,7 @@ hparams.json, summary.json and the run identity (resume refuses other weights).
 
 The starting weights are public: they are an input of the DP mechanism, not
 an output, so the guarantee covers the private data only if the weights were
-made without it (README, "Public pretraining").
+made without it (docs/pretraining.md).
 """
 
 from __future__ import annotations

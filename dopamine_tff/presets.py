@@ -218,7 +218,7 @@ def _cpu_pretrained() -> Preset:
 
   The pretraining recipe was chosen on the public source's own held-out split
   (never private data): of 13 recipes, lr 0.01 for 20 epochs scored best
-  (79.8 % against a majority rate of 69.7 %; README, "Public pretraining").
+  (79.8 % against a majority rate of 69.7 %; docs/pretraining.md).
   The settings were retuned from those weights by experiments/tune.py
   --preset=cpu_pretrained --trials=4 (results/tune_cpu_pretrained/search.md):
   the best of 4 seeded draws per setting from tuning.PRETRAINED_SEARCH_SPACE

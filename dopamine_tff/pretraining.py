@@ -8,7 +8,7 @@ of the configuration, so a preset's five settings and every seed start from
 the same weights and a rerun reuses them.
 
 The public data is outside the privacy guarantee; it must really be public
-and disjoint from the hospitals' data (README, "Public pretraining").
+and disjoint from the hospitals' data (docs/pretraining.md).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from dopamine_tff.data import loaders
 from experiments import bench_lib
 from experiments import client_steps_lib
 from experiments import flags_lib
-from experiments import round_overhead
+from experiments import round_overhead_lib as round_overhead
 
 _OUTPUT = flags.DEFINE_string(
   "output", "runs/benchmark.json", "Where the JSON goes (results/ holds the committed one)."
@@ -241,7 +241,7 @@ def _over(section, a, b):
 
 
 def ratios(results: dict, baseline: str | None) -> dict:
-  """Every ratio the README reports, from the sections' figures."""
+  """Every ratio docs/performance.md reports, from the sections' figures."""
   steps, scale = results["client_steps"], results["scaling"]
   both = ("small_cnn", "squeezenet")
   return {

@@ -166,7 +166,7 @@ def _plan(preset, data_cfg, values) -> list:
   if preset.needs_init_weights and not values.get("init_weights"):
     raise ValueError(
       f"--preset={preset.name} starts every setting from {preset.needs_init_weights}: "
-      "pass --init_weights=<that .npz> (README, Public pretraining)"
+      "pass --init_weights=<that .npz> (docs/pretraining.md)"
     )
   start = {"init_weights": values["init_weights"]} if values.get("init_weights") else {}
   out = []

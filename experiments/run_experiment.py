@@ -63,9 +63,9 @@ flags.DEFINE_integer(
   "rounds",
   None,
   "Rounds (fscdp/cdp: DP-SGD steps; c and cdp with tf_privacy: epochs; f/fpdp: FedAvg "
-  "rounds) (default: the recipe of --setting; README, 'The bare command').",
+  "rounds) (default: the recipe of --setting; docs/experiments.md, 'The bare command').",
 )
-_RECIPE = "(default: the recipe of --setting; README, 'The bare command')"
+_RECIPE = "(default: the recipe of --setting; docs/experiments.md, 'The bare command')"
 flags.DEFINE_float("sampling_prob", None, "Poisson sampling probability q (fscdp, cdp) " + _RECIPE)
 flags.DEFINE_integer(
   "batch_size", None, "Batch size B (c, f, fpdp, cdp with tf_privacy) " + _RECIPE

@@ -24,7 +24,7 @@ winners' hyper-parameters, which dopamine_tff/presets.py copies).
 
 Tuning on the private data is itself a use of it: the epsilon a final run
 prints does not include the cost of choosing its hyper-parameters (see
-README, "Tuning costs privacy").
+docs/privacy.md, "Tuning costs privacy").
 """
 
 from __future__ import annotations

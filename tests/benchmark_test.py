@@ -110,3 +110,33 @@ def test_unknown_section_is_refused_by_name():
   )
   assert proc.returncode != 0
   assert "--sections: unknown ['bogus']" in proc.stderr
+
+
+def test_quick_round_overhead_reports_rounds_against_dp_steps(tmp_path):
+  out = tmp_path / "round.json"
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.benchmark",
+      "--quick",
+      "--sections=round_overhead",
+      f"--output={out}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  (case,) = result["round_overhead"]["cases"]
+  for rt in ("in_process", "tff"):
+    for mode in ("none", "secagg", "secagg_plus"):
+      r = case["ratios"][f"round_{rt}_{mode}"]
+      assert r["over_dp_steps"] > 0 and r["range_over_dp_steps"][0] <= r["over_dp_steps"]
+    assert result["ratios"][f"round_over_dp_steps_{rt}"] > 0
+  for phase in ("phase_sample", "phase_dithers", "phase_encode_and_copy_out", "phase_sum"):
+    assert case["times"][phase]["median_s"] > 0, phase
+  assert case["dither_partners"] == 2  # K = 4: log2-sized Harary graph, complete here
+  assert "| phase_dithers |" in case["phase_table"]
