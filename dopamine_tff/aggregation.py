@@ -11,7 +11,7 @@ modulus 40961) accounted for neither rounding nor wrap-around.
 
 Simulation note: TFF's C++ runtime has no secure-aggregation protocol; the
 runtime compiles the secure intrinsic into a plain integer sum
-(dopamine_tff/runtime.py). ``--secure_aggregation=secagg`` runs a real masking
+(dopamine_tff/runtime/). ``--secure_aggregation=secagg`` runs a real masking
 protocol instead (dopamine_tff/secagg/).
 """
 

@@ -5,7 +5,7 @@ checks it against the number of hospitals K before any data is read: the
 binaries call both before loading, and the loop (dopamine_tff/program/loop.py)
 calls the second again as its own guard. LoopOptions says how the loop saves
 its work. Data configuration lives in dopamine_tff/data/loaders.py
-(DataConfig); the TFF runtime's in dopamine_tff/runtime.py (RuntimeConfig).
+(DataConfig); the TFF runtime's in dopamine_tff/runtime/config.py (RuntimeConfig).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 
+from dopamine_tff import config_checks
 from dopamine_tff import models
 from dopamine_tff import seeds
 
@@ -22,13 +23,14 @@ PRIVATE_SETTINGS = ("cdp", "fpdp", "fscdp")
 CDP_IMPLS = ("ours", "tf_privacy")
 RUNTIMES = ("tff", "in_process")
 ACCOUNTANT_CHOICES = ("rdp", "pld", "both")
-SECURE_AGGREGATION = ("none", "secagg", "secagg_plus")
+SECURE_AGGREGATION = ("auto", "none", "secagg", "secagg_plus")
+# 'auto' (the default, in Python as on the command line): FSCDP masks with
+# SecAgg's complete graph while its O(K^2) streams are cheap, SecAgg+ from
+# here on (at K = 100 SecAgg's server unmasking is several times SecAgg+'s).
+SECAGG_PLUS_FROM = 33
 SECAGG_PRGS = ("chacha20", "philox_insecure")
 PRIVACY_UNITS = ("example", "patient")
 LR_SCHEDULES = ("constant", "cosine")
-
-
-MAX_NOISE_MULTIPLIER = 1e5  # dp_accounting's RDP fails from about 1e6 (negative divergences)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +76,11 @@ class TrainConfig:
     min_surviving_hospitals: M. Each Dopamine hospital adds the noise share
       sigma*C/sqrt(M), so a round with at least M survivors has at least the
       target noise; a round with fewer is skipped (None: M = K).
-    secure_aggregation: 'none' (a plain integer sum of the codes: TFF's
-      runtime has no protocol), 'secagg' (masked sums, Bonawitz et al. 2017)
-      or 'secagg_plus' (k neighbours, Bell et al. 2020); fscdp only.
+    secure_aggregation: 'auto' (the default: FSCDP 'secagg' for 2 to 32
+      hospitals, 'secagg_plus' from 33; the other settings 'none'), 'none' (a
+      plain integer sum of the codes: TFF's runtime has no protocol),
+      'secagg' (masked sums, Bonawitz et al. 2017) or 'secagg_plus' (k
+      neighbours, Bell et al. 2020); fscdp only.
     secagg_threshold: Shamir threshold t >= 2 (None: a majority of K for
       secagg; derived for secagg_plus).
     secagg_neighbours: k of secagg_plus, even (None: derived from K and the
@@ -146,7 +150,7 @@ class TrainConfig:
   dropout_prob: float = 0.0
   dropout_schedule: tuple = ()
   min_surviving_hospitals: int | None = None
-  secure_aggregation: str = "none"
+  secure_aggregation: str = "auto"
   secagg_threshold: int | None = None
   secagg_neighbours: int | None = None
   secagg_prg: str = "chacha20"
@@ -165,18 +169,6 @@ class TrainConfig:
   trainable: str = "all"
 
   def __post_init__(self):
-    self._check_choices()
-    self._check_optimisation()
-    self._check_dp()
-    self._check_federation()
-    self._check_secagg()
-    self._check_init()
-    self._check_tf_privacy()
-
-  def _bad(self, name, why):
-    raise ValueError(f"{name}={getattr(self, name)!r}: {why}")
-
-  def _check_choices(self):
     for name, choices in (
       ("setting", SETTINGS),
       ("model", models.MODELS),
@@ -189,97 +181,8 @@ class TrainConfig:
       ("privacy_unit", PRIVACY_UNITS),
     ):
       if getattr(self, name) not in choices:
-        self._bad(name, f"must be one of {choices}")
-
-  def _check_optimisation(self):
-    bad = self._bad
-    if self.rounds < 1:
-      bad("rounds", "must be >= 1")
-    if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-      bad("learning_rate", "must be > 0")
-    if not 0.0 <= self.momentum < 1.0:
-      bad("momentum", "must be in [0, 1)")
-    if self.batch_size < 1:
-      bad("batch_size", "must be >= 1")
-    if self.local_epochs < 1:
-      bad("local_epochs", "must be >= 1")
-    if self.eval_every < 1:
-      bad("eval_every", "must be >= 1")
-    if not 0.0 <= self.ema_decay < 1.0:
-      bad("ema_decay", "must be in [0, 1)")
-    if self.augmentations < 0:
-      bad("augmentations", "must be >= 0")
-
-  def _check_dp(self):
-    bad = self._bad
-    if not 0.0 < self.sampling_prob <= 1.0:
-      bad("sampling_prob", "q must be in (0, 1]")
-    if not (self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)):
-      bad("noise_multiplier", "sigma must be >= 0")
-    if self.noise_multiplier > MAX_NOISE_MULTIPLIER:
-      bad(
-        "noise_multiplier",
-        f"above {MAX_NOISE_MULTIPLIER:g} the noise drowns every gradient (epsilon is 0 to "
-        "float precision) and the RDP accountant's arithmetic fails; lower it",
-      )
-    if not (self.l2_norm_clip > 0 and math.isfinite(self.l2_norm_clip)):
-      bad("l2_norm_clip", "C must be > 0")
-    if not 0.0 < self.delta < 1.0:
-      bad("delta", "must be in (0, 1)")
-    if self.target_epsilon is not None and not self.target_epsilon > 0:
-      bad("target_epsilon", "must be > 0")
-    if self.secure_sum_bound is not None and not self.secure_sum_bound > 0:
-      bad("secure_sum_bound", "must be > 0")
-
-  def _check_federation(self):
-    bad = self._bad
-    if not 0.0 < self.client_fraction <= 1.0:
-      bad("client_fraction", "must be in (0, 1]")
-    if not 0.0 <= self.dropout_prob < 1.0:
-      bad("dropout_prob", "must be in [0, 1)")
-    if self.min_surviving_hospitals is not None and self.min_surviving_hospitals < 1:
-      bad("min_surviving_hospitals", "must be >= 1")
-    if self.assumed_colluders < 0:
-      bad("assumed_colluders", "must be >= 0")
-    if (self.assumed_colluders or self.provision_for_colluders) and self.setting != "fscdp":
-      bad("assumed_colluders", "applies to fscdp only")
-    for entry in self.dropout_schedule:
-      if len(entry) != 2 or int(entry[0]) < 1 or any(int(h) < 0 for h in entry[1]):
-        bad("dropout_schedule", "entries must be (round >= 1, (hospital >= 0, ...))")
-
-  def _check_secagg(self):
-    bad = self._bad
-    if self.secure_aggregation != "none" and self.setting != "fscdp":
-      bad("secure_aggregation", "applies to fscdp only (the other settings send no secure sum)")
-    if self.secagg_threshold is not None and self.secagg_threshold < 2:
-      bad("secagg_threshold", "must be >= 2: with t = 1 any single holder recovers the keys")
-    for name in (
-      "secagg_adversarial_fraction",
-      "secagg_dropout_rate",
-      "secagg_unmask_dropout_prob",
-    ):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        bad(name, "must be in [0, 1)")
-
-  def _check_init(self):
-    if not (self.trainable in ("all", "head") or self.trainable.startswith("from:")):
-      self._bad("trainable", "expected all, head, or from:<layer>")
-    if self.reinit_head and not self.init_weights:
-      self._bad("reinit_head", "needs --init_weights (there is no head to replace otherwise)")
-
-  def _check_tf_privacy(self):
-    if not (self.setting == "cdp" and self.cdp_impl == "tf_privacy"):
-      return
-    if self.lr_schedule != "constant":
-      self._bad("lr_schedule", "is not available with --cdp_impl=tf_privacy")
-    if self.hardened_noise:
-      self._bad(
-        "hardened_noise", "is not available with --cdp_impl=tf_privacy (TF Privacy draws its own)"
-      )
-    if self.augmentations:
-      self._bad("augmentations", "is not available with --cdp_impl=tf_privacy")
-    if self.privacy_unit == "patient":
-      self._bad("privacy_unit", "patient is not available with --cdp_impl=tf_privacy (use ours)")
+        raise ValueError(f"{name}={getattr(self, name)!r}: must be one of {choices}")
+    config_checks.check_train(self)  # ranges and combinations
 
   @property
   def budget_accountant(self) -> str:
@@ -302,9 +205,14 @@ class TrainConfig:
     """The source of the run's secret keys (a new one per call: no state to save)."""
     return seeds.Randomness(self.seed, seeded=self.insecure_seeded_noise)
 
+  @property
+  def tf_privacy_baseline(self) -> bool:
+    """CDP run by TF Privacy's Keras optimizer (--cdp_impl=tf_privacy), not ours."""
+    return self.setting == "cdp" and self.cdp_impl == "tf_privacy"
+
   def epochs_after(self, rounds: int) -> float:
     """Epochs of training data seen after `rounds` rounds (the one definition)."""
-    if self.setting == "cdp" and self.cdp_impl == "tf_privacy":
+    if self.tf_privacy_baseline:
       return float(rounds)  # one round is one epoch of fixed-size batches
     if self.setting in ("cdp", "fscdp"):
       return rounds * self.sampling_prob
@@ -339,8 +247,7 @@ class TrainConfig:
         f"min_surviving_hospitals={self.min_surviving_hospitals} exceeds the {k} hospitals "
         "of this setting"
       )
-    if self.setting == "fscdp" and self.secure_aggregation != "none":
-      self.secagg_config(num_hospitals)  # thresholds, colluders, graphs
+    self.secagg_config(num_hospitals)  # thresholds, colluders, graphs
 
   def check_delta(self, units: int) -> None:
     """Refuses delta >= 1/N (ValueError): such a delta admits releasing one of the
@@ -353,12 +260,27 @@ class TrainConfig:
         f"anything; choose delta well below 1/N (e.g. {0.1 / units:.2g})"
       )
 
-  def secagg_config(self, num_hospitals: int):
-    """The run's SecAggConfig (ValueError for parameters it cannot cover)."""
-    from dopamine_tff.secagg import protocol
+  def secure_aggregation_for(self, num_hospitals: int) -> str:
+    """The secure sum this run uses with K hospitals: the option, or for 'auto'
+    SecAgg for FSCDP with 2 to SECAGG_PLUS_FROM - 1 hospitals, SecAgg+ from
+    there on, and none for the other settings (which send no secure sum) or
+    one hospital (nothing to hide its update among)."""
+    if self.secure_aggregation != "auto":
+      return self.secure_aggregation
+    if self.setting != "fscdp" or num_hospitals < 2:
+      return "none"
+    return "secagg" if num_hospitals < SECAGG_PLUS_FROM else "secagg_plus"
 
-    return protocol.SecAggConfig(
-      self.secure_aggregation,
+  def secagg_config(self, num_hospitals: int):
+    """The run's SecAggConfig, None for the plain sum (ValueError for
+    parameters it cannot cover). The one place the option is resolved."""
+    mode = self.secure_aggregation_for(num_hospitals)
+    if mode == "none":
+      return None
+    from dopamine_tff.secagg import config as secagg_config
+
+    return secagg_config.SecAggConfig(
+      mode,
       num_hospitals,
       threshold=self.secagg_threshold,
       neighbours=self.secagg_neighbours,

@@ -1,6 +1,6 @@
 """Results tables and figures of the DR grading metrics over seeds.
 
-From the runs plotting.collect gathers: per setting, quadratic kappa,
+From the runs results_tables.collect gathers: per setting, quadratic kappa,
 referable-DR AUC, sensitivity and specificity (argmax and the cross-fitted
 90 %-sensitivity point) and balanced accuracy as mean ± std (ddof=1) with the
 95 % Student-t interval, and recall per grade. The figure of per-grade recall
@@ -16,6 +16,7 @@ import numpy as np
 
 from dopamine_tff import grading
 from dopamine_tff import plotting
+from dopamine_tff import results_tables
 
 GRADES = ("0 no DR", "1 mild", "2 moderate", "3 severe", "4 proliferative")
 COLUMNS = (
@@ -41,7 +42,7 @@ def _stats(values) -> dict:
   return {
     "mean": float(arr.mean()),
     "std": std,
-    "ci95": plotting.ci95_halfwidth(std, arr.size),
+    "ci95": results_tables.ci95_halfwidth(std, arr.size),
     "n": int(arr.size),
   }
 

@@ -34,8 +34,8 @@ from dopamine_tff import quantization
 from dopamine_tff import runtime
 from dopamine_tff.data import loaders
 from experiments import bench_lib
+from experiments import cli_lib
 from experiments import client_steps_lib
-from experiments import flags_lib
 from experiments import round_overhead_lib as round_overhead
 
 _OUTPUT = flags.DEFINE_string(
@@ -339,4 +339,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "benchmark")
+  cli_lib.run(main, "benchmark")

@@ -21,7 +21,7 @@ from absl import flags
 import dopamine_tff  # noqa: F401  (quietens TensorFlow's C++ logs first)
 from dopamine_tff import init_weights
 from dopamine_tff import squeezenet_import
-from experiments import flags_lib
+from experiments import cli_lib
 
 flags.DEFINE_string("input", None, "torchvision state dict: .npz export or .pth (needs torch).")
 flags.DEFINE_string("output", "runs/imagenet/squeezenet1_1.npz", "The --init_weights file (.npz).")
@@ -56,11 +56,11 @@ def convert(values) -> dict:
 def main(argv):
   del argv
   values = flags.FLAGS.flag_values_dict()
-  with flags_lib.one_line_errors("convert_squeezenet", "run it again"):
+  with cli_lib.one_line_errors("convert_squeezenet", "run it again"):
     report = convert(values)
   head = "kept" if report["head_kept"] else f"new {values['num_classes']}-class head"
   print(f"converted {report['keys_used']} weight tensors ({head}) -> {values['output']}")
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "convert_squeezenet")
+  cli_lib.run(main, "convert_squeezenet")

@@ -3,22 +3,13 @@
 Every binary's flag that names a config field has the field's name, so one
 mapping (``config_from``) builds TrainConfig, DataConfig and LoopOptions from
 a dict of flag values (``flags.FLAGS.flag_values_dict()``, read in ``main``
-only). ``one_line_errors`` is the binaries' single error policy: a
-configuration or data error is one line on stderr and exit code 2, before
-anything is written; a stop is exit code 130 with how to resume.
+only). The binaries' exit codes and error lines: experiments/cli_lib.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-import contextlib
 import dataclasses
-import os
-import signal
-import sys
-
-from absl import app
-from absl import flags
 
 from dopamine_tff import configs
 from dopamine_tff import presets
@@ -26,7 +17,6 @@ from dopamine_tff import runtime
 from dopamine_tff import transport
 from dopamine_tff.data import loaders
 from dopamine_tff.program import resume
-from dopamine_tff.program import run_dir
 
 
 def config_from(cls, values: Mapping, **overrides):
@@ -95,18 +85,7 @@ def recipe_defaults(values: Mapping) -> tuple[dict, str]:
   return filled, f"{name} preset, setting {values['setting']}"
 
 
-# FSCDP's default secure aggregation (issue 21): SecAgg's complete graph while
-# its O(K^2) streams are cheap, SecAgg+ from here on (README, "Secure
-# aggregation costs": at K = 100 SecAgg's server unmasking is several times
-# SecAgg+'s).
-SECAGG_PLUS_FROM = 33
-
-
-def default_secure_aggregation(setting: str, num_hospitals: int) -> str:
-  """What an unset --secure_aggregation means: masked sums for Dopamine, none elsewhere."""
-  if setting != "fscdp" or num_hospitals < 2:
-    return "none"
-  return "secagg" if num_hospitals < SECAGG_PLUS_FROM else "secagg_plus"
+SECAGG_PLUS_FROM = configs.SECAGG_PLUS_FROM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,11 +114,8 @@ def run_configs(values: Mapping, present: set, given: set | None = None) -> RunC
   num_hospitals = values["num_hospitals"]
   if values["hospital_dirs"] and "num_hospitals" not in present:
     num_hospitals = len(values["hospital_dirs"])
-  if values.get("secure_aggregation", "none") is None:
-    values = {
-      **values,
-      "secure_aggregation": default_secure_aggregation(values["setting"], num_hospitals),
-    }
+  if values.get("secure_aggregation", "auto") is None:  # unset: the library's default
+    values = {**values, "secure_aggregation": "auto"}
   data = config_from(
     loaders.DataConfig,
     values,
@@ -238,7 +214,7 @@ def runtime_config(values: Mapping) -> runtime.RuntimeConfig:
 
 
 def _tfp(t):
-  return t.setting == "cdp" and t.cdp_impl == "tf_privacy"
+  return t.tf_privacy_baseline
 
 
 def _dp_sgd(t):
@@ -275,7 +251,7 @@ _DEPENDENT_FLAGS = {
   "dirichlet_alpha": (lambda t, d: d.partition == "dirichlet", "--partition=dirichlet"),
   "data_dir": (lambda t, d: d.dataset in ("aptos", "eyepacs"), "--dataset=aptos or eyepacs"),
   **{
-    name: (lambda t, d: t.secure_aggregation != "none", _SECAGG)
+    name: (lambda t, d: t.secure_aggregation_for(d.num_hospitals) != "none", _SECAGG)
     for name in (
       "secagg_threshold",
       "secagg_neighbours",
@@ -331,79 +307,3 @@ def preset_settings(name: str, settings) -> presets.Preset:
   if unknown:
     raise ValueError(f"unknown settings {sorted(unknown)}")
   return preset
-
-
-@contextlib.contextmanager
-def one_line_errors(binary: str, resume_hint: str, where: str | None = None):
-  """Turns a ValueError into one line and exit 2, a stop into exit 130.
-
-  Args:
-    binary: the name the line starts with.
-    resume_hint: how to resume, printed on a Ctrl-C outside the round loop.
-    where: the output directory, named when a run stops.
-  """
-  try:
-    yield
-  except ValueError as e:
-    print(f"{binary}: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except resume.Interrupted as e:  # the first Ctrl-C or SIGTERM: after a checkpointed round
-    # Another Ctrl-C during the exit's cleanup would only print tracebacks.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    print(f"{binary}: {e}" + (f" (in {where})" if where else ""), file=sys.stderr)
-    sys.exit(128 + e.signum)
-  except (runtime.WorkerDied, run_dir.WriteFailed) as e:
-    print(f"{binary}: error: {e}", file=sys.stderr)
-    sys.exit(1)
-  except KeyboardInterrupt:  # a second Ctrl-C, or one outside the round loop
-    print(f"{binary}: interrupted; {resume_hint}", file=sys.stderr)
-    # At once and quietly: the checkpoints are atomic and the finally blocks
-    # ran; a graceful shutdown could block on gRPC channels the interrupt left
-    # half closed (seen), and TFF's threads would print tracebacks at exit.
-    runtime.kill_workers()
-    sys.stderr.flush()
-    sys.stdout.flush()
-    os._exit(130)
-
-
-HELP_FLAGS = ("--help", "-help", "--helpshort", "--helpfull", "--helpxml", "-h", "-?")
-
-
-def _parser(binary: str, positional: bool):
-  def parse(argv):
-    try:
-      rest = flags.FLAGS(argv)
-    except flags.Error as e:  # a malformed or unknown flag: one line, the usage code
-      print(f"{binary}: error: {e}", file=sys.stderr)
-      sys.exit(2)
-    except SystemExit as e:  # absl's --help prints the help, then exits 1
-      if e.code == 1 and any(a.split("=")[0] in HELP_FLAGS for a in argv[1:]):
-        sys.exit(0)
-      raise
-    if len(rest) > 1 and not positional:
-      print(
-        f"{binary}: error: unexpected arguments {rest[1:]} (flags start with --)", file=sys.stderr
-      )
-      sys.exit(2)
-    return rest
-
-  return parse
-
-
-def run(main, binary: str, positional: bool = False) -> None:
-  """absl's app.run with the project's exit codes: --help 0, any usage error 2 in one line.
-
-  Args:
-    main: the binary's main(argv).
-    binary: its name, starting every error line.
-    positional: whether it takes positional arguments (otherwise one is refused).
-  """
-
-  def guarded(argv):
-    try:
-      return main(argv)
-    except app.UsageError as e:  # absl would print the whole help first
-      print(f"{binary}: error: {e}", file=sys.stderr)
-      sys.exit(2)
-
-  app.run(guarded, flags_parser=_parser(binary, positional))

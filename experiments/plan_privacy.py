@@ -21,7 +21,7 @@ import sys
 from absl import flags
 
 from dopamine_tff import accounting
-from experiments import flags_lib
+from experiments import cli_lib
 
 _N = flags.DEFINE_integer("num_examples", None, "Training examples N over all hospitals.")
 _EPS = flags.DEFINE_float("target_epsilon", None, "Target epsilon.")
@@ -79,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "plan_privacy")
+  cli_lib.run(main, "plan_privacy")

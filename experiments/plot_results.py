@@ -12,7 +12,8 @@ from absl import flags
 
 from dopamine_tff import grading_report
 from dopamine_tff import plotting
-from experiments import flags_lib
+from dopamine_tff import results_tables
+from experiments import cli_lib
 
 _RUNS_DIR = flags.DEFINE_string(
   "runs_dir", None, "Root holding <setting>/seed_<n>/ runs.", required=True
@@ -30,7 +31,7 @@ def main(argv):
   del argv
   out = _OUT_DIR.value or _RUNS_DIR.value
   try:
-    runs = plotting.collect(_RUNS_DIR.value)
+    runs = results_tables.collect(_RUNS_DIR.value)
   except (OSError, ValueError) as e:
     print(f"plot_results: error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -40,17 +41,17 @@ def main(argv):
   os.makedirs(out, exist_ok=True)
   if os.path.exists(os.path.join(out, "results.md")):
     print(f"replacing the table and figures in {out}", file=sys.stderr)
-  rows = plotting.table_rows(runs)
+  rows = results_tables.table_rows(runs)
   grades = grading_report.markdown_of(runs)
-  plotting.write_table(
+  results_tables.write_table(
     rows, os.path.join(out, "results.csv"), os.path.join(out, "results.md"), grades
   )
-  title = _TITLE.value if _TITLE.value is not None else plotting.default_title(runs)
+  title = _TITLE.value if _TITLE.value is not None else results_tables.default_title(runs)
   figures = [*plotting.draw_figures(runs, out, title), *grading_report.draw(runs, out, title)]
   for path in figures if _FIGURES.value else []:
     print(path)
-  print(plotting.markdown(rows) + (f"\n\n{grades}" if grades else ""))
+  print(results_tables.markdown(rows) + (f"\n\n{grades}" if grades else ""))
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "plot_results")
+  cli_lib.run(main, "plot_results")

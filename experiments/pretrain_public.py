@@ -25,6 +25,7 @@ from dopamine_tff import configs
 from dopamine_tff import models
 from dopamine_tff import pretraining
 from dopamine_tff.data import loaders
+from experiments import cli_lib
 from experiments import flags_lib
 
 flags.DEFINE_enum("dataset", "synthetic_public", list(loaders.DATASETS), "Public data source.")
@@ -52,7 +53,7 @@ def _config(values) -> pretraining.PretrainConfig:
 def main(argv):
   del argv
   values = flags.FLAGS.flag_values_dict()
-  with flags_lib.one_line_errors("pretrain_public", "run it again"):
+  with cli_lib.one_line_errors("pretrain_public", "run it again"):
     provenance = pretraining.pretrain(_config(values), values["output"], log=logging.info)
   print(
     f"public weights: {_OUTPUT.value} ({provenance['dataset']}, "
@@ -62,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "pretrain_public")
+  cli_lib.run(main, "pretrain_public")

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from dopamine_tff import models
 from dopamine_tff import profiling
-from experiments import flags_lib
+from experiments import cli_lib
 
 _MODEL = flags.DEFINE_enum("model", "small_cnn", ["small_cnn", "squeezenet"], "Model.")
 _SIZE = flags.DEFINE_integer("image_size", 64, "Square image side in pixels.")
@@ -125,4 +125,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "profile_dp_step")
+  cli_lib.run(main, "profile_dp_step")

@@ -36,9 +36,11 @@ from dopamine_tff import grading_report
 from dopamine_tff import plotting
 from dopamine_tff import presets
 from dopamine_tff import pretraining
+from dopamine_tff import results_tables
 from dopamine_tff import runtime
 from dopamine_tff.data import loaders
 from dopamine_tff.program import loop
+from experiments import cli_lib
 from experiments import flags_lib
 
 flags.DEFINE_enum("preset", "smoke", list(presets.PRESETS), "Which preset.")
@@ -210,7 +212,7 @@ def _run_all(plan, root, values) -> tuple[int, int]:
 def main(argv):
   del argv
   values = flags.FLAGS.flag_values_dict()
-  with flags_lib.one_line_errors("reproduce_paper", "start it again to resume"):
+  with cli_lib.one_line_errors("reproduce_paper", "start it again to resume"):
     preset = flags_lib.preset_settings(values["preset"], values["settings"])
     data_cfg = data_config(preset, values)
     devices.configure(devices.parse_gpus(values["gpus"]))
@@ -227,18 +229,18 @@ def main(argv):
       f"{reused}/{ran + reused} runs reused from {root} (finished earlier with the same "
       "settings; --force reruns them)"
     )
-  runs = plotting.collect(root)
-  rows = plotting.table_rows(runs)
+  runs = results_tables.collect(root)
+  rows = results_tables.table_rows(runs)
   grades = grading_report.markdown_of(runs)
-  plotting.write_table(
+  results_tables.write_table(
     rows, os.path.join(root, "results.csv"), os.path.join(root, "results.md"), grades
   )
   title = f"{preset.name} preset, {data_cfg.dataset}"
   plotting.draw_figures(runs, root, title=title)
   grading_report.draw(runs, root, title=title)
-  print(plotting.markdown(rows) + (f"\n\n{grades}" if grades else ""))
+  print(results_tables.markdown(rows) + (f"\n\n{grades}" if grades else ""))
   print(f"{ran} runs trained, {reused} reused; table and figures in {root}")
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "reproduce_paper")
+  cli_lib.run(main, "reproduce_paper")

@@ -27,6 +27,7 @@ from dopamine_tff.data import loaders
 from dopamine_tff.data import partition
 from dopamine_tff.program import loop
 from dopamine_tff.program import run_dir
+from experiments import cli_lib
 from experiments import flags_lib
 
 flags.DEFINE_enum("setting", "fscdp", list(configs.SETTINGS), "Which of the five settings.")
@@ -283,17 +284,14 @@ flags.DEFINE_enum(
 )
 
 
-parse_schedule = flags_lib.parse_schedule
-
-
 def main(argv):
-  del argv  # flags_lib.run refuses positional arguments
+  del argv  # cli_lib.run refuses positional arguments
   values = flags.FLAGS.flag_values_dict()
   present = {name for name in values if flags.FLAGS[name].present}
   own = {f.name for f in flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])}
   hint = f"rerun with --resume to continue from the newest checkpoint in {_OUTPUT_DIR.value}"
   with (
-    flags_lib.one_line_errors("run_experiment", hint, where=values["output_dir"]),
+    cli_lib.one_line_errors("run_experiment", hint, where=values["output_dir"]),
     run_dir.exclusive(values["output_dir"]),  # before the directory is read: one run in it
   ):
     changes, recorded = [], {}
@@ -331,8 +329,7 @@ def _main(values, present, given, hparams, changes=()):
       "start a run there"
     )
   train = cfgs.train
-  tf_privacy_cdp = train.setting == "cdp" and train.cdp_impl == "tf_privacy"
-  if train.runtime == "tff" and not tf_privacy_cdp:
+  if train.runtime == "tff" and not train.tf_privacy_baseline:
     runtime.start(cfgs.runtime)  # reaches --worker_addresses before any data is read
   try:
     data = loaders.load(cfgs.data)
@@ -378,4 +375,4 @@ def _report(summary, train, data_name, output_dir) -> None:
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "run_experiment")
+  cli_lib.run(main, "run_experiment")

@@ -49,7 +49,7 @@ from dopamine_tff.secagg import masking
 from dopamine_tff.secagg import protocol
 from dopamine_tff.secagg import shamir
 from experiments import bench_lib
-from experiments import flags_lib
+from experiments import cli_lib
 
 _OUTPUT = flags.DEFINE_string(
   "output", "runs/benchmark_secagg.json", "Where the JSON goes (results/ holds the committed one)."
@@ -350,4 +350,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "secagg_benchmark")
+  cli_lib.run(main, "secagg_benchmark")

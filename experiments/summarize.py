@@ -16,7 +16,7 @@ import sys
 
 from absl import app
 
-from experiments import flags_lib
+from experiments import cli_lib
 
 HEADER = (
   "| run | setting | test accuracy | balanced accuracy | kappa | referable AUC | "
@@ -88,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "summarize", positional=True)
+  cli_lib.run(main, "summarize", positional=True)

@@ -24,7 +24,7 @@ import tensorflow as tf
 from dopamine_tff import dp_sgd
 from dopamine_tff import models
 from dopamine_tff import profiling
-from experiments import flags_lib
+from experiments import cli_lib
 
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON (default: print only).")
 _REPEATS = flags.DEFINE_integer("repeats", 9, "Timed calls of each step.")
@@ -119,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "trainable_benchmark")
+  cli_lib.run(main, "trainable_benchmark")

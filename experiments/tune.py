@@ -47,6 +47,7 @@ from dopamine_tff import runtime
 from dopamine_tff import tuning
 from dopamine_tff.data import loaders
 from dopamine_tff.program import loop
+from experiments import cli_lib
 from experiments import flags_lib
 
 flags.DEFINE_enum("preset", "cpu", list(presets.PRESETS), "Preset to tune.")
@@ -263,7 +264,7 @@ def _write_search(root, rows, chosen, preset, values, start) -> None:
 def main(argv):
   del argv
   values = flags.FLAGS.flag_values_dict()
-  with flags_lib.one_line_errors("tune", "run it again to resume the search"):
+  with cli_lib.one_line_errors("tune", "run it again to resume the search"):
     preset = _check(values)
     root = values["output_dir"] or os.path.join("runs", "tune", preset.name)
     if values["ablate"] and not os.path.isfile(os.path.join(root, "chosen.json")):
@@ -290,4 +291,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "tune")
+  cli_lib.run(main, "tune")

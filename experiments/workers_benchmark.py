@@ -35,7 +35,7 @@ from dopamine_tff import runtime
 from dopamine_tff import worker_host
 from dopamine_tff.data import loaders
 from experiments import bench_lib
-from experiments import flags_lib
+from experiments import cli_lib
 
 flags.DEFINE_list("hospitals", ["100", "1000"], "K values.")
 flags.DEFINE_integer("examples_per_hospital", 8, "Synthetic training examples per hospital.")
@@ -121,6 +121,11 @@ def bench_k(k: int, values) -> dict:
     for hs in hosts.values():
       for h in hs:
         h.close()
+  return _summary(k, values, configs, times, per_rep, cpu, traffic)
+
+
+def _summary(k, values, configs, times, per_rep, cpu, traffic) -> dict:
+  """Each configuration's medians, ranges and speed-up against one worker on one core."""
   base = "1 worker, 1 core"
   out = {"hospitals": k, "configs": {}}
   for name in configs:
@@ -197,4 +202,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flags_lib.run(main, "workers_benchmark")
+  cli_lib.run(main, "workers_benchmark")

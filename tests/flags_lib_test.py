@@ -1,16 +1,10 @@
 """The binaries' shared flags -> configs mapping and error policy."""
 
-import os
-import signal
-import subprocess
-import sys
-
 import pytest
 
 from dopamine_tff import configs
 from dopamine_tff import presets
 from dopamine_tff.data import loaders
-from dopamine_tff.program import resume
 from experiments import flags_lib
 
 
@@ -72,29 +66,6 @@ def test_what_the_data_config_refutes_is_refused_by_the_mapping():
     flags_lib.run_configs(_values(dropout_schedule="x"), set())
 
 
-@pytest.mark.parametrize(
-  "error, code, text",
-  [
-    (ValueError("bad q"), 2, "tool: error: bad q"),
-    (resume.Interrupted(3, True), 130, "tool: interrupted after round 3"),
-    (
-      resume.Interrupted(3, True, signal.SIGTERM),
-      143,
-      "tool: interrupted by SIGTERM after round 3",
-    ),
-  ],
-)
-def test_one_error_policy(error, code, text, capsys):
-  with (
-    pytest.raises(SystemExit) as exit_info,
-    flags_lib.one_line_errors("tool", "start again", where="/out"),
-  ):
-    raise error
-  assert exit_info.value.code == code
-  err = capsys.readouterr().err.strip()
-  assert err.startswith(text) and len(err.splitlines()) == 1
-
-
 def test_a_hyper_parameter_this_setting_ignores_is_named_in_a_warning():
   cfgs = flags_lib.run_configs(_values(batch_size=16), {"batch_size"})
   assert cfgs.warnings == (
@@ -103,22 +74,6 @@ def test_a_hyper_parameter_this_setting_ignores_is_named_in_a_warning():
   )
   quiet = flags_lib.run_configs(_values(setting="f", batch_size=16), {"setting", "batch_size"})
   assert quiet.warnings == ()
-
-
-def test_a_second_ctrl_c_exits_at_once_and_quietly():
-  """Issue 22 item 7: it ended in 30 lines of TFF tracebacks. (A subprocess: it
-  leaves with os._exit.)"""
-  code = (
-    "from experiments import flags_lib\n"
-    "with flags_lib.one_line_errors('tool', 'start again'):\n"
-    "  raise KeyboardInterrupt\n"
-  )
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  proc = subprocess.run(
-    [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
-  )
-  assert proc.returncode == 130
-  assert proc.stderr.strip() == "tool: interrupted; start again"
 
 
 def test_a_bare_command_runs_the_recipe_of_its_setting():
@@ -148,16 +103,31 @@ def test_a_bare_command_runs_the_recipe_of_its_setting():
 
 
 def test_fscdp_defaults_to_masked_sums_and_the_others_to_none():
-  """Issue 21: an unset --secure_aggregation is SecAgg for Dopamine (SecAgg+ from K=33)."""
+  """An unset --secure_aggregation is SecAgg for Dopamine (SecAgg+ from K=33), as in Python."""
+
+  def mode(cfgs):
+    return cfgs.train.secure_aggregation_for(cfgs.data.num_hospitals)
+
   unset = {"secure_aggregation": None}
-  assert flags_lib.run_configs(_values(**unset), set()).train.secure_aggregation == "secagg"
+  assert mode(flags_lib.run_configs(_values(**unset), set())) == "secagg"
   many = _values(num_hospitals=flags_lib.SECAGG_PLUS_FROM, num_examples=400, **unset)
-  assert flags_lib.run_configs(many, set()).train.secure_aggregation == "secagg_plus"
+  assert mode(flags_lib.run_configs(many, set())) == "secagg_plus"
   for setting in ("c", "cdp", "f", "fpdp"):
     cfgs = flags_lib.run_configs(_values(setting=setting, **unset), set())
-    assert cfgs.train.secure_aggregation == "none", setting
+    assert mode(cfgs) == "none", setting
   given = flags_lib.run_configs(_values(secure_aggregation="none"), {"secure_aggregation"})
-  assert given.train.secure_aggregation == "none"
+  assert mode(given) == "none"
+
+
+def test_a_config_built_in_python_gets_the_command_line_default():
+  """The default is decided once, in TrainConfig: loop.run's callers get SecAgg too."""
+  cfg = configs.TrainConfig(setting="fscdp")
+  assert cfg.secure_aggregation_for(10) == "secagg"
+  assert cfg.secagg_config(10).mode == "secagg"
+  assert cfg.secagg_config(configs.SECAGG_PLUS_FROM).mode == "secagg_plus"
+  assert cfg.secagg_config(1) is None  # one hospital: nothing to hide its update among
+  assert configs.TrainConfig(setting="cdp").secagg_config(10) is None
+  assert configs.TrainConfig(setting="fscdp", secure_aggregation="none").secagg_config(10) is None
 
 
 def test_resume_takes_the_recorded_values_and_names_each_change():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dopamine_tff import plotting
+from dopamine_tff import results_tables
 
 
 def _write_run(d, setting, seed, eps_end, acc_end, initial=None):
@@ -42,7 +43,7 @@ def runs(tmp_path):
   for setting, eps, acc in (("c", None, 0.8), ("cdp", 10.4, 0.66), ("fscdp", 10.4, 0.66)):
     for seed in range(3):
       _write_run(tmp_path / setting / f"seed_{seed}", setting, seed, eps, acc, initial=0.2)
-  return plotting.collect(str(tmp_path))
+  return results_tables.collect(str(tmp_path))
 
 
 def _boxes_overlap(a, b) -> bool:
@@ -92,10 +93,10 @@ def test_curves_start_at_round_0_with_the_starting_weights(runs):
 def test_draw_figures_writes_every_panel(runs, tmp_path):
   out = tmp_path / "out"
   out.mkdir()
-  paths = plotting.draw_figures(runs, str(out), plotting.default_title(runs))
+  paths = plotting.draw_figures(runs, str(out), results_tables.default_title(runs))
   assert len(paths) == 8 and all((out / p.split("/")[-1]).stat().st_size > 1000 for p in paths)
-  assert plotting.default_title(runs) == "cpu preset, synthetic"
-  rows = plotting.table_rows(runs)
+  assert results_tables.default_title(runs) == "cpu preset, synthetic"
+  rows = results_tables.table_rows(runs)
   assert [r["setting"] for r in rows] == ["c", "cdp", "fscdp"]
   assert np.isfinite(rows[1]["accuracy_ci95"])  # three runs: an interval
 
@@ -111,7 +112,9 @@ def test_the_grading_table_and_the_recall_figure(runs, tmp_path):
   assert abs(fscdp["recall"][3]["mean"] - 0.27) < 1e-9 and fscdp["recall"][3]["std"] > 0
   assert "0.570 ± 0.010 [" in text  # mean ± std [95 % interval] from 3 seeds
   extra = grading_report.markdown_of(runs)
-  plotting.write_table(plotting.table_rows(runs), tmp_path / "r.csv", tmp_path / "r.md", extra)
+  results_tables.write_table(
+    results_tables.table_rows(runs), tmp_path / "r.csv", tmp_path / "r.md", extra
+  )
   assert "Recall per grade" in (tmp_path / "r.md").read_text()
   paths = grading_report.draw(runs, str(tmp_path))
   assert [p.rsplit(".", 1)[1] for p in paths] == ["png", "pdf"]

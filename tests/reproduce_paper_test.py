@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from dopamine_tff import plotting
 from dopamine_tff import presets
+from dopamine_tff import results_tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,8 +154,8 @@ def test_plot_binary_redraws(smoke_dir, tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert (tmp_path / "accuracy_vs_epsilon.png").stat().st_size > 0
   assert "| FSCDP (Dopamine) | 2 |" in (tmp_path / "results.md").read_text()
-  runs = plotting.collect(str(out))
-  assert plotting.default_title(runs) == "smoke preset, synthetic"  # not "dopamine_tff"
+  runs = results_tables.collect(str(out))
+  assert results_tables.default_title(runs) == "smoke preset, synthetic"  # not "dopamine_tff"
 
 
 def test_plot_binary_on_empty_dir_fails_clearly(tmp_path):
@@ -216,7 +216,7 @@ def test_table_mean_and_std(tmp_path):
       for a in (0.5, 0.7)
     ]
   }
-  (row,) = plotting.table_rows(runs)
+  (row,) = results_tables.table_rows(runs)
   assert row["accuracy_mean"] == pytest.approx(0.6) and row["accuracy_std"] == pytest.approx(
     0.1414, abs=1e-3
   )
@@ -273,17 +273,17 @@ def test_a_pretrained_preset_pretrains_once_and_every_run_starts_there(tmp_path)
 
 def test_no_interval_below_three_runs_and_intervals_stay_in_0_100():
   """Issue 22 item 8: 2 seeds printed C [-152.24, 211.14] %."""
-  assert math.isnan(plotting.ci95_halfwidth(0.5, 2))
+  assert math.isnan(results_tables.ci95_halfwidth(0.5, 2))
   rows = [
     dict(setting="c", runs=2, accuracy_mean=0.3, accuracy_std=0.4, accuracy_ci95=math.nan,
          majority_class=0.5, epsilon_mean=math.nan, epsilon_std=math.nan, delta=None, epochs=1.0,
          rounds=1, wall_time_s=1.0, audit_auc=math.nan, audit_epsilon_lb=math.nan),
     dict(setting="f", runs=5, accuracy_mean=0.95, accuracy_std=0.1,
-         accuracy_ci95=plotting.ci95_halfwidth(0.1, 5), majority_class=0.5,
+         accuracy_ci95=results_tables.ci95_halfwidth(0.1, 5), majority_class=0.5,
          epsilon_mean=math.nan, epsilon_std=math.nan, delta=None, epochs=1.0, rounds=1,
          wall_time_s=1.0, audit_auc=math.nan, audit_epsilon_lb=math.nan),
   ]  # fmt: skip
-  table = plotting.markdown(rows)
+  table = results_tables.markdown(rows)
   assert "| 30.00 ± 40.00 % | - |" in table
   assert "| [82.58, 100.00] % |" in table  # 95 +- 12.4 %, clamped at 100
 

@@ -24,7 +24,6 @@ import time
 import numpy as np
 
 from dopamine_tff import accounting
-from dopamine_tff import audit
 from dopamine_tff import configs
 from dopamine_tff import init_weights
 from dopamine_tff import runtime
@@ -36,10 +35,6 @@ from dopamine_tff.program import outputs
 from dopamine_tff.program import resume
 from dopamine_tff.program import run_dir
 from dopamine_tff.program import summary as summary_lib
-
-
-class BudgetError(ValueError):
-  """--target_epsilon admits not even the first round."""
 
 
 def ema_update(ema, weights, decay: float, rounds_run: int):
@@ -235,32 +230,6 @@ class Loop:
       ckpt.save(rounds_run, state, self.ema, self.wall())
 
 
-def _first_round_cost(cfg, trainer, parties) -> float | None:
-  """Epsilon of round 1 when the target budget admits it not; else None."""
-  plan = trainer.plan(0)
-  if not parties.would_exceed(plan.steps, cfg.target_epsilon):
-    return None
-  return parties.epsilon_if(plan.steps)
-
-
-def _start(cfg, data, output_dir, trainer, parties, options, log) -> resume.Restored:
-  """The restored checkpoint, or a fresh start (a previous run's files removed)."""
-  ckpt_dir = os.path.join(output_dir, "checkpoints")
-  restored = resume.restore(trainer, parties, ckpt_dir, cfg, data, log) if options.resume else None
-  if restored is not None:
-    return restored
-  cost = _first_round_cost(cfg, trainer, parties) if cfg.target_epsilon else None
-  if cost is not None:
-    raise BudgetError(
-      f"--target_epsilon={cfg.target_epsilon:g} admits no round: the first round alone "
-      f"costs epsilon {cost:.4g} at delta {cfg.delta:g}; raise the target or the noise, "
-      "or lower the sampling rate"
-    )
-  # A fresh start replaces whatever a previous run left (checked in run()).
-  run_dir.remove_run_files(output_dir)
-  return resume.Restored(trainer.initial_state(), 0, 0.0, None)
-
-
 def _log_start(cfg, trainer, options, start_round, log) -> None:
   log(trainer.describe())
   if cfg.insecure_seeded_noise:
@@ -291,7 +260,7 @@ def run(
   Nothing is written before the checks pass: a directory holding another run
   (without `options.resume` or `options.overwrite`), a configuration the data
   refutes (e.g. a dropout schedule naming hospitals that do not exist), or a
-  budget that admits no round raise RunDirError, ValueError or BudgetError.
+  budget that admits no round raise RunDirError, ValueError or resume.BudgetError.
   Ctrl-C (SIGINT, main thread) ends the round under way, checkpoints it and
   raises resume.Interrupted.
   """
@@ -340,7 +309,7 @@ def _sinks(output_dir, options, start_round):
 
 def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
   parties = accounting.Parties(trainer.parties(), cfg.delta, cfg.budget_accountant, cfg.private)
-  start = _start(cfg, data, output_dir, trainer, parties, options, log)
+  start = resume.start(cfg, data, output_dir, trainer, parties, options, log)
   os.makedirs(output_dir, exist_ok=True)
   run_dir.write_json(os.path.join(output_dir, "hparams.json"), hparams)
   _log_start(cfg, trainer, options, start.round, log)
@@ -349,7 +318,7 @@ def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
   evaluator = evaluation.Evaluator(cfg, data)
   initial = evaluator(trainer.weights(trainer.initial_state()), with_train=False)
   log(
-    f"round 0 (starting weights: {_origin(trainer)}): {evaluator.split}_acc "
+    f"round 0 (starting weights: {summary_lib.origin(trainer)}): {evaluator.split}_acc "
     f"{initial['test_accuracy']:.4f} {evaluator.split}_loss {initial['test_loss']:.4f}"
   )
   checkpointer = (
@@ -382,32 +351,6 @@ def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
     else "not recorded (a side channel: a round's time grows with its Poisson batch sizes)"
   )
   if options.audit:
-    summary["audit"] = _audit(cfg, evaluator, weights, summary, log)
+    summary["audit"] = summary_lib.audit_model(cfg, evaluator, weights, summary, log)
   run_dir.write_json(os.path.join(output_dir, "summary.json"), summary)
   return summary
-
-
-def _origin(trainer) -> str:
-  p = trainer.provenance
-  if p.path is None:
-    return "random"
-  return f"{p.path}, sha256 {p.sha256[:12]}" + (
-    ", head re-initialised" if p.head_reinitialised else ""
-  )
-
-
-def _audit(cfg, evaluator, weights, summary, log) -> dict:
-  """Membership-inference attacks on the released model (dopamine_tff/audit.py)."""
-  result = audit.membership_audit(
-    evaluator.model,
-    weights,
-    (evaluator.pooled.images, evaluator.pooled.labels),
-    evaluator.test,
-    seed=cfg.seed,
-  )
-  log(
-    f"audit: attack AUC {result['max_auc']:.3f}, advantage "
-    f"{result['max_advantage']:.3f}, empirical epsilon lower bound "
-    f"{result['epsilon_lower_bound']:.3f} (reported epsilon {summary['epsilon']})"
-  )
-  return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import signal
 import threading
 
@@ -187,3 +188,37 @@ class StopOnSigint:
     for s, handler in self._previous.items():
       signal.signal(s, handler)
     return False
+
+
+class BudgetError(ValueError):
+  """--target_epsilon admits not even the first round."""
+
+
+def first_round_cost(cfg, trainer, parties) -> float | None:
+  """Epsilon of round 1 when the target budget admits it not; else None."""
+  plan = trainer.plan(0)
+  if not parties.would_exceed(plan.steps, cfg.target_epsilon):
+    return None
+  return parties.epsilon_if(plan.steps)
+
+
+def start(cfg, data, output_dir, trainer, parties, options, log) -> Restored:
+  """The restored checkpoint, or a fresh start (a previous run's files removed).
+
+  Raises:
+    BudgetError: a fresh start whose target budget admits not even round 1.
+  """
+  ckpt_dir = os.path.join(output_dir, "checkpoints")
+  restored = restore(trainer, parties, ckpt_dir, cfg, data, log) if options.resume else None
+  if restored is not None:
+    return restored
+  cost = first_round_cost(cfg, trainer, parties) if cfg.target_epsilon else None
+  if cost is not None:
+    raise BudgetError(
+      f"--target_epsilon={cfg.target_epsilon:g} admits no round: the first round alone "
+      f"costs epsilon {cost:.4g} at delta {cfg.delta:g}; raise the target or the noise, "
+      "or lower the sampling rate"
+    )
+  # A fresh start replaces whatever a previous run left (checked in run()).
+  run_dir.remove_run_files(output_dir)
+  return Restored(trainer.initial_state(), 0, 0.0, None)

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from dopamine_tff import accounting
+from dopamine_tff import audit
 from dopamine_tff import grading
 from dopamine_tff import models
 from dopamine_tff.program import durable
@@ -118,3 +119,30 @@ def finish(
     log(f"WARNING: {warning}")
   run_dir.write_json(os.path.join(output_dir, "summary.json"), summary)
   return summary
+
+
+def origin(trainer) -> str:
+  """Where the starting weights came from, for the log."""
+  p = trainer.provenance
+  if p.path is None:
+    return "random"
+  return f"{p.path}, sha256 {p.sha256[:12]}" + (
+    ", head re-initialised" if p.head_reinitialised else ""
+  )
+
+
+def audit_model(cfg, evaluator, weights, summary, log) -> dict:
+  """Membership-inference attacks on the released model (dopamine_tff/audit.py)."""
+  result = audit.membership_audit(
+    evaluator.model,
+    weights,
+    (evaluator.pooled.images, evaluator.pooled.labels),
+    evaluator.test,
+    seed=cfg.seed,
+  )
+  log(
+    f"audit: attack AUC {result['max_auc']:.3f}, advantage "
+    f"{result['max_advantage']:.3f}, empirical epsilon lower bound "
+    f"{result['epsilon_lower_bound']:.3f} (reported epsilon {summary['epsilon']})"
+  )
+  return result

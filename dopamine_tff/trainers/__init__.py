@@ -36,6 +36,6 @@ def make_trainer(
   cls, flags, pooled = _TRAINERS[cfg.setting]
   sets = [data.pooled()] if pooled else list(data.hospitals)
   args = (cfg, sets, data.image_shape, data.num_classes, work_dir)
-  if cfg.setting == "cdp" and cfg.cdp_impl == "tf_privacy":
+  if cfg.tf_privacy_baseline:
     return tf_privacy_cdp.TfPrivacyCdpTrainer(*args)
   return cls(*args, **flags)

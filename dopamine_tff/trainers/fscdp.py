@@ -104,8 +104,8 @@ class DpSgdTrainer(base.TffTrainer):
     )
     self.correction = dither.Correction(self.num_words)
     params = dp_sgd_params(cfg, share, self.patient_unit, self.frozen)
-    secure = cfg.secure_aggregation != "none"
-    self.secagg = cfg.secagg_config(k) if secure else None
+    self.secagg = cfg.secagg_config(k)  # None: the plain secure sum
+    secure = self.secagg is not None
     colluders = cfg.assumed_colluders
     dither_degree = dither.dither_degree(k, colluders) if k > 1 else 0
     if secure:  # the pair dithers use a sub-graph of the mask graph
