@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 
-.PHONY: env demo test test-all lint format clean
+.PHONY: env demo test test-e2e test-all lint format clean
 
 # (Re)creates the environment only when it is missing or a requirements file
 # changed since the last install.
@@ -23,8 +23,14 @@ demo: $(STAMP)
 	  --sampling_prob=0.05 --noise_multiplier=0.8 --l2_norm_clip=1.0 \
 	  --learning_rate=0.1 --eval_every=50 --output_dir=runs/demo --overwrite
 
+# The fast suite: unit and in-process tests (a small run of every setting
+# included); the tests that start binaries or workers are marked e2e.
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The end-to-end tests (binaries, workers, faults, resume), without the slow ones.
+test-e2e: $(STAMP)
+	$(PY) -m pytest -q -m "e2e and not slow" tests
 
 # Everything, including the slow paper-scale tests.
 test-all: $(STAMP)

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # starts binaries or worker processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RATIOS = (
   "dp_over_plain_small_cnn",

@@ -8,23 +8,15 @@ import pytest
 from dopamine_tff import configs
 from dopamine_tff import trainers
 from dopamine_tff.program import loop
+from tests import helpers
 
 
 def _cfg(**kw):
-  base = dict(
-    setting="fscdp",
-    rounds=4,
-    sampling_prob=0.1,
-    noise_multiplier=1.2,
-    l2_norm_clip=1.0,
-    learning_rate=0.05,
-    runtime="in_process",
-    eval_every=4,
-    # The plain sum: these tests are about the accounting, which holds for any
-    # c; SecAgg refuses c >= t (secagg_security_test).
-    secure_aggregation="none",
+  # The plain sum: these tests are about the accounting, which holds for any
+  # c; SecAgg refuses c >= t (secagg_security_test).
+  return helpers.tiny_cfg(
+    **{"noise_multiplier": 1.2, "eval_every": 4, "secure_aggregation": "none", **kw}
   )
-  return configs.TrainConfig(**{**base, **kw})
 
 
 def _trainer(data, **kw):

@@ -14,21 +14,12 @@ from dopamine_tff import trainers
 from dopamine_tff.program import checkpoint
 from dopamine_tff.program import loop
 from experiments import flags_lib
+from tests import helpers
 
 
 def _cfg(**kw):
-  base = dict(
-    setting="fscdp",
-    rounds=4,
-    sampling_prob=0.1,
-    noise_multiplier=1.0,
-    l2_norm_clip=1.0,
-    learning_rate=0.05,
-    seed=3,
-    insecure_seeded_noise=True,  # runs are compared with each other
-  )
-  base.update(kw)
-  return configs.TrainConfig(**base)
+  # The TFF runtime; runs are compared with each other (seeded).
+  return helpers.tiny_cfg(**{"runtime": "tff", "seed": 3, "insecure_seeded_noise": True, **kw})
 
 
 def _run(cfg, data):

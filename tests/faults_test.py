@@ -21,6 +21,8 @@ import pytest
 
 from tests import procs
 
+pytestmark = pytest.mark.e2e  # starts binaries or worker processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [
   "--setting=fscdp",

@@ -1,8 +1,6 @@
 """--privacy_unit=patient: a patient's images are sampled together and clipped jointly to C."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from dopamine_tff import dp_sgd
 from dopamine_tff import fast_clip
 from dopamine_tff import models
 from dopamine_tff import seeds
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,13 +104,7 @@ def _aptos_with_patients(root, patients=30):
 
 
 def _run(args, out):
-  return subprocess.run(
-    [sys.executable, "-m", "experiments.run_experiment", *args, f"--output_dir={out}"],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  return helpers.run_binary("run_experiment", *args, output_dir=out)
 
 
 TINY = [

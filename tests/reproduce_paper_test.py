@@ -13,6 +13,8 @@ import pytest
 from dopamine_tff import presets
 from dopamine_tff import results_tables
 
+pytestmark = pytest.mark.e2e  # starts binaries or worker processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

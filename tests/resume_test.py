@@ -17,6 +17,8 @@ from dopamine_tff.program import checkpoint
 from dopamine_tff.program import loop
 from tests import procs
 
+pytestmark = pytest.mark.e2e  # starts binaries or worker processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = [
   "--dataset=digits",

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dopamine_tff import accounting
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -30,10 +31,7 @@ TINY = [
 
 
 def _run(args, tmp_path=None, timeout=600):
-  cmd = [sys.executable, "-m", "experiments.run_experiment", *args]
-  if tmp_path is not None:
-    cmd.append(f"--output_dir={tmp_path}")
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+  return helpers.run_binary("run_experiment", *args, output_dir=tmp_path, timeout=timeout)
 
 
 def _read(tmp_path):
@@ -91,6 +89,7 @@ def test_every_setting_runs_end_to_end(setting, extra, tmp_path):
     )
 
 
+@pytest.mark.e2e
 def test_fscdp_and_cdp_have_equal_epsilon_for_equal_q_sigma_steps(tmp_path):
   eps = {}
   for setting in ("fscdp", "cdp"):
@@ -101,6 +100,7 @@ def test_fscdp_and_cdp_have_equal_epsilon_for_equal_q_sigma_steps(tmp_path):
   assert eps["fscdp"] == eps["cdp"]
 
 
+@pytest.mark.e2e
 def test_target_epsilon_stops_and_keeps_previous_weights(tmp_path):
   eps3 = accounting.epsilon_of([accounting.StepSpec(0.1, 1.0, 3)], 1e-4)
   eps4 = accounting.epsilon_of([accounting.StepSpec(0.1, 1.0, 4)], 1e-4)
@@ -123,6 +123,7 @@ def test_target_epsilon_stops_and_keeps_previous_weights(tmp_path):
     np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("setting", ["fscdp", "fpdp"])
 def test_budget_below_one_round_fails_and_names_the_first_rounds_cost(setting, tmp_path):
   out = tmp_path / "run"
@@ -137,6 +138,7 @@ def test_budget_below_one_round_fails_and_names_the_first_rounds_cost(setting, t
   assert not os.path.exists(out)  # nothing written, no untrained model as a result
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
   "flag,message",
   [
@@ -165,6 +167,7 @@ def test_impossible_flags_fail_at_once_with_one_line(flag, message, tmp_path):
   assert not os.path.exists(tmp_path / "metrics.csv")
 
 
+@pytest.mark.e2e
 def test_flagfile_works(tmp_path):
   flagfile = tmp_path / "run.flags"
   flagfile.write_text("\n".join(["--setting=fscdp", *TINY, "--rounds=1"]) + "\n")
@@ -174,6 +177,7 @@ def test_flagfile_works(tmp_path):
   assert math.isfinite(_read(tmp_path / "out")[1]["epsilon"])
 
 
+@pytest.mark.e2e
 def test_pld_accountant_budget_and_both_columns(tmp_path):
   steps3 = [accounting.StepSpec(0.1, 1.0, 3)]
   steps4 = [accounting.StepSpec(0.1, 1.0, 4)]
@@ -200,6 +204,7 @@ def test_pld_accountant_budget_and_both_columns(tmp_path):
   )
 
 
+@pytest.mark.e2e
 def test_help_has_no_cuda_noise_and_keeps_example_line_breaks():
   proc = subprocess.run(
     [sys.executable, "-m", "experiments.run_experiment", "--help"],
@@ -214,6 +219,7 @@ def test_help_has_no_cuda_noise_and_keeps_example_line_breaks():
   assert "--[no]overwrite" in proc.stdout and "--hospital_dirs" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_import_filter_keeps_other_tensorflow_messages():
   """Only the three registration lines go: TF's other import-time logs stay."""
   code = "import dopamine_tff, tensorflow"
@@ -233,6 +239,7 @@ def test_import_filter_keeps_other_tensorflow_messages():
   assert len(kept) == len(others)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
   "flags,message",
   [
@@ -312,6 +319,7 @@ def test_configuration_errors_come_before_any_data_is_generated(flags, message, 
   assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_the_final_line_counts_released_and_skipped_rounds(tmp_path):
   """Issue 22: aborted rounds were reported as rounds run, with no warning."""
   proc = _run(
@@ -335,6 +343,7 @@ def test_the_final_line_counts_released_and_skipped_rounds(tmp_path):
   assert _read(tmp_path / "clean")[1]["rounds_skipped"] == 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
   "args,message",
   [
@@ -358,6 +367,7 @@ def test_usage_errors_are_one_line_and_exit_2(args, message):
   assert proc.stdout == ""
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
   "setting,extra",
   [("c", []), ("cdp", ["--cdp_impl=tf_privacy"]), ("f", []), ("fpdp", []), ("fscdp", [])],

@@ -22,6 +22,8 @@ from tests import tls_certs
 from tests.tff_worker_test import fingerprint
 from tests.tff_worker_test import serving
 
+pytestmark = pytest.mark.e2e  # starts binaries or worker processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
   "--setting=fscdp",  # the default SecAgg (masked sums) included

@@ -15,6 +15,8 @@ from dopamine_tff import worker_process
 from tests import procs
 from tests import tls_certs
 
+pytestmark = pytest.mark.e2e  # starts binaries or worker processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

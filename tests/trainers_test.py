@@ -9,30 +9,19 @@ import numpy as np
 import pytest
 
 from dopamine_tff import accounting
-from dopamine_tff import configs
 from dopamine_tff import dp_sgd
 from dopamine_tff import trainers
 from dopamine_tff.trainers import base
 from dopamine_tff.trainers import fedavg
 from dopamine_tff.trainers import fscdp
 from dopamine_tff.trainers import tf_privacy_cdp
+from tests import helpers
 
 
 def _cfg(**kw):
-  base_kw = dict(
-    rounds=3,
-    batch_size=16,
-    local_epochs=1,
-    sampling_prob=0.1,
-    noise_multiplier=1.0,
-    l2_norm_clip=1.0,
-    learning_rate=0.05,
-    runtime="in_process",
-    seed=5,
-    insecure_seeded_noise=True,  # the event test reruns the same noise
-  )
-  base_kw.update(kw)
-  return configs.TrainConfig(**base_kw)
+  # The event test reruns the same noise (seeded).
+  base = dict(rounds=3, batch_size=16, local_epochs=1, seed=5, insecure_seeded_noise=True)
+  return helpers.tiny_cfg(**{**base, **kw})
 
 
 CASES = {

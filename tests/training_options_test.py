@@ -11,6 +11,7 @@ from dopamine_tff import tf_rounds
 from dopamine_tff.program import checkpoint
 from dopamine_tff.program import loop
 from dopamine_tff.program import run_dir
+from tests import helpers
 
 
 def test_cosine_factor():
@@ -20,18 +21,8 @@ def test_cosine_factor():
 
 
 def _cfg(**kw):
-  base = dict(
-    setting="fscdp",
-    rounds=6,
-    sampling_prob=0.1,
-    noise_multiplier=1.0,
-    l2_norm_clip=1.0,
-    learning_rate=0.05,
-    runtime="in_process",
-    eval_every=3,
-    insecure_seeded_noise=True,  # runs are compared with each other
-  )
-  return configs.TrainConfig(**{**base, **kw})
+  # Runs are compared with each other (seeded).
+  return helpers.tiny_cfg(**{"rounds": 6, "eval_every": 3, "insecure_seeded_noise": True, **kw})
 
 
 def _final(out):

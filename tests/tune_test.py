@@ -14,6 +14,8 @@ from dopamine_tff import trainers
 from dopamine_tff import tuning
 from dopamine_tff.data import loaders
 
+pytestmark = pytest.mark.e2e  # starts binaries or worker processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -23,6 +23,8 @@ from dopamine_tff import worker_process
 from tests import procs
 from tests import tls_certs
 
+pytestmark = pytest.mark.e2e  # starts binaries or worker processes
+
 ISOLATION = worker_process.namespaces_allowed()
 
 
