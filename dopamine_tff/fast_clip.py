@@ -50,8 +50,8 @@ import weakref
 
 import tensorflow as tf
 
-AUTO, GHOST, EXPLICIT, LOOP = "auto", "ghost", "explicit", "loop"
-STRATEGIES = (AUTO, GHOST, EXPLICIT, LOOP)
+AUTO, GHOST, EXPLICIT, LOOP, GROUPED = "auto", "ghost", "explicit", "loop", "grouped"
+STRATEGIES = (AUTO, GHOST, EXPLICIT, LOOP, GROUPED)
 
 # Calibrated on the 2-core AMD EPYC CI machine from per-layer timings of the
 # small CNN and SqueezeNet at 64x64 and 224x224 (experiments/profile_dp_step.py):
@@ -61,6 +61,12 @@ STRATEGIES = (AUTO, GHOST, EXPLICIT, LOOP)
 # products.
 GHOST_FACTOR = 16
 LOOP_MIN_MACS = 2**23
+# Re-measured on the AVX-512 machine kind (oneDNN): for an unstrided kxk
+# convolution over 1024 or more output positions, one grouped weight gradient
+# over the batch beats the per-offset batched matmuls (small CNN 64x64 batch
+# 100: conv0 23.7 -> 21.2 ms, conv1 30.4 -> 20.2 ms); below, at T = 256,
+# the matmuls won (conv2 7.9 against 11.2 ms).
+GROUPED_MIN_POSITIONS = 1024
 
 
 def _taps(model: tf.keras.Model):
@@ -101,13 +107,17 @@ class LayerPlan:
   strategy: str  # GHOST, EXPLICIT or LOOP
 
 
-def choose(positions: int, fan_in: int, fan_out: int, *, strided: bool = False) -> str:
+def choose(
+  positions: int, fan_in: int, fan_out: int, *, strided: bool = False, conv_kernel: bool = False
+) -> str:
   """The cheaper way to a layer's per-example norms on CPU, from its shapes.
 
   GHOST when the Grams' work T^2 (p + d) is below GHOST_FACTOR * p d (the per-
   example gradients' size: explicit gradients are written once and read twice,
   in skinny products); else LOOP for a strided convolution or one whose
-  per-example product T p d reaches LOOP_MIN_MACS; else EXPLICIT.
+  per-example product T p d reaches LOOP_MIN_MACS; else GROUPED for a kxk
+  convolution (``conv_kernel``) over GROUPED_MIN_POSITIONS or more positions;
+  else EXPLICIT.
   Mixed ghost clipping (Bu et al. 2022) compares 2 T^2 with p d (memory); the
   factor here was measured (docs/performance.md).
   """
@@ -115,6 +125,8 @@ def choose(positions: int, fan_in: int, fan_out: int, *, strided: bool = False) 
     return GHOST
   if strided or positions * fan_in * fan_out >= LOOP_MIN_MACS:
     return LOOP
+  if conv_kernel and positions >= GROUPED_MIN_POSITIONS:
+    return GROUPED
   return EXPLICIT
 
 
@@ -141,10 +153,12 @@ def plan(model: tf.keras.Model, strategy: str = AUTO) -> list[LayerPlan]:
     kind, t, p, d = _shape_of(layer)
     if strategy == AUTO:
       strided = _loopable(layer) and tuple(layer.strides) != (1, 1)
-      chosen = choose(t, p, d, strided=strided)
+      chosen = choose(t, p, d, strided=strided, conv_kernel=_loopable(layer))
     else:
       chosen = strategy
-    if chosen == LOOP and not _loopable(layer):
+    if (chosen == LOOP and not _loopable(layer)) or (
+      chosen == GROUPED and not isinstance(layer, tf.keras.layers.Conv2D)
+    ):
       chosen = EXPLICIT  # a matmul per example is what EXPLICIT already does
     out.append(LayerPlan(layer.name, kind, t, p, d, chosen))
   return out
@@ -214,13 +228,41 @@ def _rows(t):
   return tf.reshape(t, [tf.shape(t)[0], -1, t.shape[-1]])
 
 
-def _per_example(layer, x, g, loop=False):
+def _grouped_per_example(layer, x, g):
+  """Per-example kernel gradients [B, p*d] of a convolution as ONE grouped one.
+
+  The batch moves into the channels: input [1, H, W, B*Cin], output gradient
+  [1, H', W', B*Cout]; the weight gradient of a convolution with B groups,
+  [kh, kw, Cin, B*Cout], holds every example's dW_i side by side. It is the
+  plain step's own kernel (Conv2DBackpropFilter), so it runs at the speed the
+  CPU's convolution library gives the plain step.
+  """
+  batch = tf.shape(g)[0]
+  kh, kw, cin, cout = layer.kernel.shape
+  h, w = x.shape[1], x.shape[2]
+  xt = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, h, w, batch * cin])
+  gt = tf.reshape(tf.transpose(g, [1, 2, 0, 3]), [1, g.shape[1], g.shape[2], batch * cout])
+  dw = tf.raw_ops.Conv2DBackpropFilter(
+    input=xt,
+    filter_sizes=tf.stack([kh, kw, cin, batch * cout]),
+    out_backprop=gt,
+    strides=[1, *layer.strides, 1],
+    padding=layer.padding.upper(),
+  )
+  per_w = tf.transpose(tf.reshape(dw, [kh, kw, cin, batch, cout]), [3, 0, 1, 2, 4])
+  return tf.reshape(per_w, [batch, -1])
+
+
+def _per_example(layer, x, g, loop=False, grouped=False):
   """Explicit per-example gradients, flat: ([B, p*d] kernel, [B, d] bias).
 
   ``loop``: one Conv2DBackpropFilter per example (tf.map_fn), for convolutions.
+  ``grouped``: one grouped Conv2DBackpropFilter over the batch, for convolutions.
   """
   batch = tf.shape(g)[0]
   rows_g = _rows(g)
+  if grouped:
+    return _grouped_per_example(layer, x, g), tf.reduce_sum(rows_g, axis=1)
   if loop:
 
     def one(pair):
@@ -296,7 +338,7 @@ def _weighted_backward(layer, x, g, c):
 def _layer_terms(layer, strategy, x, g, groups=None, num_groups=None):
   """(squared norm per example [B] or per group [G], function: factors [B] -> (dW, db) sums)."""
   if groups is not None or strategy != GHOST:
-    per_w, per_b = _per_example(layer, x, g, loop=strategy == LOOP)
+    per_w, per_b = _per_example(layer, x, g, loop=strategy == LOOP, grouped=strategy == GROUPED)
     if groups is None:
       sq = _sq(per_w) + _sq(per_b)
     else:

@@ -216,11 +216,12 @@ def layer_costs(model, x, y, *, repeats: int = 5, warmup: int = 2, max_gram_posi
       return fast_clip._weighted_backward(layer, xi, gi, tf.ones([xi.shape[0]]))  # noqa: SLF001
 
     ms = {}
-    for strategy in (fast_clip.GHOST, fast_clip.EXPLICIT, fast_clip.LOOP):
+    for strategy in (fast_clip.GHOST, fast_clip.EXPLICIT, fast_clip.LOOP, fast_clip.GROUPED):
       applies = {
         fast_clip.GHOST: lp.positions <= max_gram_positions,
         fast_clip.EXPLICIT: True,
         fast_clip.LOOP: fast_clip._loopable(layer),  # noqa: SLF001
+        fast_clip.GROUPED: isinstance(layer, tf.keras.layers.Conv2D),
       }[strategy]
       ms[strategy] = (
         1e3 * median_seconds(strategy_fn(strategy), repeats, warmup) if applies else None

@@ -42,13 +42,13 @@ def _layer_table(model, x, y) -> list[str]:
     "",
     "## Per layer: weight gradient of the plain step vs the DP step's ways (ms; * = chosen)",
     "",
-    "| layer | T | p | d | plain dW | ghost | explicit | loop |",
-    "|---|---|---|---|---|---|---|---|",
+    "| layer | T | p | d | plain dW | ghost | explicit | loop | grouped |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   totals = {"plain": 0.0, "chosen": 0.0}
   for row in profiling.layer_costs(model, x, y):
     cells = []
-    for strategy in ("ghost", "explicit", "loop"):
+    for strategy in ("ghost", "explicit", "loop", "grouped"):
       ms = row.ms[strategy]
       mark = "*" if strategy == row.plan.strategy else ""
       cells.append("-" if ms is None else f"{ms:.1f}{mark}")

@@ -38,7 +38,7 @@ def _mixed_model(shape=(11, 11, 2)):
   return tf.keras.Model(inputs, tf.keras.layers.Dense(5)(x))
 
 
-@pytest.mark.parametrize("strategy", ["auto", "ghost", "explicit", "loop"])
+@pytest.mark.parametrize("strategy", ["auto", "ghost", "explicit", "loop", "grouped"])
 @pytest.mark.parametrize(
   "name,shape,clip",
   [
@@ -133,7 +133,7 @@ def test_supports_is_stable_and_a_second_trace_takes_the_einsum_path(name, monke
   assert len(model.layers) == len(models.build(name, shape, 5).layers)
 
 
-@pytest.mark.parametrize("strategy", ["auto", "ghost", "explicit", "loop"])
+@pytest.mark.parametrize("strategy", ["auto", "ghost", "explicit", "loop", "grouped"])
 def test_group_norms_and_sums_equal_a_per_group_loop(strategy):
   tf.keras.utils.set_random_seed(4)
   model = _mixed_model()
@@ -166,7 +166,9 @@ def test_choose_takes_each_branch_where_it_is_cheaper():
   }
   small = plans[("small_cnn", 64)]
   assert small["dense"].strategy == "ghost"  # T = 1: ||x||^2 ||g||^2
-  assert small["conv0"].strategy == "explicit"  # T = 4096, p d = 432: Grams would be huge
+  # T = 4096 and 1024: one grouped weight gradient over the batch; T = 256: matmuls.
+  assert small["conv0"].strategy == "grouped" and small["conv1"].strategy == "grouped"
+  assert small["conv2"].strategy == "explicit"
   sq64, sq224 = plans[("squeezenet", 64)], plans[("squeezenet", 224)]
   assert sq64["fire9_e3x3"].strategy == "ghost"  # T = 16, p d = 147456
   assert sq64["conv1"].strategy == "loop"  # strided
@@ -179,6 +181,9 @@ def test_choose_takes_each_branch_where_it_is_cheaper():
   assert t * t * (p + d) < fast_clip.GHOST_FACTOR * p * d
   assert fast_clip.choose(64, 288, 128) == "explicit"
   assert fast_clip.choose(64, 288, 128, strided=True) == "loop"
+  assert fast_clip.choose(1024, 144, 32, conv_kernel=True) == "grouped"
+  assert fast_clip.choose(1024, 144, 32) == "explicit"  # a Dense or 1x1 layer
+  assert fast_clip.choose(256, 288, 32, conv_kernel=True) == "explicit"
   # A forced strategy applies everywhere it can; a 1x1 or Dense layer has no loop form.
   forced = fast_clip.plan(_mixed_model(), "loop")
   assert [lp.strategy for lp in forced] == [
