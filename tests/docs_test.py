@@ -105,3 +105,49 @@ def test_flags_reference_is_fresh():
   assert flags_reference.render() == _text(
     flags_reference.OUTPUT
   ), "docs/flags.md is stale: run python -m experiments.flags_reference"
+
+
+# Documented shell commands that no test runs, and why (the one list of them).
+# Every `python -m experiments.<binary>` command is run by that binary's tests
+# at tiny sizes (checked below); these are the commands that are not binaries.
+NOT_RUN = {
+  "make": "make test and make test-e2e are what CI runs; make demo is run_experiment at 400 rounds",
+  "python3.11": "the install, which CI's clean clone performs",
+  ".venv/bin/pip": "the install, which CI's clean clone performs",
+  "openssl": "the certificate recipe: tests/tls_certs.py makes the same certificates",
+  "issue": "the certificate recipe's shell function (openssl)",
+  "issue()": "the certificate recipe's shell function (openssl)",
+  "for": "a shell loop over documented binary commands",
+  "done": "a shell loop's end",
+  "}": "a shell function's end",
+  "python -c": "converts torchvision's weights: needs torchvision and the internet",
+}
+
+
+def _commands():
+  for page in PAGES:
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", _text(page), re.S):
+      for line in block.replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+          yield _name(page), re.sub(r"\s+", " ", line.split(" #")[0])
+
+
+def _tests_text():
+  return "\n".join(_text(p) for p in glob.glob(os.path.join(ROOT, "tests", "*_test.py")))
+
+
+def test_every_documented_command_is_run_by_a_test_or_listed_as_not_run():
+  tests = _tests_text()
+  missing = []
+  for page, command in _commands():
+    binary = re.search(r"-m experiments\.([a-z_]+)", command)
+    if binary:
+      b = binary.group(1)
+      if b != "flags_reference" and not re.search(
+        rf'experiments\.{b}\b|run_binary\("{b}"|from experiments import {b}\b', tests
+      ):
+        missing.append(f"{page}: {command[:80]} (no test runs experiments.{b})")
+    elif not any(command == k or command.startswith(k + " ") for k in NOT_RUN):
+      missing.append(f"{page}: {command[:80]} (not run by a test, not in NOT_RUN)")
+  assert not missing, "\n".join(missing)
