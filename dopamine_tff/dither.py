@@ -10,7 +10,7 @@ deliver: the ``correction``.
 
 The graph and the pair keys are fresh secrets each round
 (dopamine_tff/seeds.py); the release depends only on the noised total while
-the delivering hospitals' graph is connected (``secagg.graphs.check_hidden``).
+the delivering hospitals' graph is connected (``graphs.check_hidden``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from dopamine_tff import graphs
 from dopamine_tff import quantization
 from dopamine_tff import seeds
-from dopamine_tff.secagg import graphs
 
 
 def dither_degree(k: int, colluders: int = 0) -> int:

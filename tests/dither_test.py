@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 from dopamine_tff import dither
+from dopamine_tff import graphs
 from dopamine_tff import quantization
 from dopamine_tff import seeds
-from dopamine_tff.secagg import graphs
 from dopamine_tff.secagg import protocol
 
 WORDS = 50

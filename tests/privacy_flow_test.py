@@ -142,8 +142,8 @@ def test_many_hospitals_dither_on_a_connected_ring_with_the_same_release(monkeyp
   import numpy as np
 
   from dopamine_tff import configs
+  from dopamine_tff import graphs
   from dopamine_tff.data import loaders
-  from dopamine_tff.secagg import graphs
   from dopamine_tff.secagg import protocol
 
   assert dither.dither_graph(5, b"r0") == {

@@ -10,7 +10,8 @@ Map of the subpackage:
 * parameters.py: SecAgg+'s degree and threshold from the threat model (semi-
   honest or malicious server) and their guarantee.
 * config.py: SecAggConfig, one run's parameters checked against its claims.
-* graphs.py: the neighbour graphs and the check that a round hides every update.
+* the pairing graphs and the check that a round hides every update are in
+  dopamine_tff/graphs.py (shared with the plain secure sum).
 * protocol.py: the parties and phases (X25519 + HKDF-SHA256 pair keys,
   self-mask keys, shares, unmasking with dropout recovery, abort below t).
 * rounds.py: one FSCDP round around the protocol for either runtime.

@@ -12,7 +12,7 @@ corrupted ones, so no split of the server's requests collects both secrets
 of a hospital.
 
 Also here: the errors that abort a round. The graphs and the hiding check
-are secagg/graphs.py.
+are graphs.py.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from dopamine_tff import aborts
 from dopamine_tff.secagg import masking
 from dopamine_tff.secagg import parameters
 
@@ -30,16 +31,11 @@ CORRECTNESS_BITS = parameters.CORRECTNESS_BITS
 _SMALL = parameters.SMALL
 
 
-class RoundAborted(RuntimeError):
-  """The round cannot be unmasked safely: it releases nothing."""
+RoundAborted = aborts.RoundAborted
+UpdateNotEncodable = aborts.UpdateNotEncodable
 
 
-class UpdateNotEncodable(RoundAborted):
-  """A hospital's update had a non-finite or out-of-range coordinate: the round
-  is abandoned (only this flag, never the count, leaves the hospitals)."""
-
-
-class ProtocolViolation(RoundAborted):
+class ProtocolViolation(aborts.RoundAborted):
   """A request an honest holder refuses (e.g. both secrets of one hospital)."""
 
 

@@ -56,10 +56,10 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 import numpy as np
 
+from dopamine_tff import graphs
 from dopamine_tff import seeds
 from dopamine_tff.secagg import chacha
 from dopamine_tff.secagg import config as config_lib
-from dopamine_tff.secagg import graphs
 from dopamine_tff.secagg import masking
 from dopamine_tff.secagg import parameters
 from dopamine_tff.secagg import shamir

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from dopamine_tff import aborts
 from dopamine_tff import accounting
 from dopamine_tff import configs
 from dopamine_tff import dither
@@ -145,20 +146,10 @@ class DpSgdTrainer(base.TffTrainer):
   def run(self, state, plan: base.RoundPlan, round_num: int) -> base.RoundOutcome:
     try:
       new_state, measurements = self.round.run(state, self._round_inputs(plan, round_num))
-      flagged = int(measurements.get("secure_clipped_count", 0))
-      if flagged:  # the plain sum flags, and the round is abandoned, after the fact
-        raise secagg_protocol.UpdateNotEncodable(
-          "a hospital's update had a non-finite or out-of-range coordinate; the round is "
-          "abandoned"
-        )
-    except secagg_protocol.RoundAborted as e:
-      flagged = int(isinstance(e, secagg_protocol.UpdateNotEncodable))
-      return base.RoundOutcome(
-        state,
-        {"secure_clipped_count": flagged},
-        released=False,
-        reason=f"secure aggregation aborted: {e}",
-      )
+    except aborts.RoundAborted as e:  # SecAgg aborts before anything is unmasked
+      return _unreleased(state, e, isinstance(e, aborts.UpdateNotEncodable))
+    if measurements.get("secure_clipped_count", 0):  # the plain sum flags after the fact
+      return _unreleased(state, NOT_ENCODABLE, True)
     return base.RoundOutcome(tf_rounds.as_server_state(new_state), measurements)
 
   def plan(self, round_num: int) -> base.RoundPlan:
@@ -202,6 +193,21 @@ class DpSgdTrainer(base.TffTrainer):
       + f"; overflow probability per round <= {self.overflow_per_round:.2g}"
     )
     return text + (describe_secagg(self.secagg) if self.secagg is not None else "")
+
+
+NOT_ENCODABLE = (
+  "a hospital's update had a non-finite or out-of-range coordinate; the round is abandoned"
+)
+
+
+def _unreleased(state, why, not_encodable: bool) -> base.RoundOutcome:
+  """A round that releases nothing: the state unchanged, nothing charged."""
+  return base.RoundOutcome(
+    state,
+    {"secure_clipped_count": int(not_encodable)},
+    released=False,
+    reason=f"secure aggregation aborted: {why}",
+  )
 
 
 def describe_secagg(sa: secagg_protocol.SecAggConfig) -> str:

@@ -1,4 +1,8 @@
-"""SecAgg's neighbour graphs and the check that a round keeps every update hidden.
+"""The hospitals' pairing graphs and the check that a round keeps every update hidden.
+
+Shared by the plain secure sum's pair dithers (dopamine_tff/dither.py) and
+secure aggregation's masks (dopamine_tff/secagg/), so the plain path does not
+import secagg/.
 
 The complete graph for SecAgg; for SecAgg+ a Harary graph H(k, K) over a
 fresh secret order every round (Bell et al. 2020).
@@ -11,18 +15,14 @@ import math
 
 import numpy as np
 
-from dopamine_tff.secagg import config as config_lib
+from dopamine_tff import aborts
 
 
-def neighbour_graph(
-  cfg: config_lib.SecAggConfig, order_seed: bytes = b""
-) -> dict[int, tuple[int, ...]]:
-  """Hospital -> its neighbours (symmetric): complete, or a Harary graph of
-  even degree over the random order keyed by `order_seed` (32 secret bytes)."""
-  k = cfg.num_hospitals
-  if cfg.degree >= k - 1:
-    return {i: tuple(j for j in range(k) if j != i) for i in range(k)}
-  return harary_graph(k, cfg.degree, order_seed)
+def neighbour_graph(cfg, order_seed: bytes = b"") -> dict[int, tuple[int, ...]]:
+  """SecAgg's mask graph for a secagg.config.SecAggConfig `cfg`: complete, or a
+  Harary graph of its even degree over the random order keyed by `order_seed`
+  (32 secret bytes)."""
+  return dither_graph(cfg.num_hospitals, cfg.degree, order_seed)
 
 
 def dither_degree(k: int, colluders: int = 0) -> int:
@@ -42,7 +42,7 @@ def dither_degree(k: int, colluders: int = 0) -> int:
 
 
 def dither_graph(k: int, degree: int, order_seed: bytes) -> dict[int, tuple[int, ...]]:
-  """The pair-dither graph: complete at degree K - 1, else H(degree, K) over
+  """A pairing graph (the pair dithers', or SecAgg's masks'): complete at degree K - 1, else H(degree, K) over
   the order keyed by `order_seed` (with SecAgg+'s own order, a sub-graph of
   its neighbour graph of higher degree)."""
   if degree >= k - 1:
@@ -85,7 +85,7 @@ def check_hidden(graph: dict, alive, colluders: int = 0, exact_limit: int = 20_0
   for i in alive:
     live = sum(1 for j in graph[i] if j in alive)
     if live <= colluders:
-      raise config_lib.RoundAborted(
+      raise aborts.RoundAborted(
         f"hospital {i} has {live} delivering neighbours, not more than the "
         f"{colluders} assumed colluders: its update would be exposed"
       )
@@ -103,13 +103,13 @@ def check_hidden(graph: dict, alive, colluders: int = 0, exact_limit: int = 20_0
     return seen == nodes
 
   if not connected(alive):
-    raise config_lib.RoundAborted(
+    raise aborts.RoundAborted(
       "the delivering hospitals' graph is disconnected: a partial sum would be released"
     )
   if colluders and math.comb(len(alive), colluders) <= exact_limit:
     for removed in itertools.combinations(sorted(alive), colluders):
       if not connected(alive - set(removed)):
-        raise config_lib.RoundAborted(
+        raise aborts.RoundAborted(
           f"removing {colluders} hospital(s) {list(removed)} disconnects the delivering "
           "hospitals' graph: colluders could learn a partial sum"
         )
