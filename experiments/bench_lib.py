@@ -9,6 +9,7 @@ import time
 
 from dopamine_tff import configs
 from dopamine_tff import profiling
+from dopamine_tff import runtime
 from dopamine_tff import trainers
 from dopamine_tff.data import loaders
 
@@ -26,7 +27,9 @@ def fscdp_trainer(data_cfg: loaders.DataConfig, **train):
       **train,
     }
   )
-  return trainers.make_trainer(cfg, loaders.load(data_cfg), tempfile.mkdtemp())
+  return trainers.make_trainer(
+    cfg, loaders.load(data_cfg), tempfile.mkdtemp(), ships_data=runtime.ships_data()
+  )
 
 
 def round_step(trainer):

@@ -155,7 +155,14 @@ def _run_one(cfg, data_cfg, data, run_dir, values) -> bool:
     audit=values["audit"],
   )
   summary = loop.run(
-    cfg, data, run_dir, hparams=hparams, data_config=data_cfg, options=options, log=logging.info
+    cfg,
+    data,
+    run_dir,
+    hparams=hparams,
+    data_config=data_cfg,
+    options=options,
+    log=logging.info,
+    rt=runtime.active(),
   )
   logging.info(
     "%s: accuracy %.4f epsilon %s", run_dir, summary["final_test_accuracy"], summary["epsilon"]

@@ -329,8 +329,9 @@ def _main(values, present, given, hparams, changes=()):
       "start a run there"
     )
   train = cfgs.train
+  rt = None
   if train.runtime == "tff" and not train.tf_privacy_baseline:
-    runtime.start(cfgs.runtime)  # reaches --worker_addresses before any data is read
+    rt = runtime.start(cfgs.runtime)  # reaches --worker_addresses before any data is read
   try:
     data = loaders.load(cfgs.data)
     gpus = devices.configure(devices.parse_gpus(values["gpus"]), values["memory_growth"])
@@ -343,6 +344,7 @@ def _main(values, present, given, hparams, changes=()):
       data_config=cfgs.data,
       options=cfgs.options,
       log=logging.info,
+      rt=rt,
     )
   finally:
     runtime.shutdown()

@@ -103,6 +103,7 @@ def _run_trial(cfg, data, data_cfg, run_dir, hparams, force: bool):
     data_config=data_cfg,
     options=configs.LoopOptions(checkpoint_every=50, overwrite=True, tensorboard=False),
     log=logging.info,
+    rt=runtime.active(),
   )
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from dopamine_tff import accounting
 from dopamine_tff import configs
+from dopamine_tff import runtime
 from dopamine_tff.program import loop
 from dopamine_tff.program import resume
 from dopamine_tff.trainers import base
@@ -92,7 +93,9 @@ class Stop:
     return self.after is not None and self.calls > self.after
 
 
-def _loop(trainer, rounds=6, stop=None, target=None, ema_decay=0.0, saves=None, **kwargs):
+def _loop(
+  trainer, rounds=6, stop=None, target=None, ema_decay=0.0, saves=None, health=None, **kwargs
+):
   cfg = configs.TrainConfig(rounds=rounds, target_epsilon=target, ema_decay=ema_decay)
   parties = accounting.Parties(trainer.parties(), cfg.delta)
   sink = Sink()
@@ -104,6 +107,7 @@ def _loop(trainer, rounds=6, stop=None, target=None, ema_decay=0.0, saves=None, 
     saves,
     stop or Stop(),
     lambda _: None,
+    health or loop.Parts.health,
   )
   start = resume.Restored(trainer.initial_state(), 0, 0.0, None)
   return loop.Loop(cfg, parts, start, **kwargs), parties, sink
@@ -210,3 +214,20 @@ def test_the_encode_failure_column_says_whether_not_how_many():
   lp, _, sink = _loop(trainer, rounds=2)
   lp.rounds(trainer.initial_state())
   assert [r["secure_clipped"] for r in sink.rows] == [1, 1]
+
+
+def test_the_loop_asks_the_runtime_it_was_handed_and_saves_before_a_dead_worker():
+  """No process-wide runtime is read: the health check is the handed-in one."""
+  calls = []
+
+  def health():
+    calls.append(len(calls))
+    if len(calls) == 3:
+      raise runtime.WorkerDied("worker 1 died (SIGKILL)")
+
+  saves = Saves()
+  lp, _, _ = _loop(FakeTrainer(), rounds=6, saves=saves, health=health)
+  with pytest.raises(runtime.WorkerDied, match="worker 1 died"):
+    lp.rounds([np.float32(0.0)])
+  assert len(calls) == 3  # asked before every round
+  assert saves.rounds[-1][:2] == (2, 2.0)  # the two rounds run are saved for --resume

@@ -61,6 +61,8 @@ class Parts:
   checkpointer: resume.Checkpointer | None
   stop: resume.StopOnSigint
   log: Callable[[str], None]
+  # WorkerDied when a TFF worker died under the run (the Runtime handed to run()).
+  health: Callable[[], None] = lambda: None
 
 
 class Loop:
@@ -103,7 +105,7 @@ class Loop:
     self.last_round = self.budget_stop()
     for r in range(self.start_round, cfg.rounds):
       try:
-        runtime.check_alive()
+        parts.health()
       except runtime.WorkerDied:
         self.save_last(state, rounds_run)  # --resume continues from the last round run
         raise
@@ -152,7 +154,7 @@ class Loop:
       try:
         outcome = self.parts.trainer.run(state, plan, r)
       except Exception:
-        runtime.check_alive()  # a dead TFF worker explains the failure: say that instead
+        self.parts.health()  # a dead TFF worker explains the failure: say that instead
         raise
       state, measurements = outcome.state, outcome.measurements
       if not outcome.released:
@@ -254,8 +256,13 @@ def run(
   data_config: loaders.DataConfig | None = None,
   options: configs.LoopOptions = configs.LoopOptions(),
   log: Callable[[str], None] = print,
+  rt: runtime.Runtime | None = None,
 ) -> dict:
   """Trains `cfg.setting` on `data`; returns the summary (also in summary.json).
+
+  `rt` is the TFF Runtime the binary started for `cfg.runtime == "tff"` (its
+  workers' health, traffic and whether they read this host's files); None for
+  the in-process runtime, or a context the caller installed itself.
 
   Nothing is written before the checks pass: a directory holding another run
   (without `options.resume` or `options.overwrite`), a configuration the data
@@ -267,10 +274,10 @@ def run(
   cfg.check_hospitals(len(data.hospitals))
   cfg.check_delta(_units(cfg, data))
   with run_dir.exclusive(output_dir):  # one run per directory, for the whole run
-    return _locked_run(cfg, data, output_dir, hparams, data_config, options, log)
+    return _locked_run(cfg, data, output_dir, hparams, data_config, options, log, rt)
 
 
-def _locked_run(cfg, data, output_dir, hparams, data_config, options, log) -> dict:
+def _locked_run(cfg, data, output_dir, hparams, data_config, options, log, rt) -> dict:
   run_dir.check_output_dir(output_dir, options)
   hparams = dict(hparams or {})
   if data_config is not None:
@@ -285,8 +292,9 @@ def _locked_run(cfg, data, output_dir, hparams, data_config, options, log) -> di
   # code; a killed run's are removed by the next start.
   scratch = run_dir.make_scratch(output_dir, log)
   try:
-    trainer = trainers.make_trainer(cfg, data, scratch)
-    return _run(cfg, data, output_dir, trainer, hparams, options, log)
+    ships = rt is not None and rt.ships_data
+    trainer = trainers.make_trainer(cfg, data, scratch, ships_data=ships)
+    return _run(cfg, data, output_dir, trainer, hparams, options, log, rt)
   finally:
     run_dir.remove_scratch(output_dir)
 
@@ -307,7 +315,7 @@ def _sinks(output_dir, options, start_round):
   return metrics, sinks
 
 
-def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
+def _run(cfg, data, output_dir, trainer, hparams, options, log, rt) -> dict:
   parties = accounting.Parties(trainer.parties(), cfg.delta, cfg.budget_accountant, cfg.private)
   start = resume.start(cfg, data, output_dir, trainer, parties, options, log)
   os.makedirs(output_dir, exist_ok=True)
@@ -330,7 +338,8 @@ def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
   )
   try:
     with resume.StopOnSigint() as stop:
-      parts = Parts(trainer, parties, evaluator, sinks, checkpointer, stop, log)
+      health = rt.check_alive if rt is not None else Parts.health
+      parts = Parts(trainer, parties, evaluator, sinks, checkpointer, stop, log, health)
       loop = Loop(cfg, parts, start, record_timings=options.record_timings)
       state, rounds_run, stop_reason = loop.rounds(start.state)
   finally:
@@ -338,7 +347,12 @@ def _run(cfg, data, output_dir, trainer, hparams, options, log) -> dict:
       sink.close()
   loop.save_last(state, rounds_run)  # so --rounds can be raised later
   facts = summary_lib.RunFacts(
-    rounds_run, loop.skipped, stop_reason, loop.wall(), initial, runtime.traffic()
+    rounds_run,
+    loop.skipped,
+    stop_reason,
+    loop.wall(),
+    initial,
+    rt.traffic() if rt is not None else {},
   )
   weights = loop.model_weights(state)
   summary = summary_lib.finish(

@@ -163,6 +163,11 @@ class Runtime:
         "last checkpoint, with --worker_addresses naming the workers to use"
       )
 
+  @property
+  def ships_data(self) -> bool:
+    """Whether this runtime's workers get the hospitals' data inline (not from files)."""
+    return self.context is not None and self.config.ships_data
+
   def traffic(self) -> dict[str, dict]:
     """Executor-service bytes sent to and received from each worker so far."""
     return {e.address: e.stub.traffic.snapshot() for e in self.endpoints}
@@ -309,7 +314,13 @@ def traffic() -> dict[str, dict]:
 
 def ships_data() -> bool:
   """Whether the process-wide runtime's workers get the hospitals' data inline."""
-  return _ACTIVE is not None and _ACTIVE.context is not None and _ACTIVE.config.ships_data
+  return _ACTIVE is not None and _ACTIVE.ships_data
+
+
+def active() -> Runtime | None:
+  """The process-wide runtime a binary started (None: none). Library code does
+  not call this: it is handed the Runtime (program/loop.run's `rt`)."""
+  return _ACTIVE if _ACTIVE is not None and _ACTIVE.context is not None else None
 
 
 def worker_pids() -> list[int]:

@@ -30,12 +30,16 @@ _TRAINERS = {
 
 
 def make_trainer(
-  cfg: configs.TrainConfig, data: loaders.FederatedData, work_dir: str
+  cfg: configs.TrainConfig, data: loaders.FederatedData, work_dir: str, *, ships_data=False
 ) -> base.Trainer:
-  """Builds the trainer of `cfg.setting` over `data` (shards go under `work_dir`)."""
+  """Builds the trainer of `cfg.setting` over `data` (shards go under `work_dir`).
+
+  ``ships_data``: the TFF workers cannot read this host's files (a Runtime's
+  `ships_data`), so the hospitals' data travel in each round's requests.
+  """
   cls, flags, pooled = _TRAINERS[cfg.setting]
   sets = [data.pooled()] if pooled else list(data.hospitals)
   args = (cfg, sets, data.image_shape, data.num_classes, work_dir)
   if cfg.tf_privacy_baseline:
     return tf_privacy_cdp.TfPrivacyCdpTrainer(*args)
-  return cls(*args, **flags)
+  return cls(*args, **flags, ships_data=ships_data)

@@ -19,7 +19,6 @@ import numpy as np
 from dopamine_tff import configs
 from dopamine_tff import init_weights
 from dopamine_tff import models
-from dopamine_tff import runtime
 from dopamine_tff import tf_rounds
 from dopamine_tff.data import shards
 
@@ -94,7 +93,9 @@ class TffTrainer:
   overflow_per_round: float | None = None
   secagg = None
 
-  def __init__(self, cfg: configs.TrainConfig, sets, image_shape, num_classes, work_dir):
+  def __init__(
+    self, cfg: configs.TrainConfig, sets, image_shape, num_classes, work_dir, ships_data=False
+  ):
     self.cfg = cfg
     self.sizes = [len(s) for s in sets]
     self.image_shape = image_shape
@@ -117,7 +118,7 @@ class TffTrainer:
       # The hospitals' arrays stay in memory: each round's Poisson sample
       # gathers its examples from them instead of re-reading the shard.
       self.datasets = [shards.in_memory(s, self.patient_unit) for s in sets]
-    elif runtime.ships_data():
+    elif ships_data:
       # Workers that cannot read this host's files get the data in the requests.
       self.datasets = [shards.inline_dataset(s, image_shape, self.patient_unit) for s in sets]
     else:

@@ -24,9 +24,18 @@ class FedAvgTrainer(base.TffTrainer):
   """
 
   def __init__(
-    self, cfg, sets, image_shape, num_classes, work_dir, *, local_dp: bool, centralised: bool
+    self,
+    cfg,
+    sets,
+    image_shape,
+    num_classes,
+    work_dir,
+    *,
+    local_dp: bool,
+    centralised: bool,
+    ships_data=False,
   ):
-    super().__init__(cfg, sets, image_shape, num_classes, work_dir)
+    super().__init__(cfg, sets, image_shape, num_classes, work_dir, ships_data)
     self.local_dp, self.centralised = local_dp, centralised
     self.local = process.LocalParams(
       local_epochs=1 if centralised else cfg.local_epochs,

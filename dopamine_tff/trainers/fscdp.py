@@ -92,8 +92,10 @@ class DpSgdTrainer(base.TffTrainer):
   Only federated hospitals drop out; CDP has one party that always delivers.
   """
 
-  def __init__(self, cfg, sets, image_shape, num_classes, work_dir, *, federated: bool):
-    super().__init__(cfg, sets, image_shape, num_classes, work_dir)
+  def __init__(
+    self, cfg, sets, image_shape, num_classes, work_dir, *, federated: bool, ships_data=False
+  ):
+    super().__init__(cfg, sets, image_shape, num_classes, work_dir, ships_data)
     self.federated = federated
     k = len(self.sizes)
     self.provisioned = provisioned_shares(cfg, k)
