@@ -51,8 +51,7 @@ MODES = ("none", "secagg", "secagg_plus")
 RUNTIMES = ("in_process", "tff")
 
 
-def _data(model, size, k, per_hospital):
-  del model
+def _data(size, k, per_hospital):
   cfg = loaders.DataConfig(
     dataset="synthetic",
     num_examples=int(k * per_hospital / 0.8) + 2,  # 80 % of them train
@@ -164,7 +163,7 @@ def _stats(times):
 
 
 def _case(model, size, k, per_hospital, q, opts) -> dict:
-  data = _data(model, size, k, per_hospital)
+  data = _data(size, k, per_hospital)
   rounds = {
     f"round_{rt}_{mode}": _Rounds(_trainer(data, model, q, rt, mode))
     for rt in RUNTIMES

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests import helpers
+
 pytestmark = pytest.mark.e2e  # starts binaries or worker processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,19 +118,8 @@ def test_unknown_section_is_refused_by_name():
 
 def test_quick_round_overhead_reports_rounds_against_dp_steps(tmp_path):
   out = tmp_path / "round.json"
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "experiments.benchmark",
-      "--quick",
-      "--sections=round_overhead",
-      f"--output={out}",
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=900,
+  proc = helpers.run_binary(
+    "benchmark", "--quick", "--sections=round_overhead", f"--output={out}", timeout=900
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(out.read_text())

@@ -22,6 +22,7 @@ from dopamine_tff import seeds
 from dopamine_tff import tf_rounds
 from dopamine_tff.program import loop
 from dopamine_tff.trainers import fedavg
+from tests import helpers
 
 SHAPE = (8, 8, 1)
 PAPER_ROUNDS, PAPER_HOSPITALS = 2920, 10  # FSCDP paper preset: 100 epochs at q=0.03425
@@ -264,19 +265,10 @@ def test_a_default_run_s_noise_cannot_be_regenerated_from_what_it_writes(
     return key
 
   monkeypatch.setattr(seeds.Randomness, "client_key", recording)
-  base = dict(
-    setting="fscdp",
-    rounds=4,
-    sampling_prob=0.1,
-    noise_multiplier=1.0,
-    l2_norm_clip=1.0,
-    learning_rate=0.05,
-    runtime="in_process",
-    eval_every=4,
-  )
+  base = dict(eval_every=4)
   opts = configs.LoopOptions(checkpoint_every=2, tensorboard=False)
   out = str(tmp_path / "secret")
-  summary = loop.run(configs.TrainConfig(**base), digits, out, options=opts, log=lambda _: None)
+  summary = loop.run(helpers.tiny_cfg(**base), digits, out, options=opts, log=lambda _: None)
   assert summary["noise_randomness"].startswith("secret")
   assert len(fed) == 16
   written = dict(_run_files(out))
@@ -291,7 +283,7 @@ def test_a_default_run_s_noise_cannot_be_regenerated_from_what_it_writes(
   first = {rh: key for rh, key in fed}
   fed.clear()
   loop.run(
-    configs.TrainConfig(**base),
+    helpers.tiny_cfg(**base),
     digits,
     out,
     options=configs.LoopOptions(checkpoint_every=2, tensorboard=False, resume=True),
@@ -302,7 +294,7 @@ def test_a_default_run_s_noise_cannot_be_regenerated_from_what_it_writes(
   # Two default runs with one seed differ; two seeded runs are identical.
   w = {}
   for name, seeded in (("a", False), ("b", False), ("s1", True), ("s2", True)):
-    cfg = configs.TrainConfig(**base, insecure_seeded_noise=seeded)
+    cfg = helpers.tiny_cfg(**base, insecure_seeded_noise=seeded)
     got = loop.run(cfg, digits, str(tmp_path / name), options=opts, log=lambda _: None)
     w[name] = np.load(tmp_path / name / "final_weights.npz")
     if seeded:
