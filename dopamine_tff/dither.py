@@ -16,7 +16,6 @@ the delivering hospitals' graph is connected (``graphs.check_hidden``).
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from dopamine_tff import graphs
 from dopamine_tff import quantization
@@ -35,21 +34,19 @@ def dither_graph(k: int, order_seed: bytes, colluders: int = 0) -> dict[int, tup
 
 
 class Correction:
-  """The sum of pair dithers that no longer cancel, float64 [num_words]."""
+  """The sum of pair dithers that no longer cancel, in steps: float64 [num_words]."""
 
   def __init__(self, num_words: int):
     self.num_words = num_words
-    self._dither = tf.function(quantization.dither)
 
   def __call__(self, lost) -> np.ndarray:
-    """`lost`: [(int64[2] key, sign)] of the dithers left in the sum."""
+    """`lost`: [(uint32[8] key, sign)] of the dithers left in the sum."""
     if not lost:  # everyone delivered: the dithers cancel, nothing to remove
       return np.zeros(self.num_words)
-    return self._dither(
-      tf.constant(np.reshape([key for key, _ in lost], [-1, 2]), tf.int64),
-      tf.constant(np.array([sign for _, sign in lost], np.int32)),
-      self.num_words,
-    ).numpy()
+    fixed = quantization.host_dither(
+      [key for key, _ in lost], [sign for _, sign in lost], self.num_words
+    )
+    return quantization.dither_value(fixed)
 
 
 def round_dithers(
@@ -73,7 +70,7 @@ def round_dithers(
   keys, signs, lost = [], [], []
   for i in senders:
     near = graph[i]
-    keys.append(np.array([pair[min(i, j), max(i, j)] for j in near], np.int64).reshape(-1, 2))
+    keys.append(np.array([pair[min(i, j), max(i, j)] for j in near], np.uint32).reshape(-1, 8))
     signs.append(np.array([1 if i < j else -1 for j in near], np.int32))
     lost += [(key, sign) for j, key, sign in zip(near, keys[-1], signs[-1]) if j not in alive]
   graphs.check_hidden(graph, alive, colluders)

@@ -76,16 +76,14 @@ class InProcessDpSgd(_EncodedServer):
     self._words = int(sum(np.size(w) for w in initial_weights))
     model = model_fn()
     self._client = tf.function(
-      lambda w, ds, s, dk, dsg: tf_rounds.encoded_client_update(
-        model, w, ds, s, dk, dsg, params, secure_sum
-      ),
+      lambda w, ds, s, r: tf_rounds.encoded_client_update(model, w, ds, s, r, params, secure_sum),
       reduce_retracing=True,  # one trace for hospitals of any size
     )
 
   def run(self, state, inputs: tf_rounds.RoundInputs):
     codes, examples, changed = [], 0, 0
     weights = _tensors(state.weights)
-    per_client = zip(inputs.datasets, inputs.keys, inputs.dither_keys, inputs.dither_signs)
+    per_client = zip(inputs.datasets, inputs.keys, inputs.dithers(self._words))
     for dataset, *arrays in per_client:
       c, n, ch = self._client(weights, dataset, *[tf.constant(a) for a in arrays])
       codes.append(c.numpy())
@@ -146,8 +144,8 @@ class InProcessMaskedDpSgd(_EncodedServer):
     super().__init__(initial_weights, params, secure_sum)
     model = model_fn()
     self._client = tf.function(
-      lambda w, ds, s, dk, dsg, m: tf_rounds.masked_client_update(
-        model, w, ds, s, dk, dsg, m, params, secure_sum
+      lambda w, ds, s, r, m: tf_rounds.masked_client_update(
+        model, w, ds, s, r, m, params, secure_sum
       ),
       reduce_retracing=True,
     )

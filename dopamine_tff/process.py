@@ -90,8 +90,9 @@ def _one():
   return tf.constant(1, tf.int32)
 
 
-def _dither_specs(dither_degree: int):
-  return tf.TensorSpec([dither_degree, 2], tf.int64), tf.TensorSpec([dither_degree], tf.int32)
+def _dither_spec(initial_weights):
+  """A hospital's fixed-point pair dither, int64 [n] (quantization.host_dither)."""
+  return tf.TensorSpec([int(sum(np.size(w) for w in initial_weights))], tf.int64)
 
 
 def _clients(spec):
@@ -115,7 +116,8 @@ def build_dp_sgd_process(
 
   Every hospital Poisson-samples its data, clips per-example gradients to C,
   sums them, adds its noise share N(0, noise_stddev^2) and encodes the result
-  mod 2**32 with its zero-sum pairwise dither (``dither_degree`` pair keys);
+  mod 2**32 with its zero-sum pairwise dither (made on its host from
+  ``dither_degree`` pair keys);
   the codes (and the hospitals' example counts) are added by secure sums; the
   server decodes (removing dropped hospitals' dithers: the SERVER-placed
   ``correction``), divides by the expected batch size q * sum_k N_k (never the
@@ -126,21 +128,19 @@ def build_dp_sgd_process(
   when all hospitals take part, the mean of their buffers is exactly this
   server buffer, so the weights are the same.
 
-  ``next(state, correction, datasets, seeds, dither_keys, dither_signs)``.
+  ``next(state, correction, datasets, seeds, dithers)``.
   """
   w_specs, ds_type, state_type, get_weights, initialize = _common(
     initial_weights, image_shape, with_velocity=True, with_groups=params.patient_unit
   )
-  key_spec, sign_spec = _dither_specs(dither_degree)
+  del dither_degree  # the dithers come made (RoundInputs.dithers)
   client_fn = tf.function(tf_rounds.encoded_client_update)
-  flat_spec = tf.TensorSpec([int(sum(np.size(w) for w in initial_weights))], tf.int64)
+  flat_spec = dither_spec = _dither_spec(initial_weights)
   correction_spec = tf.TensorSpec(flat_spec.shape, tf.float64)
 
-  @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC, key_spec, sign_spec)
-  def client_update(weights, dataset, seed, dither_keys, dither_signs):
-    return client_fn(
-      model_fn(), weights, dataset, seed, dither_keys, dither_signs, params, secure_sum
-    )
+  @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC, dither_spec)
+  def client_update(weights, dataset, seed, dither):
+    return client_fn(model_fn(), weights, dataset, seed, dither, params, secure_sum)
 
   @tff.tensorflow.computation(state_type, flat_spec, correction_spec, np.int32)
   def server_update(state, code_sum, correction, num_examples):
@@ -159,13 +159,11 @@ def build_dp_sgd_process(
   # context gives every worker the same clients when a SERVER argument
   # follows CLIENTS ones (seen: two workers both ran clients 0 and 1).
   @tff.federated_computation(
-    state_t, _server(correction_spec), data_t, seed_t, _clients(key_spec), _clients(sign_spec)
+    state_t, _server(correction_spec), data_t, seed_t, _clients(dither_spec)
   )
-  def next_fn(state, correction, datasets, seeds, dither_keys, dither_signs):
+  def next_fn(state, correction, datasets, seeds, dithers):
     weights = tff.federated_broadcast(tff.federated_map(get_weights, state))
-    codes, counts, changed = tff.federated_map(
-      client_update, (weights, datasets, seeds, dither_keys, dither_signs)
-    )
+    codes, counts, changed = tff.federated_map(client_update, (weights, datasets, seeds, dithers))
     # The only ways out of the hospitals are secure sums. Each code vector
     # already carries its hospital's DP noise share.
     summed = sum_process.next(sum_process.initialize(), codes)
@@ -233,7 +231,7 @@ class MaskedDpSgd(NamedTuple):
   """
 
   initialize: object  # () -> state@SERVER
-  masked_round: object  # (state, data, keys, dither keys, signs, masks) -> sums@SERVER
+  masked_round: object  # (state, data, keys, dithers, masks) -> sums@SERVER
   server_update: object  # (state, code sum, summands, examples) -> state
 
 
@@ -260,15 +258,17 @@ def build_masked_dp_sgd_process(
   w_specs, ds_type, state_type, _, initialize = _common(
     initial_weights, image_shape, with_velocity=True, with_groups=params.patient_unit
   )
-  del degree, prg  # the mask is made on the hospital's host (masking.host_mask)
+  # The masks and dithers are made on the hospital's host (masking.host_mask,
+  # quantization.host_dither) and come in made.
+  del degree, prg, dither_degree
   client_fn = tf.function(tf_rounds.masked_client_update)
-  dkey_spec, dsign_spec = _dither_specs(dither_degree)
-  num_words = int(sum(np.size(w) for w in initial_weights))
+  dither_spec = _dither_spec(initial_weights)
+  num_words = int(dither_spec.shape[0])
   mask_spec = tf.TensorSpec([num_words], tf.uint32)
 
-  @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC, dkey_spec, dsign_spec, mask_spec)
-  def client_update(weights, dataset, seed, dkeys, dsigns, mask):
-    return client_fn(model_fn(), weights, dataset, seed, dkeys, dsigns, mask, params, secure_sum)
+  @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC, dither_spec, mask_spec)
+  def client_update(weights, dataset, seed, dither, mask):
+    return client_fn(model_fn(), weights, dataset, seed, dither, mask, params, secure_sum)
 
   @tff.tensorflow.computation(state_type)
   def get_weights(state):
@@ -276,14 +276,13 @@ def build_masked_dp_sgd_process(
 
   @tff.federated_computation(
     *_client_types(state_type, ds_type),
-    _clients(dkey_spec),
-    _clients(dsign_spec),
+    _clients(dither_spec),
     _clients(mask_spec),
   )
-  def masked_round(state, datasets, seeds, dkeys, dsigns, masks):
+  def masked_round(state, datasets, seeds, dithers, masks):
     weights = tff.federated_broadcast(tff.federated_map(get_weights, state))
     masked, counts, changed = tff.federated_map(
-      client_update, (weights, datasets, seeds, dkeys, dsigns, masks)
+      client_update, (weights, datasets, seeds, dithers, masks)
     )
     bits = quantization.SUM_BITS
     return (
@@ -316,13 +315,9 @@ class DpSgdRound:
     return self.process.initialize()
 
   def run(self, state, inputs: tf_rounds.RoundInputs):
+    num_words = int(sum(np.size(w) for w in tf_rounds.as_server_state(state).weights))
     state, measurements = self.process.next(
-      state,
-      inputs.correction,
-      inputs.datasets,
-      inputs.keys,
-      inputs.dither_keys,
-      inputs.dither_signs,
+      state, inputs.correction, inputs.datasets, inputs.keys, inputs.dithers(num_words)
     )
     return tf_rounds.as_server_state(state), dict(measurements)
 

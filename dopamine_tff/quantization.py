@@ -26,11 +26,14 @@ dithers in the survivors' codes; the server removes them exactly (their keys
 are revealed with the dropped hospital's key in SecAgg) and the argument holds
 for the survivors' sub-graph conditioned on what it was told. K = 1 is plain
 deterministic rounding of the noised total: post-processing too. This holds in
-exact arithmetic; the implementation computes in float64 (53-bit mantissa,
-codes below 2**32 plus dithers below K), so a floor can differ from the exact
-one only within about 2**-50 of an integer: the code is computed as
-floor(y) + floor(frac(y) + r + 1/2), so the dither meets only the fraction
-(adding r to a y near 2**51 would round it to y's ulp and break the argument).
+exact arithmetic. The implementation: each v_ij is uniform on the 2**-52 grid
+(52 bits of the pair's ChaCha20 keystream, made on the host: ``host_dither``),
+r_k is held exactly as the integer R_k = 2**52 r_k, and the code is computed
+as floor(y) + ((floor(2**52 frac(y)) + R_k + 2**51) >> 52) in int64, exact
+integer arithmetic: the dither meets only the fraction (adding r to a y near
+2**51 would round it to y's ulp), and frac(y) enters on the dither's grid,
+which it already lies on for |y| >= 1 (float64 y), so the codes depend on the
+data below that grid only for coordinates within a step of zero.
 
 Decoding: S = sum of codes mod 2**32 read as a signed 32-bit value, minus the
 correction for dropped hospitals' dithers, times s. The error is at most
@@ -49,11 +52,17 @@ import numpy as np
 from scipy import stats
 import tensorflow as tf
 
+from dopamine_tff import keystream
+
 BITS = 32
 MODULUS = 2**BITS
 HALF = 2 ** (BITS - 1)
 SUM_BITS = 31  # counts (examples, changed coordinates) are plain sums below 2**31
 _MAX_EXACT = 2.0**52  # beyond this float64 cannot hold the fraction
+DITHER_BITS = 52  # the dither's fixed point: r = R / 2**52
+DITHER_ONE = 2**DITHER_BITS
+DITHER_NONCE = (2, 0, 0)  # the pair's dither key is its own; the nonce separates uses
+_DITHER_CHUNK = 2**15  # coordinates per pass (a multiple of 8: whole ChaCha20 blocks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,24 +113,41 @@ class QuantizationConfig:
     )
 
 
-def dither(keys, signs, num_words):
-  """r = sum_j signs[j] * U[0, 1)^n keyed by keys[j] (float64 [n]).
+def host_dither(keys, signs, num_words: int) -> np.ndarray:
+  """R = sum_j signs[j] U_j: a hospital's dither r = R / 2**52 in fixed point, int64 [n].
+
+  U_j is uniform on {0, ..., 2**52 - 1}: the top 52 bits of each 64-bit word
+  of the ChaCha20 keystream keyed by keys[j] (the pair's 256-bit key, fresh
+  each round), so v_j = U_j / 2**52 is uniform on [0, 1) on a 2**-52 grid (the
+  float64 uniform's own grid). The sum is exact in int64 for fewer than 2**10
+  partners. Made on the hospital's host (OpenSSL, memory speed): it does not
+  depend on the data.
 
   Args:
-    keys: int64 [M, 2] stateless seeds of the pair dithers (one per neighbour).
-    signs: int32 [M], +1 or -1.
-    num_words: n.
+    keys: uint32 [M, 8], one ChaCha20 key per partner.
+    signs: M signs, +1 or -1.
   """
-  n = tf.reshape(tf.cast(num_words, tf.int32), [1])
-  keys = tf.cast(keys, tf.int64)
-
-  def body(i, acc):
-    u = tf.random.stateless_uniform(n, keys[i], dtype=tf.float64)
-    return i + 1, acc + tf.cast(signs[i], tf.float64) * u
-
-  total = tf.zeros(n, tf.float64)
-  _, total = tf.while_loop(lambda i, _: i < tf.shape(keys)[0], body, (tf.constant(0), total))
+  keys = np.asarray(keys, np.uint32).reshape(-1, keystream.KEY_WORDS)
+  if len(keys) >= 2**10:
+    raise ValueError(f"{len(keys)} dither partners: the int64 sum holds fewer than 2**10")
+  total = np.zeros(num_words, np.int64)
+  buf = np.empty(min(_DITHER_CHUNK, num_words), "<u8")
+  # Chunk by chunk, so the keystream and the sum stay in the cache (1.3x).
+  for start in range(0, num_words, _DITHER_CHUNK):
+    part, acc = buf[: min(_DITHER_CHUNK, num_words - start)], total[start : start + _DITHER_CHUNK]
+    for key, sign in zip(keys, signs):
+      # Two words per coordinate: 16-word blocks, block counter start / 8.
+      keystream.words(
+        key, DITHER_NONCE, 2 * part.size, out=part.view(np.uint32), counter=start // 8
+      )
+      np.right_shift(part, 64 - DITHER_BITS, out=part)
+      (np.add if sign > 0 else np.subtract)(acc, part.view(np.int64), out=acc)
   return total
+
+
+def dither_value(fixed) -> np.ndarray:
+  """The dither r (float64) of `host_dither`'s fixed-point R (rounded beyond 2**53)."""
+  return np.asarray(fixed, np.int64).astype(np.float64) / DITHER_ONE
 
 
 def flatten(values):
@@ -133,8 +159,12 @@ def unflatten(flat, shapes):
   return [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]
 
 
-def encode(values, dither_values, config: QuantizationConfig):
+def encode(values, dither, config: QuantizationConfig):
   """Codes of a hospital's update (list of float tensors) under its dither.
+
+  Args:
+    values: the update's tensors.
+    dither: int64 [n], the fixed-point dither R of `host_dither` (r = R / 2**52).
 
   Returns:
     (int64 [n] codes in [0, 2**32), int32 count of coordinates changed beyond
@@ -147,13 +177,16 @@ def encode(values, dither_values, config: QuantizationConfig):
   y = y / config.step
   ok = tf.abs(y) < _MAX_EXACT  # False also for NaN
   y = tf.where(ok, y, 0.0)
-  # floor(y) + floor(frac(y) + r + 1/2): the dither is added to the fraction
-  # only, so it keeps its full precision however large the share y is (adding
-  # r to y itself rounds r to y's ulp, 2**-1 near 2**51 steps). Both terms
-  # are integers below 2**53, so their float64 sum is exact; mod 2**32 is the
-  # low 32 bits of the two's complement.
+  # c = floor(y) + floor(frac(y) + r + 1/2), the second term in integers:
+  # frac(y) on the dither's 2**-52 grid (exact: y - floor(y) and the scaling
+  # by 2**52 are exact in float64), plus R and one half, arithmetic shift
+  # right by 52. The dither meets only the fraction, so it keeps its full
+  # precision however large the share y is. Every term is an integer below
+  # 2**63; mod 2**32 is the low 32 bits of the two's complement.
   whole = tf.floor(y)
-  code = tf.cast(whole + tf.floor(y - whole + dither_values + 0.5), tf.int64)
+  frac = tf.cast((y - whole) * DITHER_ONE, tf.int64)
+  carry = tf.bitwise.right_shift(frac + tf.cast(dither, tf.int64) + DITHER_ONE // 2, DITHER_BITS)
+  code = tf.cast(whole, tf.int64) + carry
   changed = tf.size(ok) - tf.math.count_nonzero(ok, dtype=tf.int32)
   return tf.bitwise.bitwise_and(code, MODULUS - 1), changed
 
@@ -164,7 +197,7 @@ def decode(code_sum, correction, config: QuantizationConfig, dtype=tf.float32):
   Args:
     code_sum: int64 [n], the codes' sum (any integer; reduced mod 2**32).
     correction: float64 [n], the dropped hospitals' pair dithers still in the
-      sum (0 when every participant delivered).
+      sum, in steps (`dither_value`; 0 when every participant delivered).
   """
   s = tf.math.floormod(tf.cast(code_sum, tf.int64), MODULUS)
   signed = tf.where(s >= HALF, s - MODULUS, s)

@@ -102,15 +102,15 @@ def client_key(seed: int, round_num: int, hospital: int) -> np.ndarray:
 
 
 def pair_key(seed: int, round_num: int, i: int, j: int) -> np.ndarray:
-  """The 128-bit key of the dither shared by hospitals i and j in a round: int64[2].
+  """The 256-bit ChaCha20 key of the dither shared by hospitals i and j in a round: uint32[8].
 
   Seeded mode only (insecure). Under SecAgg the pair derives it from its
   round's X25519 agreement (HKDF, info 'dither'); with the plain sum and secret
-  randomness it is 128 bits from the CSPRNG (Randomness.pair_keys).
+  randomness it is 256 bits from the CSPRNG (Randomness.pair_keys).
   """
   lo, hi = min(i, j), max(i, j)
   record = _DOMAIN + struct.pack(">qqqqq", int(seed), int(round_num), lo, hi, int(Purpose.DITHER))
-  return np.frombuffer(hashlib.sha256(record).digest()[:16], ">i8").astype(np.int64)
+  return _key_words(hashlib.sha256(record).digest())
 
 
 def host_rng(seed: int, round_num: int, purpose: Purpose) -> np.random.Generator:
@@ -156,6 +156,11 @@ def _words(data: bytes) -> np.ndarray:
   return np.frombuffer(data[:16], ">i8").astype(np.int64)
 
 
+def _key_words(data: bytes) -> np.ndarray:
+  """32 bytes as a ChaCha20 key: eight little-endian uint32 words."""
+  return np.frombuffer(data[:32], "<u4").copy()
+
+
 class Randomness:
   """Where a run's secret keys come from (see the module docstring).
 
@@ -185,7 +190,7 @@ class Randomness:
     return _words(secrets.token_bytes(16))
 
   def pair_keys(self, round_num: int, pairs) -> dict:
-    """(lo, hi) -> the pair's 128-bit dither key of a round, for each pair of `pairs`."""
+    """(lo, hi) -> the pair's 256-bit dither key (uint32[8]) of a round, for each of `pairs`."""
     out = {}
     for i, j in pairs:
       lo, hi = min(i, j), max(i, j)
@@ -193,7 +198,7 @@ class Randomness:
         out[lo, hi] = (
           pair_key(self._seed, round_num, lo, hi)
           if self.seeded
-          else _words(secrets.token_bytes(16))
+          else _key_words(secrets.token_bytes(32))
         )
     return out
 

@@ -48,7 +48,9 @@ class RoundInputs(NamedTuple):
     senders: the taking-part hospitals' indices.
     round_num: the 0-based round.
     dither_keys, dither_signs: plain secure sum only: each sender's pair-dither
-      keys int64 [d, 2] and signs int32 [d] (dopamine_tff/dither.py).
+      ChaCha20 keys uint32 [d, 8] and signs int32 [d] (dopamine_tff/dither.py);
+      the round object makes each sender's dither from them on the host
+      (``dithers``).
     correction: plain secure sum only: float64 [n], the dithers of
       non-delivering partners that no longer cancel.
     responders: secure aggregation only: senders still there to unmask.
@@ -62,6 +64,13 @@ class RoundInputs(NamedTuple):
   dither_signs: list = ()
   correction: np.ndarray | None = None
   responders: tuple = ()
+
+  def dithers(self, num_words: int) -> list[np.ndarray]:
+    """Each sender's fixed-point dither (int64 [n], quantization.host_dither),
+    made on its host before its computation runs (data-independent)."""
+    return [
+      quantization.host_dither(k, s, num_words) for k, s in zip(self.dither_keys, self.dither_signs)
+    ]
 
 
 def as_server_state(state) -> ServerState:
@@ -285,22 +294,19 @@ def fedavg_server_update(
   return ServerState(weights, state.velocity, state.round_num + 1)
 
 
-def encoded_client_update(
-  model, weights, dataset, seed, dither_keys, dither_signs, params, secure_sum
-):
+def encoded_client_update(model, weights, dataset, seed, dither, params, secure_sum):
   """A Dopamine step, encoded for the integer sum: (codes, N_k, changed flag).
 
   The noisy sum of dp_client_update is encoded mod 2**32 with the hospital's
-  zero-sum pairwise dither (dopamine_tff/quantization.py): the release is then
+  zero-sum pairwise dither (int64 [n], quantization.host_dither: made on its
+  host from the round's pair keys; dopamine_tff/quantization.py): the release is then
   a post-processing of the noised total. The flag (int32 0 or 1, through the
   secure sum) says whether any coordinate was not finite or out of float64's
   exact range; the trainer abandons such a round (the count itself, which
   could depend on the data, is never released).
   """
   noisy_sum, n = dp_client_update(model, weights, dataset, seed, params)
-  num_words = sum(w.shape.num_elements() for w in noisy_sum)  # static: the weights' shapes
-  r = quantization.dither(dither_keys, dither_signs, num_words)
-  codes, changed = quantization.encode(noisy_sum, r, secure_sum)
+  codes, changed = quantization.encode(noisy_sum, dither, secure_sum)
   return codes, n, tf.minimum(changed, 1)
 
 
@@ -311,9 +317,7 @@ def encoded_server_update(state, code_sum, correction, num_examples, params, sec
   return dp_server_update(state, total, num_examples, params)
 
 
-def masked_client_update(
-  model, weights, dataset, seed, dither_keys, dither_signs, mask, params, secure_sum
-):
+def masked_client_update(model, weights, dataset, seed, dither, mask, params, secure_sum):
   """A Dopamine step under SecAgg: (masked codes mod 2**32 as int64, N_k, changed flag).
 
   The codes of encoded_client_update get the hospital's mask (uint32 [n], made
@@ -321,7 +325,7 @@ def masked_client_update(
   nothing unmasked leaves it.
   """
   codes, n, changed = encoded_client_update(
-    model, weights, dataset, seed, dither_keys, dither_signs, params, secure_sum
+    model, weights, dataset, seed, dither, params, secure_sum
   )
   masked = tf.math.floormod(tf.cast(codes, tf.int64) + tf.cast(mask, tf.int64), masking.MODULUS)
   return masked, n, changed

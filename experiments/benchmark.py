@@ -129,15 +129,17 @@ def secure_sum_path(opts: client_steps_lib.Options) -> dict:
   # Each hospital's zero-sum pairwise dither (k - 1 pair streams), its codes,
   # the sum mod 2**32 and the decoding: the whole encoded path.
   pair_keys = [
-    np.array([[i * k + j, 7] for j in range(k) if j != i], np.int64).reshape(-1, 2)
+    np.array([[i * k + j, 7, 0, 0, 0, 0, 0, 0] for j in range(k) if j != i], np.uint32)
     for i in range(k)
   ]
   pair_signs = [
     np.array([1 if i < j else -1 for j in range(k) if j != i], np.int32) for i in range(k)
   ]
-  encode = tf.function(
-    lambda v, keys, signs: quantization.encode(v, quantization.dither(keys, signs, n_params), cfg)
-  )
+  encode_fn = tf.function(lambda v, r: quantization.encode(v, r, cfg))
+
+  def encode(v, keys, signs):  # the dither on the host, as the hospitals make it
+    return encode_fn(v, quantization.host_dither(keys, signs, n_params))
+
   decode = tf.function(lambda s: quantization.decode(s, tf.zeros([n_params], tf.float64), cfg))
 
   def secure():

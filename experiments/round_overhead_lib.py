@@ -86,7 +86,7 @@ class _Rounds:
   def __call__(self):
     out = self.trainer.run(self.state, self.trainer.plan(self.r), self.r)
     self.state, self.r = out.state, self.r + 1
-    for key in ("secagg_masks_s", "secagg_unmask_s"):
+    for key in ("dithers_s", "secagg_masks_s", "secagg_unmask_s"):
       if key in out.measurements:
         self.phases.setdefault(key, []).append(out.measurements[key])
 
@@ -100,8 +100,8 @@ def _phase_fns(trainer, k, batch):
   seed = tf.constant([1, 2], tf.int64)
   words, secure_sum = trainer.num_words, trainer.secure_sum
   degree = dither.dither_degree(k)
-  keys = tf.constant(np.arange(2 * degree).reshape(-1, 2), tf.int64)
-  signs = tf.constant([(-1) ** i for i in range(degree)], tf.int32)
+  keys = np.arange(8 * degree, dtype=np.uint32).reshape(-1, 8)
+  signs = [(-1) ** i for i in range(degree)]
   query = dp_sgd.SeededGaussianSumQuery(1.0, 1.0 / math.sqrt(k), seed, 1)
 
   @tf.function
@@ -130,7 +130,10 @@ def _phase_fns(trainer, k, batch):
 
   summed = clipped(weights)
   noise = tf.function(lambda s: query.get_noised_result(s, query.initial_global_state())[0])
-  dith = tf.function(lambda: quantization.dither(keys, signs, words))
+
+  def dith():  # on the hospital's host (OpenSSL ChaCha20), as the rounds make it
+    return quantization.host_dither(keys, signs, words)
+
   r = dith()
   noised = [tf.identity(v) for v in noise(summed)]
   encode = tf.function(lambda v, r: quantization.encode(v, r, secure_sum)[0])

@@ -34,8 +34,8 @@ def test_encoded_updates_decode_to_their_sum_through_tff(tff_runtime):
   cfg = quantization.QuantizationConfig(60.0, max_summands=k)
   rng = np.random.default_rng(0)
   shares = rng.normal(0, 5, (k, n)).astype(np.float32)
-  v = rng.random((k - 1, n))
-  dithers = np.zeros((k, n))
+  v = rng.integers(0, quantization.DITHER_ONE, (k - 1, n))  # fixed point, r = R / 2**52
+  dithers = np.zeros((k, n), np.int64)
   for e in range(k - 1):  # a path graph: zero-sum dithers
     dithers[e] += v[e]
     dithers[e + 1] -= v[e]

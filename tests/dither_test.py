@@ -4,7 +4,6 @@ import itertools
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from dopamine_tff import dither
 from dopamine_tff import graphs
@@ -16,9 +15,9 @@ WORDS = 50
 
 
 def _dithers(keys, signs):
-  """Each sender's own dither vector, as its client computes it."""
+  """Each sender's own dither vector (float64 r), as its host makes it."""
   return [
-    quantization.dither(tf.constant(k), tf.constant(s), WORDS).numpy() for k, s in zip(keys, signs)
+    quantization.dither_value(quantization.host_dither(k, s, WORDS)) for k, s in zip(keys, signs)
   ]
 
 
@@ -56,7 +55,7 @@ def test_dithers_cancel_when_everyone_delivers():
     rnd, 0, 5, [0, 1, 2, 3, 4], dither.Correction(WORDS)
   )
   np.testing.assert_array_equal(correction, np.zeros(WORDS))
-  assert all(k.shape == (4, 2) for k in keys)
+  assert all(k.shape == (4, 8) and k.dtype == np.uint32 for k in keys)
   total = np.sum(_dithers(keys, signs), axis=0)
   np.testing.assert_allclose(total, 0.0, atol=1e-12)
   # Not vacuous: each hospital's own dither is far from zero.

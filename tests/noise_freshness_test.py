@@ -217,22 +217,29 @@ def test_resume_feeds_the_keys_of_the_rounds_it_runs(digits, tmp_path, monkeypat
 
 
 def test_dither_keys_fed_to_the_encoding_are_the_pair_keys_and_distinct(monkeypatch):
-  """The secure-sum dithers: the seeds fed for each pair, distinct over a paper run."""
+  """The secure-sum dithers: the keys fed for each pair, distinct over a paper run."""
+  from dopamine_tff import keystream
   from dopamine_tff import quantization
 
-  rec = _Recorder(monkeypatch)
-  model = _model()
-  weights = [v.numpy() for v in model.trainable_variables]
-  params = tf_rounds.DpSgdParams(0.5, 1.0, 0.3, 0.1, 0.0)
-  cfg = quantization.QuantizationConfig(100.0, max_summands=4)
+  fed = []
+  original = keystream.words
+
+  def recording(key, nonce, num_words, **kwargs):
+    fed.append(_as_tuple(key))
+    return original(key, nonce, num_words, **kwargs)
+
+  monkeypatch.setattr(keystream, "words", recording)
   near = [0, 2, 3]  # hospital 1's neighbours
-  dkeys = np.array([seeds.pair_key(0, 9, 1, j) for j in near], np.int64)
-  dsigns = np.array([-1, 1, 1], np.int32)
-  tf_rounds.encoded_client_update(
-    model, weights, _hospital(), seeds.client_key(0, 9, 1), dkeys, dsigns, params, cfg
+  dkeys = np.array([seeds.pair_key(0, 9, 1, j) for j in near], np.uint32)
+  inputs = tf_rounds.RoundInputs(
+    datasets=[_hospital()],
+    keys=[seeds.client_key(0, 9, 1)],
+    dither_keys=[dkeys],
+    dither_signs=[np.array([-1, 1, 1], np.int32)],
   )
-  fed = rec.calls["stateless_uniform"][1:]  # after the Poisson mask
+  (made,) = inputs.dithers(64)
   assert fed == [_as_tuple(k) for k in dkeys]
+  np.testing.assert_array_equal(made, quantization.host_dither(dkeys, [-1, 1, 1], 64))
   assert seeds.pair_key(0, 9, 1, 2).tolist() == seeds.pair_key(0, 9, 2, 1).tolist()
   keys = {
     _as_tuple(seeds.pair_key(0, r, i, j))

@@ -59,20 +59,21 @@ class _WithDither:
   def next(self, state, datasets, keys):
     k = self.k
     others = [[j for j in range(k) if j != i] for i in range(k)]
-    dkeys = [
-      np.array([seeds.pair_key(0, 0, i, j) for j in o], np.int64).reshape(-1, 2)
+    words = sum(np.size(w) for w in W0)
+    dithers = [
+      quantization.host_dither(
+        [seeds.pair_key(0, 0, i, j) for j in o], [1 if i < j else -1 for j in o], words
+      )
       for i, o in enumerate(others)
     ]
-    dsigns = [np.array([1 if i < j else -1 for j in o], np.int32) for i, o in enumerate(others)]
-    words = sum(np.size(w) for w in W0)
-    return self.proc.next(state, np.zeros(words), datasets, keys, dkeys, dsigns)
+    return self.proc.next(state, np.zeros(words), datasets, keys, dithers)
 
 
 def test_types_are_derived_and_placed(tff_runtime):
   proc = _dp_process(0.5, 1.0, 0.1, 0.1).proc
   sig = proc.next.type_signature
-  state_t, correction_t, data_t, seed_t, dkey_t, dsign_t = sig.parameter
-  assert dkey_t.placement == tff.CLIENTS and correction_t.placement == tff.SERVER
+  state_t, correction_t, data_t, seed_t, dither_t = sig.parameter
+  assert dither_t.placement == tff.CLIENTS and correction_t.placement == tff.SERVER
   assert state_t.placement == tff.SERVER and data_t.placement == tff.CLIENTS
   assert seed_t.placement == tff.CLIENTS and not data_t.all_equal
   assert sig.result[0].is_equivalent_to(state_t)

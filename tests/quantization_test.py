@@ -12,9 +12,10 @@ from dopamine_tff import seeds
 
 
 def _path_dithers(k, n, rng):
-  """Zero-sum dithers of a path graph 0-1-...-(k-1): r_k = v_k - v_(k-1)."""
-  v = rng.random((max(k - 1, 0), n))
-  r = np.zeros((k, n))
+  """Zero-sum fixed-point dithers of a path graph 0-1-...-(k-1): R_k = V_k - V_(k-1)
+  with V uniform on {0, ..., 2**52 - 1} (r = R / 2**52), as host_dither makes them."""
+  v = rng.integers(0, quantization.DITHER_ONE, (max(k - 1, 0), n))
+  r = np.zeros((k, n), np.int64)
   for e in range(k - 1):
     r[e] += v[e]
     r[e + 1] -= v[e]
@@ -58,7 +59,7 @@ def test_every_k_from_1_to_1024_sums_at_both_ends_without_wrap(bound):
 
 def test_beyond_the_range_the_sum_wraps_which_the_overflow_bound_covers():
   cfg = quantization.QuantizationConfig(1.0, max_summands=1)
-  decoded, _ = _sum_decode(np.array([[1.01]]), np.zeros((1, 1)), cfg)
+  decoded, _ = _sum_decode(np.array([[1.01]]), np.zeros((1, 1), np.int64), cfg)
   assert decoded[0] == pytest.approx(1.01 - 2.0, abs=1e-6)
 
 
@@ -76,7 +77,7 @@ def test_decode_error_depends_on_the_total_only_not_on_the_split():
 
   def errors(split, dithered):
     shares = np.array([np.full(n, split[0]), np.full(n, split[1])])
-    r = _path_dithers(2, n, rng) if dithered else np.zeros((2, n))
+    r = _path_dithers(2, n, rng) if dithered else np.zeros((2, n), np.int64)
     decoded, _ = _sum_decode(shares, r, cfg)
     return (decoded - total) / s
 
@@ -88,16 +89,44 @@ def test_decode_error_depends_on_the_total_only_not_on_the_split():
 
 
 def test_library_dither_is_zero_sum_over_a_complete_graph():
-  k, n = 5, 1000
-  total = np.zeros(n)
+  k, n = 5, 20_000
+  total = np.zeros(n, np.int64)
   for i in range(k):
     others = [j for j in range(k) if j != i]
     keys = np.array([seeds.pair_key(7, 3, i, j) for j in others])
     signs = np.array([1 if i < j else -1 for j in others], np.int32)
-    r = quantization.dither(keys, signs, n).numpy()
-    assert np.abs(r).max() < k and np.std(r) > 0.5  # a sum of 4 +-uniforms
-    total += r
-  np.testing.assert_allclose(total, 0.0, atol=1e-12)
+    fixed = quantization.host_dither(keys, signs, n)
+    assert fixed.dtype == np.int64
+    r = quantization.dither_value(fixed)
+    assert np.abs(r).max() < k - 1
+    assert np.std(r) == pytest.approx(math.sqrt((k - 1) / 12), rel=0.05)  # 4 +-uniforms
+    total += fixed
+  np.testing.assert_array_equal(total, 0)  # exactly, in integers
+
+
+def test_host_dither_is_uniform_52_bit_chacha20_words():
+  """Each partner's stream is the top 52 bits of the 64-bit words of its key's
+  ChaCha20 keystream (RFC 8439 layout, nonce DITHER_NONCE)."""
+  from dopamine_tff.secagg import chacha
+
+  key = seeds.pair_key(1, 0, 0, 1)
+  n = quantization._DITHER_CHUNK + 1000  # noqa: SLF001  (across a chunk's edge)
+  one = quantization.host_dither([key], [1], n)
+  words = chacha.keystream_words(
+    tf.constant(key), tf.constant(quantization.DITHER_NONCE, tf.uint32), 2 * n
+  ).numpy()
+  expected = (words[0::2].astype(np.uint64) | (words[1::2].astype(np.uint64) << 32)) >> 12
+  np.testing.assert_array_equal(one, expected.astype(np.int64))
+  np.testing.assert_array_equal(quantization.host_dither([key], [-1], n), -one)
+  assert one.min() >= 0 and one.max() < 2**52
+  assert stats.kstest(one / 2.0**52, "uniform").pvalue > 1e-3
+  # Two partners: the signed sum; no partner: zero.
+  other = seeds.pair_key(1, 0, 0, 2)
+  np.testing.assert_array_equal(
+    quantization.host_dither([key, other], [1, -1], n),
+    one - quantization.host_dither([other], [1], n),
+  )
+  np.testing.assert_array_equal(quantization.host_dither(np.zeros([0, 8]), [], n), 0)
 
 
 def test_non_finite_values_are_encoded_as_zero_and_counted():
@@ -167,11 +196,12 @@ def test_the_dither_keeps_its_precision_on_a_huge_share():
   cfg = quantization.QuantizationConfig(2.0**31)  # step 1: y is the value
   rng = np.random.default_rng(5)
   y = 2.0**51 + rng.integers(0, 8, 400) * 0.5  # exactly representable, ulp 1/2
-  r = rng.uniform(-1.0, 1.0, 400)
-  codes, changed = quantization.encode([tf.constant(y)], tf.constant(r), cfg)
+  fixed = rng.integers(-(2**53), 2**53, 400)  # r in [-2, 2) on the 2**-52 grid
+  codes, changed = quantization.encode([tf.constant(y)], tf.constant(fixed), cfg)
   assert int(changed) == 0
   exact = [
-    (int((Fraction(a) + Fraction(b) + Fraction(1, 2)).__floor__())) % 2**32 for a, b in zip(y, r)
+    (int((Fraction(a) + Fraction(int(b), 2**52) + Fraction(1, 2)).__floor__())) % 2**32
+    for a, b in zip(y, fixed)
   ]
   np.testing.assert_array_equal(codes.numpy(), exact)
 

@@ -80,10 +80,10 @@ def test_encoded_round_decodes_to_the_noised_sum():
   """Two hospitals' codes under zero-sum dithers decode to their sum within the step."""
   cfg = quantization.QuantizationConfig(bound=10.0, max_summands=2)
   values = [[tf.constant([0.25, -1.5, 3.0])], [tf.constant([1.0, 2.0, -0.5])]]
-  keys = tf.constant([[1, 2]], tf.int64)
+  keys = np.arange(8, dtype=np.uint32).reshape(1, 8)
   codes = []
   for k, v in enumerate(values):
-    r = quantization.dither(keys, tf.constant([1 if k == 0 else -1], tf.int32), 3)
+    r = quantization.host_dither(keys, [1 if k == 0 else -1], 3)
     codes.append(quantization.encode(v, r, cfg)[0])
   total = quantization.decode(tf.add_n(codes), tf.zeros([3], tf.float64), cfg)
   np.testing.assert_allclose(total.numpy(), [1.25, 0.5, 2.5], atol=cfg.error_bound)

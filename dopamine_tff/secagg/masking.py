@@ -21,13 +21,10 @@ which is what the plain secure sum gives.
 
 from __future__ import annotations
 
-import struct
-
-from cryptography.hazmat.primitives.ciphers import Cipher
-from cryptography.hazmat.primitives.ciphers import algorithms
 import numpy as np
 import tensorflow as tf
 
+from dopamine_tff import keystream
 from dopamine_tff.secagg import chacha
 
 MODULUS = 2**32
@@ -99,23 +96,7 @@ def host_stream(
     return out
   if prg != "chacha20":
     raise ValueError(f"unknown PRG {prg!r}; choose one of {PRGS}")
-  key_bytes = np.asarray(key, "<u4").tobytes()
-  counter_and_nonce = struct.pack("<I", counter) + np.asarray(nonce, "<u4").tobytes()
-  encryptor = Cipher(algorithms.ChaCha20(key_bytes, counter_and_nonce), mode=None).encryptor()
-  out = np.empty(num_words, np.uint32) if out is None else out
-  # The keystream is the encryption of zeros; written in place, no copy.
-  encryptor.update_into(_zeros(4 * num_words), memoryview(out).cast("B"))
-  return out
-
-
-_ZEROS: dict[int, bytes] = {}
-
-
-def _zeros(num_bytes: int) -> bytes:
-  if num_bytes not in _ZEROS:
-    _ZEROS.clear()  # one model size per process
-    _ZEROS[num_bytes] = bytes(num_bytes)
-  return _ZEROS[num_bytes]
+  return keystream.words(key, nonce, num_words, out=out, counter=counter)
 
 
 def host_mask(num_words: int, pair_keys, pair_signs, self_key, prg: str = "chacha20"):

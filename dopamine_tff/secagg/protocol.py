@@ -100,8 +100,8 @@ def pair_key(secret: bytes, round_num: int, i: int, j: int) -> np.ndarray:
 
 
 def dither_key(secret: bytes, round_num: int, i: int, j: int) -> np.ndarray:
-  """The pair's 128-bit dither key from the same agreement (own HKDF info): int64[2]."""
-  return np.frombuffer(_derive(secret, _DITHER_INFO, round_num, i, j, 16), ">i8").astype(np.int64)
+  """The pair's 256-bit dither key from the same agreement (own HKDF info): uint32[8]."""
+  return chacha.key_words(_derive(secret, _DITHER_INFO, round_num, i, j, 32))
 
 
 @dataclasses.dataclass(repr=False)
@@ -213,14 +213,14 @@ class Protocol:
     return pair_keys, np.array(signs, np.int32), chacha.key_words(r.self_keys[hospital])
 
   def dither_inputs(self, hospital: int) -> tuple[np.ndarray, np.ndarray]:
-    """Hospital `hospital`'s pair-dither keys (int64 [M, 2]) and signs, from its agreements."""
+    """Hospital `hospital`'s pair-dither keys (uint32 [M, 8]) and signs, from its agreements."""
     r = self._round
     near = r.dither_graph[hospital]
     keys = [
       dither_key(r.private[hospital].exchange(r.public[j]), r.round_num, hospital, j) for j in near
     ]
     signs = np.array([1 if hospital < j else -1 for j in near], np.int32)
-    return np.array(keys, np.int64).reshape(-1, 2), signs
+    return np.array(keys, np.uint32).reshape(-1, 8), signs
 
   def deliver(self, hospitals) -> None:
     """Records that `hospitals` sent their masked inputs this round (each knows it)."""

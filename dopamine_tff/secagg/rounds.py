@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from dopamine_tff import quantization
 from dopamine_tff import tf_rounds
 from dopamine_tff.secagg import masking
 from dopamine_tff.secagg import protocol as protocol_lib
@@ -31,8 +32,8 @@ class SecureDpSgd:
     Args:
       computations: the masked round and server step.
       protocol: the run's protocol (a fresh instance per round).
-      correction_fn: (list of (int64[2] dither key, sign)) -> float64 [n], the
-        dithers still in the sum (dopamine_tff/quantization.py).
+      correction_fn: (list of (uint32[8] dither key, sign)) -> float64 [n], the
+        dithers still in the sum (dopamine_tff/dither.py).
     """
     self.computations = computations
     self.protocol = protocol
@@ -57,14 +58,17 @@ class SecureDpSgd:
     protocol_lib.check_hidden(proto.graph, senders, proto.cfg.corrupted_holders)
     protocol_lib.check_hidden(proto.dither_graph, senders, proto.cfg.colluders)
     num_words = int(sum(np.size(w) for w in tf_rounds.as_server_state(state).weights))
-    dithers = [proto.dither_inputs(h) for h in senders]
     t0 = time.monotonic()
+    # Each hospital's pair dither (its host, OpenSSL ChaCha20, from the
+    # agreements' dither keys): data-independent, ready before its DP step.
+    dithers = [quantization.host_dither(*proto.dither_inputs(h), num_words) for h in senders]
+    td = time.monotonic()
     # Each hospital's mask, made on its host from this round's keys (OpenSSL
     # ChaCha20): data-independent, so it is ready before its DP step.
     masks = [masking.host_mask(num_words, *proto.client_inputs(h), proto.cfg.prg) for h in senders]
     tm = time.monotonic()
     masked_sum, examples, flagged = self.computations.masked_round(
-      state, datasets, keys, [d[0] for d in dithers], [d[1] for d in dithers], masks
+      state, datasets, keys, dithers, masks
     )
     if int(flagged):
       raise protocol_lib.UpdateNotEncodable(
@@ -81,7 +85,8 @@ class SecureDpSgd:
     measurements = {
       "secure_clipped_count": 0,
       "secure_summands": len(senders),
-      "secagg_masks_s": tm - t0,
+      "dithers_s": td - t0,
+      "secagg_masks_s": tm - td,
       "secagg_masked_round_s": t1 - tm,
       "secagg_unmask_s": t2 - t1,
       **stats,
