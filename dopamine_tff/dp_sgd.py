@@ -237,6 +237,7 @@ def noisy_clipped_sum(
   groups=None,
   augmentations=0,
   noise_draws=1,
+  read=None,
 ) -> NoisySum:
   """Poisson-samples (x, y), clips per-example gradients and adds noise.
 
@@ -263,6 +264,9 @@ def noisy_clipped_sum(
     seed: the step's key, int64 tensor of shape [2] (dopamine_tff/seeds.py).
     noise_draws: 1, or n > 1 float64 draws summed per coordinate
       (floating-point hardening, see SeededGaussianSumQuery).
+    read: when x holds the examples' file paths, not the images: a function
+      from the sampled paths to their images (shards.read_examples), so only
+      the sampled examples are read, after the sample is drawn.
   """
   sample_seed = seeds.stream(seed, seeds.Purpose.SAMPLE)
   noise_seed = seeds.stream(seed, seeds.Purpose.NOISE)
@@ -271,6 +275,8 @@ def noisy_clipped_sum(
   else:
     mask = group_poisson_mask(groups, sampling_prob, sample_seed)
   xb, yb = tf.boolean_mask(x, mask), tf.boolean_mask(y, mask)
+  if read is not None:
+    xb = read(xb)
 
   def clipped_sum():
     return _clipped_sum(model, xb, yb, mask, groups, augmentations, l2_norm_clip, seed)

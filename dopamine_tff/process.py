@@ -36,14 +36,14 @@ DpSgdParams = tf_rounds.DpSgdParams
 LocalParams = tf_rounds.LocalParams
 
 
-def _common(initial_weights, image_shape, with_velocity, with_groups=False):
+def _common(initial_weights, image_shape, with_velocity, with_groups=False, example_files=False):
   @tff.tensorflow.computation
   def state_fn():
     return tf_rounds.initial_state(initial_weights, with_velocity)
 
   w_specs = tf_rounds.weight_specs(initial_weights)
   ds_type = tff.SequenceType(
-    tff.types.tensorflow_to_type(tf_rounds.data_spec(image_shape, with_groups))
+    tff.types.tensorflow_to_type(tf_rounds.data_spec(image_shape, with_groups, example_files))
   )
   state_type = state_fn.type_signature.result
 
@@ -74,7 +74,9 @@ def build_dp_client_computation(model_fn, initial_weights, image_shape, params):
   """
   w_specs = tf_rounds.weight_specs(initial_weights)
   ds_type = tff.SequenceType(
-    tff.types.tensorflow_to_type(tf_rounds.data_spec(image_shape, params.patient_unit))
+    tff.types.tensorflow_to_type(
+      tf_rounds.data_spec(image_shape, params.patient_unit, params.example_files)
+    )
   )
   client_fn = tf.function(tf_rounds.dp_client_update)
 
@@ -131,7 +133,11 @@ def build_dp_sgd_process(
   ``next(state, correction, datasets, seeds, dithers)``.
   """
   w_specs, ds_type, state_type, get_weights, initialize = _common(
-    initial_weights, image_shape, with_velocity=True, with_groups=params.patient_unit
+    initial_weights,
+    image_shape,
+    with_velocity=True,
+    with_groups=params.patient_unit,
+    example_files=params.example_files,
   )
   del dither_degree  # the dithers come made (RoundInputs.dithers)
   client_fn = tf.function(tf_rounds.encoded_client_update)
@@ -256,7 +262,11 @@ def build_masked_dp_sgd_process(
   unmasking. Example and changed-coordinate counts go through secure sums.
   """
   w_specs, ds_type, state_type, _, initialize = _common(
-    initial_weights, image_shape, with_velocity=True, with_groups=params.patient_unit
+    initial_weights,
+    image_shape,
+    with_velocity=True,
+    with_groups=params.patient_unit,
+    example_files=params.example_files,
   )
   # The masks and dithers are made on the hospital's host (masking.host_mask,
   # quantization.host_dither) and come in made.

@@ -8,6 +8,7 @@ Keeping one implementation is what makes the two runtimes agree.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -17,6 +18,7 @@ from dopamine_tff import dp_sgd
 from dopamine_tff import models
 from dopamine_tff import quantization
 from dopamine_tff import seeds
+from dopamine_tff.data import shards
 from dopamine_tff.secagg import masking
 
 
@@ -104,6 +106,7 @@ class DpSgdParams(NamedTuple):
   augmentations: int = 0  # augmentation multiplicity m (0: off)
   noise_draws: int = 1  # > 1: floating-point-hardened noise (dp_sgd.SeededGaussianSumQuery)
   frozen: tuple = ()  # per variable, True where --trainable froze it (models.frozen_mask)
+  example_files: bool = False  # the data's images are files read after sampling (shards.py)
 
 
 class LocalParams(NamedTuple):
@@ -131,9 +134,18 @@ def weight_specs(weights) -> list[tf.TensorSpec]:
   return [tf.TensorSpec(np.shape(w), tf.float32) for w in weights]
 
 
-def data_spec(image_shape, with_groups: bool = False) -> tuple:
-  """(images, labels) or, for the patient privacy unit, (images, labels, patient ids)."""
-  spec = (tf.TensorSpec([None, *image_shape], tf.float32), tf.TensorSpec([None], tf.int32))
+def data_spec(image_shape, with_groups: bool = False, example_files: bool = False) -> tuple:
+  """(images, labels) or, for the patient privacy unit, (images, labels, patient ids).
+
+  With ``example_files`` the images are their files' paths (string [N]:
+  dopamine_tff/data/shards.py), read after the Poisson sample is drawn.
+  """
+  images = (
+    tf.TensorSpec([None], tf.string)
+    if example_files
+    else tf.TensorSpec([None, *image_shape], tf.float32)
+  )
+  spec = (images, tf.TensorSpec([None], tf.int32))
   return (*spec, tf.TensorSpec([None], tf.int32)) if with_groups else spec
 
 
@@ -160,6 +172,9 @@ def dp_client_update(model, weights, dataset, seed, params: DpSgdParams):
   """A hospital's Dopamine step: (noisy clipped-gradient sum, number of examples)."""
   dp_sgd.assign_weights(model, weights)
   x, y, groups = all_examples(dataset, params.patient_unit)
+  read = None
+  if params.example_files:  # x: the images' files; read the sampled ones only
+    read = functools.partial(shards.read_examples, image_shape=model.input_shape[1:])
   result = dp_sgd.noisy_clipped_sum(
     model,
     x,
@@ -171,6 +186,7 @@ def dp_client_update(model, weights, dataset, seed, params: DpSgdParams):
     groups=groups,
     augmentations=params.augmentations,
     noise_draws=params.noise_draws,
+    read=read,
   )
   return result.noisy_sum, tf.shape(y)[0]
 

@@ -87,3 +87,54 @@ def test_encoded_round_decodes_to_the_noised_sum():
     codes.append(quantization.encode(v, r, cfg)[0])
   total = quantization.decode(tf.add_n(codes), tf.zeros([3], tf.float64), cfg)
   np.testing.assert_allclose(total.numpy(), [1.25, 0.5, 2.5], atol=cfg.error_bound)
+
+
+@pytest.mark.parametrize("with_groups", [False, True])
+def test_a_file_per_example_shard_reads_only_the_poisson_sample(tmp_path, with_groups):
+  """With example_files the worker draws the sample, then reads those images
+  only: with every other image's file deleted the step still runs, and its
+  result is the in-memory step's bit for bit."""
+  import os
+
+  from dopamine_tff import seeds
+  from dopamine_tff.data import loaders
+  from dopamine_tff.data import shards
+
+  x, y = _data(40)
+  patients = np.arange(40) // 2 if with_groups else None
+  s = loaders.ImageSet(x.numpy(), y.numpy(), patients)
+  (path,) = shards.write_shards([s], str(tmp_path), with_groups, example_files=True)
+  params = _params(sampling_prob=0.3, l2_norm_clip=0.5, noise_stddev=0.1, patient_unit=with_groups)
+  key = tf.constant(seeds.client_key(0, 1, 0))
+  sample_seed = seeds.stream(key, seeds.Purpose.SAMPLE)
+  if with_groups:
+    groups = tf.constant(shards.patient_ids(s))
+    mask = dp_sgd.group_poisson_mask(groups, params.sampling_prob, sample_seed).numpy()
+  else:
+    mask = dp_sgd.poisson_mask(40, params.sampling_prob, sample_seed).numpy()
+  assert 0 < mask.sum() < 40
+  for i in np.flatnonzero(~mask):
+    os.remove(os.path.join(path + shards.EXAMPLES, f"{i:08d}.f32"))
+  model = _model()
+  weights = [v.numpy() for v in model.variables]
+  from_files = tf_rounds.dp_client_update(
+    model,
+    weights,
+    shards.hospital_dataset(path, SHAPE, with_groups, example_files=True),
+    key,
+    params._replace(example_files=True),
+  )
+  memory = shards.in_memory(s, with_groups)
+  in_memory = tf_rounds.dp_client_update(model, weights, memory, key, params)
+  for a, b in zip(from_files[0], in_memory[0]):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert int(from_files[1]) == int(in_memory[1]) == 40
+  # The guard can fire: reading every image fails on the deleted files.
+  with pytest.raises(tf.errors.NotFoundError):
+    tf_rounds.dp_client_update(
+      model,
+      weights,
+      shards.hospital_dataset(path, SHAPE, with_groups, example_files=True),
+      key,
+      params._replace(example_files=True, sampling_prob=1.0),
+    )

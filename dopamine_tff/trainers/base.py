@@ -94,8 +94,17 @@ class TffTrainer:
   secagg = None
 
   def __init__(
-    self, cfg: configs.TrainConfig, sets, image_shape, num_classes, work_dir, ships_data=False
+    self,
+    cfg: configs.TrainConfig,
+    sets,
+    image_shape,
+    num_classes,
+    work_dir,
+    ships_data=False,
+    example_files=False,
   ):
+    """`example_files`: the rounds sample before they read (DP-SGD): the TFF
+    worker's shard then keeps each image in its own file (data/shards.py)."""
     self.cfg = cfg
     self.sizes = [len(s) for s in sets]
     self.image_shape = image_shape
@@ -114,6 +123,8 @@ class TffTrainer:
     self.units = [
       len(np.unique(shards.patient_ids(s))) if self.patient_unit else len(s) for s in sets
     ]
+    # Set where the worker reads a file shard laid out for reading the sample only.
+    self.example_files = False
     if cfg.runtime == "in_process":
       # The hospitals' arrays stay in memory: each round's Poisson sample
       # gathers its examples from them instead of re-reading the shard.
@@ -122,8 +133,13 @@ class TffTrainer:
       # Workers that cannot read this host's files get the data in the requests.
       self.datasets = [shards.inline_dataset(s, image_shape, self.patient_unit) for s in sets]
     else:
-      paths = shards.write_shards(sets, os.path.join(work_dir, "shards"), self.patient_unit)
-      self.datasets = [shards.hospital_dataset(p, image_shape, self.patient_unit) for p in paths]
+      self.example_files = example_files
+      paths = shards.write_shards(
+        sets, os.path.join(work_dir, "shards"), self.patient_unit, example_files
+      )
+      self.datasets = [
+        shards.hospital_dataset(p, image_shape, self.patient_unit, example_files) for p in paths
+      ]
 
   def inputs(self, plan: RoundPlan, round_num: int, **extra) -> tf_rounds.RoundInputs:
     """The round's RoundInputs: the taking-part hospitals' data and secret keys."""

@@ -95,7 +95,8 @@ class DpSgdTrainer(base.TffTrainer):
   def __init__(
     self, cfg, sets, image_shape, num_classes, work_dir, *, federated: bool, ships_data=False
   ):
-    super().__init__(cfg, sets, image_shape, num_classes, work_dir, ships_data)
+    # The worker reads only the Poisson sample's images (data/shards.py).
+    super().__init__(cfg, sets, image_shape, num_classes, work_dir, ships_data, example_files=True)
     self.federated = federated
     k = len(self.sizes)
     self.provisioned = provisioned_shares(cfg, k)
@@ -107,6 +108,7 @@ class DpSgdTrainer(base.TffTrainer):
     )
     self.correction = dither.Correction(self.num_words)
     params = dp_sgd_params(cfg, share, self.patient_unit, self.frozen)
+    params = params._replace(example_files=self.example_files)
     self.secagg = cfg.secagg_config(k)  # None: the plain secure sum
     secure = self.secagg is not None
     colluders = cfg.assumed_colluders
