@@ -42,7 +42,7 @@ def test_host_stream_equals_the_tf_chacha20_bit_for_bit(num_words):
 @pytest.mark.parametrize("prg", masking.PRGS)
 def test_host_mask_is_the_in_graph_mask_and_unmask_inverts_it(prg):
   rng = np.random.default_rng(1)
-  n = 3001
+  n = masking._CHUNK + 3001  # noqa: SLF001  (across a chunk's edge)
   codes = rng.integers(0, 2**32, n)
   pair_keys = rng.integers(0, 2**32, (4, 8), dtype=np.uint32)
   signs = np.array([1, -1, -1, 1], np.int32)

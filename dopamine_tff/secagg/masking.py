@@ -105,15 +105,25 @@ def host_mask(num_words: int, pair_keys, pair_signs, self_key, prg: str = "chach
   return add_host_streams(total, pair_keys, pair_signs, PAIR_NONCE, prg)
 
 
+_CHUNK = 2**16  # words per pass: a multiple of 16, whole ChaCha20 blocks
+
+
 def add_host_streams(total, keys, signs, nonce, prg: str = "chacha20") -> np.ndarray:
   """total + sum_i signs[i] * PRG(keys[i]) mod 2**32, in place (uint32 [n])."""
-  stream = np.empty_like(total)
-  for key, sign in zip(keys, signs):
-    host_stream(key, nonce, total.size, prg, out=stream)
-    if sign > 0:
-      total += stream  # uint32 wraps: arithmetic mod 2**32
-    else:
-      total -= stream
+  if prg != "chacha20":  # the insecure TF Philox: whole streams
+    stream = np.empty_like(total)
+    for key, sign in zip(keys, signs):
+      host_stream(key, nonce, total.size, prg, out=stream)
+      (np.add if sign > 0 else np.subtract)(total, stream, out=total)
+    return total
+  # Chunk by chunk, so each stream and the sum stay in the cache (1.3x).
+  buf = np.empty(min(_CHUNK, total.size), np.uint32)
+  for start in range(0, total.size, _CHUNK):
+    acc = total[start : start + _CHUNK]
+    part = buf[: acc.size]
+    for key, sign in zip(keys, signs):
+      host_stream(key, nonce, acc.size, prg, out=part, counter=start // 16)
+      (np.add if sign > 0 else np.subtract)(acc, part, out=acc)  # uint32 wraps: mod 2**32
   return total
 
 
