@@ -26,6 +26,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from dopamine_tff import aggregation
+from dopamine_tff import handoff
 from dopamine_tff import quantization
 from dopamine_tff import tf_rounds
 
@@ -92,9 +93,14 @@ def _one():
   return tf.constant(1, tf.int32)
 
 
-def _dither_spec(initial_weights):
-  """A hospital's fixed-point pair dither, int64 [n] (quantization.host_dither)."""
-  return tf.TensorSpec([int(sum(np.size(w) for w in initial_weights))], tf.int64)
+def _num_words(initial_weights) -> int:
+  return int(sum(np.size(w) for w in initial_weights))
+
+
+def _dither_spec(initial_weights, via_files: bool):
+  """A hospital's fixed-point pair dither, int64 [n] (quantization.host_dither), or
+  the path of its file (dopamine_tff/handoff.py)."""
+  return handoff.spec(_num_words(initial_weights), tf.int64, via_files)
 
 
 def _clients(spec):
@@ -113,6 +119,7 @@ def build_dp_sgd_process(
   secure_sum: quantization.QuantizationConfig,
   *,
   dither_degree: int,
+  handoff_files: bool = False,
 ) -> tff.templates.IterativeProcess:
   """Dopamine's round (Algorithm 1): per-hospital DP-SGD share, secure sum.
 
@@ -130,7 +137,8 @@ def build_dp_sgd_process(
   when all hospitals take part, the mean of their buffers is exactly this
   server buffer, so the weights are the same.
 
-  ``next(state, correction, datasets, seeds, dithers)``.
+  ``next(state, correction, datasets, seeds, dithers)``; with ``handoff_files``
+  each dither is the path of its file (dopamine_tff/handoff.py).
   """
   w_specs, ds_type, state_type, get_weights, initialize = _common(
     initial_weights,
@@ -141,7 +149,8 @@ def build_dp_sgd_process(
   )
   del dither_degree  # the dithers come made (RoundInputs.dithers)
   client_fn = tf.function(tf_rounds.encoded_client_update)
-  flat_spec = dither_spec = _dither_spec(initial_weights)
+  flat_spec = tf.TensorSpec([_num_words(initial_weights)], tf.int64)
+  dither_spec = _dither_spec(initial_weights, handoff_files)
   correction_spec = tf.TensorSpec(flat_spec.shape, tf.float64)
 
   @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC, dither_spec)
@@ -251,6 +260,7 @@ def build_masked_dp_sgd_process(
   dither_degree: int,
   degree: int,
   prg: str,
+  handoff_files: bool = False,
 ) -> MaskedDpSgd:
   """FSCDP whose hospitals mask their codes mod 2**32 inside their computation.
 
@@ -272,9 +282,9 @@ def build_masked_dp_sgd_process(
   # quantization.host_dither) and come in made.
   del degree, prg, dither_degree
   client_fn = tf.function(tf_rounds.masked_client_update)
-  dither_spec = _dither_spec(initial_weights)
-  num_words = int(dither_spec.shape[0])
-  mask_spec = tf.TensorSpec([num_words], tf.uint32)
+  dither_spec = _dither_spec(initial_weights, handoff_files)
+  mask_spec = handoff.spec(_num_words(initial_weights), tf.uint32, handoff_files)
+  num_words = _num_words(initial_weights)
 
   @tff.tensorflow.computation(w_specs, ds_type, SEED_SPEC, dither_spec, mask_spec)
   def client_update(weights, dataset, seed, dither, mask):
@@ -316,19 +326,30 @@ def build_masked_dp_sgd_process(
 
 
 class DpSgdRound:
-  """``build_dp_sgd_process``'s process behind ``run(state, RoundInputs)``."""
+  """``build_dp_sgd_process``'s process behind ``run(state, RoundInputs)``.
 
-  def __init__(self, iterative_process: tff.templates.IterativeProcess):
+  With a ``handoff`` the hospitals' dithers reach the worker as files.
+  """
+
+  def __init__(self, iterative_process: tff.templates.IterativeProcess, handoff=None):
     self.process = iterative_process
+    self.handoff = handoff
 
   def initialize(self):
     return self.process.initialize()
 
   def run(self, state, inputs: tf_rounds.RoundInputs):
     num_words = int(sum(np.size(w) for w in tf_rounds.as_server_state(state).weights))
-    state, measurements = self.process.next(
-      state, inputs.correction, inputs.datasets, inputs.keys, inputs.dithers(num_words)
-    )
+    dithers = inputs.dithers(num_words)
+    try:
+      if self.handoff is not None:
+        dithers = [self.handoff.put(d) for d in dithers]
+      state, measurements = self.process.next(
+        state, inputs.correction, inputs.datasets, inputs.keys, dithers
+      )
+    finally:
+      if self.handoff is not None:
+        self.handoff.clear()
     return tf_rounds.as_server_state(state), dict(measurements)
 
 
@@ -346,9 +367,11 @@ class FedAvgRound:
     return tf_rounds.as_server_state(state), {}
 
 
-def dp_sgd_round(*args, **kwargs) -> DpSgdRound:
-  """``build_dp_sgd_process(*args, **kwargs)`` as a round object."""
-  return DpSgdRound(build_dp_sgd_process(*args, **kwargs))
+def dp_sgd_round(*args, handoff=None, **kwargs) -> DpSgdRound:
+  """``build_dp_sgd_process(*args, **kwargs)`` as a round object (dithers as files
+  through `handoff`, a handoff.Handoff, when given)."""
+  built = build_dp_sgd_process(*args, handoff_files=handoff is not None, **kwargs)
+  return DpSgdRound(built, handoff)
 
 
 def fedavg_round(*args, **kwargs) -> FedAvgRound:

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from dopamine_tff import dp_sgd
+from dopamine_tff import handoff
 from dopamine_tff import models
 from dopamine_tff import quantization
 from dopamine_tff import seeds
@@ -322,6 +323,7 @@ def encoded_client_update(model, weights, dataset, seed, dither, params, secure_
   could depend on the data, is never released).
   """
   noisy_sum, n = dp_client_update(model, weights, dataset, seed, params)
+  dither = handoff.receive(dither, tf.int64)  # the array, or its file (handoff.py)
   codes, changed = quantization.encode(noisy_sum, dither, secure_sum)
   return codes, n, tf.minimum(changed, 1)
 
@@ -343,5 +345,6 @@ def masked_client_update(model, weights, dataset, seed, dither, mask, params, se
   codes, n, changed = encoded_client_update(
     model, weights, dataset, seed, dither, params, secure_sum
   )
+  mask = handoff.receive(mask, tf.uint32)
   masked = tf.math.floormod(tf.cast(codes, tf.int64) + tf.cast(mask, tf.int64), masking.MODULUS)
   return masked, n, changed

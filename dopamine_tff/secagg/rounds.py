@@ -27,14 +27,23 @@ from dopamine_tff.secagg import protocol as protocol_lib
 class SecureDpSgd:
   """Dopamine's round with masks; ``run`` raises RoundAborted (nothing released)."""
 
-  def __init__(self, computations, protocol: protocol_lib.Protocol, correction_fn: Callable):
+  def __init__(
+    self,
+    computations,
+    protocol: protocol_lib.Protocol,
+    correction_fn: Callable,
+    handoff=None,
+  ):
     """
     Args:
       computations: the masked round and server step.
       protocol: the run's protocol (a fresh instance per round).
       correction_fn: (list of (uint32[8] dither key, sign)) -> float64 [n], the
         dithers still in the sum (dopamine_tff/dither.py).
+      handoff: a handoff.Handoff when the masks and dithers reach the workers
+        as files (the computations then take paths).
     """
+    self.handoff = handoff
     self.computations = computations
     self.protocol = protocol
     self.correction_fn = correction_fn
@@ -67,9 +76,16 @@ class SecureDpSgd:
     # ChaCha20): data-independent, so it is ready before its DP step.
     masks = [masking.host_mask(num_words, *proto.client_inputs(h), proto.cfg.prg) for h in senders]
     tm = time.monotonic()
-    masked_sum, examples, flagged = self.computations.masked_round(
-      state, datasets, keys, dithers, masks
-    )
+    try:
+      if self.handoff is not None:
+        dithers = [self.handoff.put(d) for d in dithers]
+        masks = [self.handoff.put(m) for m in masks]
+      masked_sum, examples, flagged = self.computations.masked_round(
+        state, datasets, keys, dithers, masks
+      )
+    finally:
+      if self.handoff is not None:
+        self.handoff.clear()
     if int(flagged):
       raise protocol_lib.UpdateNotEncodable(
         "a hospital's update had a non-finite or out-of-range coordinate; the round is "

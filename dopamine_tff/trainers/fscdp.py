@@ -9,11 +9,13 @@ or a real SecAgg / SecAgg+ protocol (dopamine_tff/secagg/).
 from __future__ import annotations
 
 import math
+import os
 
 from dopamine_tff import aborts
 from dopamine_tff import accounting
 from dopamine_tff import configs
 from dopamine_tff import dither
+from dopamine_tff import handoff
 from dopamine_tff import inprocess
 from dopamine_tff import participation
 from dopamine_tff import process
@@ -116,6 +118,15 @@ class DpSgdTrainer(base.TffTrainer):
     if secure:  # the pair dithers use a sub-graph of the mask graph
       dither_degree = min(dither_degree, self.secagg.degree)
     extra = dict(degree=self.secagg.degree, prg=self.secagg.prg) if secure else {}
+    # Where the worker reads this host's files, the dithers and masks reach it
+    # as files too, not in the request (dopamine_tff/handoff.py).
+    self.handoff = None
+    if self.example_files:
+      self.handoff = handoff.Handoff(os.path.join(work_dir, "handoff"))
+      if secure:  # SecureDpSgd writes the files; the computations take paths
+        extra["handoff_files"] = True
+      else:
+        extra["handoff"] = self.handoff
     built = _BUILDERS[cfg.runtime, secure](
       self.model_fn,
       self.initial_weights,
@@ -127,7 +138,10 @@ class DpSgdTrainer(base.TffTrainer):
     )
     if secure:
       built = secagg_rounds.SecureDpSgd(
-        built, secagg_protocol.Protocol(self.secagg, self.randomness), self.correction
+        built,
+        secagg_protocol.Protocol(self.secagg, self.randomness),
+        self.correction,
+        handoff=self.handoff,
       )
     self.round = built
 
