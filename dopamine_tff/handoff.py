@@ -22,6 +22,8 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
+from dopamine_tff.program import durable
+
 _DTYPES = {np.dtype(np.int64): tf.int64, np.dtype(np.uint32): tf.uint32}
 
 
@@ -40,10 +42,19 @@ class Handoff:
     if array.dtype not in _DTYPES:
       raise TypeError(f"handoff takes int64 or uint32 arrays, got {array.dtype}")
     path = os.path.join(self.directory, secrets.token_hex(8))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    self._paths.append(path)
-    with os.fdopen(fd, "wb") as f:
-      f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    try:
+      fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+      self._paths.append(path)
+      with os.fdopen(fd, "wb") as f:
+        f.write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+    except OSError as e:
+      self.clear()
+      if e.errno not in durable.STORAGE_ERRNOS:
+        raise
+      raise durable.WriteFailed(
+        f"cannot write the round's input file {path}: {e.strerror or e}; the last complete "
+        "checkpoint is intact: free space (or fix the disk) and rerun with --resume"
+      ) from None
     return path
 
   def clear(self) -> None:

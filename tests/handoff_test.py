@@ -64,3 +64,23 @@ def test_a_round_s_files_are_removed_even_when_the_round_fails(tmp_path):
   with pytest.raises(RuntimeError, match="worker died"):
     rnd.run(state, inputs)
   assert len(seen) == 2 and not any(os.path.exists(p) for p in seen)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+  import errno
+
+  from dopamine_tff.program import durable
+
+  h = handoff.Handoff(str(tmp_path / "h"))
+  h.put(np.zeros(3, np.int64))
+  real = os.fdopen
+
+  def full(fd, *a, **kw):
+    os.close(fd)
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "fdopen", full)
+  with pytest.raises(durable.WriteFailed, match="cannot write the round's input file .*--resume"):
+    h.put(np.zeros(3, np.int64))
+  monkeypatch.setattr(os, "fdopen", real)
+  assert os.listdir(h.directory) == []
